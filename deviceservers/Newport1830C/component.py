@@ -1,0 +1,127 @@
+"""The 1830-C as Parameters: what the device shows, polled through the shared link."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from deviceservers.common.component import Component, DeviceState
+from deviceservers.common.parameter import Parameter, Quality
+from deviceservers.common.serial_link import LinkSettings, Port
+
+from . import driver
+
+SETTINGS_EVERY = 5  # re-read the settings every N polls: the front panel can change them
+
+
+class Newport1830CComponent(Component):
+    label = "1830-C power meter"
+
+    def __init__(self, settings: LinkSettings, poll_period_s: float = 0.5, logger: logging.Logger | None = None) -> None:
+        super().__init__(settings, poll_period_s, logger)
+        self._polls = 0
+        self.power = self.add(Parameter(
+            "Power", float, unit="W", fmt="%.4e",
+            description="Optical power in watts; quality ALARM when saturated or over range, INVALID when the meter sends no number"))
+        self.power_dbm = self.add(Parameter(
+            "PowerDbm", float, unit="dBm", fmt="%.2f", description="Optical power in dBm, computed from the reading in watts"))
+        self.wavelength = self.add(Parameter(
+            "Wavelength", float, unit="nm", fmt="%.0f", minimum=driver.WAVELENGTH_MIN_NM, maximum=driver.WAVELENGTH_MAX_NM,
+            writable=True, writer=self._write_wavelength,
+            description="Wavelength the detector responsivity is corrected for; set it to the laser's wavelength"))
+        self.range = self.add(Parameter(
+            "Range", int, choices=driver.RANGES, writable=True, writer=lambda v: self._set(driver.set_range, v),
+            description="Measurement range: AUTO or a manual range R1 (most sensitive) to R8"))
+        self.filter = self.add(Parameter(
+            "Filter", int, choices=driver.FILTERS, writable=True, writer=lambda v: self._set(driver.set_filter, v),
+            description="Digital filter: SLOW averages 16 samples, MEDIUM 4, FAST none"))
+        self.attenuator = self.add(Parameter(
+            "Attenuator", bool, writable=True, writer=lambda v: self._set(driver.set_attenuator, v),
+            description="True when the detector's attenuator is in (tell the meter so it corrects the reading)"))
+        self.zero = self.add(Parameter(
+            "ZeroEnabled", bool, writable=True, writer=lambda v: self._set(driver.set_zero, v),
+            description="Zero offset subtraction on/off; the Zero command stores the current reading as zero"))
+        self.status_byte = self.add(Parameter(
+            "StatusByte", int, description="Raw Q? status byte: 1 parameter error, 2 command error, 4 saturated, "
+            "8 over range, 16 message, 32 busy, 64 SRQ, 128 reading ready"))
+        self.saturated = self.add(Parameter("Saturated", bool, description="The detector is saturated: the reading is not valid"))
+        self.over_range = self.add(Parameter(
+            "OverRange", bool, description="The reading exceeds the manual range: choose a higher range or AUTO"))
+
+    # ------------------------------------------------------------------ link
+    def on_connect(self, port: Port) -> None:
+        driver.connect(port)
+        self._read_settings(port)
+        self.publish_measurement(*self._read_measurement(port))  # ON only with a real reading
+
+    def _set(self, fn: Any, value: Any) -> None:
+        self.run(lambda port: fn(port, value), idempotent=True, description=f"{fn.__name__}({value})")
+
+    def _write_wavelength(self, nm: float) -> None:
+        self.run(lambda port: driver.set_wavelength(port, nm), idempotent=True, description=f"W{nm:.0f}")
+
+    def _read_settings(self, port: Port) -> None:
+        self.wavelength.publish(float(driver.read_wavelength(port)))
+        self.range.publish(driver.read_range(port))
+        self.filter.publish(driver.read_filter(port))
+        self.attenuator.publish(driver.read_attenuator(port))
+        self.zero.publish(driver.read_zero(port))
+
+    def _read_measurement(self, port: Port) -> tuple[driver.PowerReading, driver.StatusByte]:
+        reading = driver.read_power(port)
+        status = driver.read_status(port)
+        return reading, status
+
+    def poll(self) -> None:
+        self._polls += 1
+        if self._polls % SETTINGS_EVERY == 0:
+            self.run(self._read_settings, idempotent=True, description="settings")
+        reading, status = self.run(self._read_measurement, idempotent=True, description="D? Q?")
+        self.publish_measurement(reading, status)
+
+    def publish_measurement(self, reading: driver.PowerReading, status: driver.StatusByte) -> None:
+        self.status_byte.publish(status.raw)
+        self.saturated.publish(status.saturated or reading.text == "SAT")
+        self.over_range.publish(status.over_range or reading.text == "OVER")
+        if reading.watts is None:
+            self.power.publish(None, Quality.INVALID)
+            self.power_dbm.publish(None, Quality.INVALID)
+            return
+        quality = Quality.ALARM if (status.saturated or status.over_range) else Quality.VALID
+        self.power.publish(reading.watts, quality)
+        dbm = driver.watts_to_dbm(reading.watts)
+        self.power_dbm.publish(dbm, quality if dbm is not None else Quality.INVALID)
+
+    # ------------------------------------------------------------------ commands
+    def store_reference(self) -> None:
+        self.run(driver.store_reference, description="S")
+
+    def zero_now(self) -> None:
+        """Store the current reading as zero (block the beam first)."""
+        self.run(lambda port: driver.set_zero(port, True), description="Z1")
+        self.zero.publish(True)
+
+    def read_value(self) -> float:
+        """Readable capability: the last valid reading in watts."""
+        value = self.power.value
+        if value is None or self.power.quality == Quality.INVALID:
+            raise RuntimeError(f"no valid power reading: {self.status}")
+        return float(value)
+
+    def set_wavelength(self, nm: float) -> None:
+        self.wavelength.set(nm)
+
+    def wavelength_nm(self) -> float:
+        return float(self.wavelength.value or 0.0)
+
+    # ------------------------------------------------------------------ state
+    def evaluate_state(self) -> tuple[DeviceState, str]:
+        if self.saturated.value:
+            return DeviceState.ALARM, ("The detector is saturated: the reading is not valid. Reduce the power "
+                                       "or put the attenuator in (Attenuator = True).")
+        if self.over_range.value:
+            return DeviceState.ALARM, ("The reading is over the manual range: set Range to AUTO or a higher range.")
+        if self.power.quality == Quality.INVALID and self.power.value is None and self._polls:
+            return DeviceState.ALARM, "The meter sends no valid reading (ERR/UNDER): check the detector head."
+        wl = self.wavelength.value
+        return DeviceState.ON, f"Measuring at {wl:.0f} nm, range {driver.RANGES[self.range.value or 0]}" if wl else "Measuring"

@@ -1,0 +1,262 @@
+"""Component manager: hardware access for one device, with no Tango in sight.
+
+Modelled on ska-tango-base's component managers: the component owns the link (shared with the
+other devices on the same port), the Parameters, a polling thread and the device state. The
+Tango device only maps it to attributes, events and State/Status, so the same component can be
+driven from a test, a script or another control system.
+
+State is *derived*: subclasses implement :meth:`Component.evaluate_state` from the parameter
+values, and the base class adds FAULT while the link is down. Nothing sets a state by hand, so
+the state cannot drift from what the instrument reports.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .parameter import Parameter, ParameterSet, Quality
+from .serial_link import (
+    InstrumentError,
+    LinkError,
+    LinkHealth,
+    LinkSettings,
+    Port,
+    SerialLink,
+    acquire_link,
+    release_link,
+)
+
+
+class DeviceState(enum.Enum):
+    """The Tango states this suite uses, by the same names (no Tango import here)."""
+
+    ON = "ON"
+    OFF = "OFF"
+    MOVING = "MOVING"
+    RUNNING = "RUNNING"
+    INIT = "INIT"
+    ALARM = "ALARM"
+    FAULT = "FAULT"
+    DISABLE = "DISABLE"
+    STANDBY = "STANDBY"
+    UNKNOWN = "UNKNOWN"
+
+
+StateListener = Callable[[DeviceState, str], None]
+
+
+class Component:
+    """Base of every serial instrument's component.
+
+    Subclasses declare Parameters in ``__init__`` (through :meth:`add`), and override:
+
+    * :meth:`on_connect` — runs in the link thread after every (re)connection (echo off,
+      identify, read the instrument's real state); must raise if the instrument is wrong;
+    * :meth:`poll` — one polling round (default: refresh every polled Parameter);
+    * :meth:`evaluate_state` — (state, status) from the parameters;
+    * :meth:`on_shutdown` — make the instrument safe when the server stops.
+    """
+
+    #: name used in messages ("power meter", "ESP300 axis 1")
+    label = "instrument"
+
+    def __init__(self, settings: LinkSettings, poll_period_s: float = 0.5, logger: logging.Logger | None = None) -> None:
+        self.settings = settings
+        self.log = logger or logging.getLogger(f"tangodaq.{type(self).__name__}")
+        self.parameters = ParameterSet()
+        self.poll_period_s = poll_period_s
+        self.link: SerialLink | None = None
+        self._state = DeviceState.INIT
+        self._status = f"Connecting to {settings.url}"
+        self._state_lock = threading.RLock()
+        self._state_listeners: list[StateListener] = []
+        self._stop = threading.Event()
+        self._poll_now = threading.Event()
+        self._poll_thread: threading.Thread | None = None
+        self._remove_health_listener: Callable[[], None] | None = None
+        self._ready = False  # on_connect completed since the last link loss
+        self._error_count = 0
+        self._last_error = ""
+        self.fast_poll_period_s = min(0.1, poll_period_s)
+
+    # ------------------------------------------------------------------ declaration
+    def add(self, parameter: Parameter[Any]) -> Parameter[Any]:
+        return self.parameters.add(parameter)
+
+    def __getitem__(self, name: str) -> Parameter[Any]:
+        return self.parameters[name]
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Acquire the (possibly shared) link and start polling. Returns at once."""
+        self._stop.clear()
+        self.link = acquire_link(self.settings, logger=self.log)
+        self._remove_health_listener = self.link.add_health_listener(self._on_health)
+        self.link.add_connect_hook(self._connect_hook)
+        self._poll_thread = threading.Thread(target=self._poll_loop, name=f"poll {self.label}", daemon=True)
+        self._poll_thread.start()
+        if not self.link.connected:
+            self._refresh_state()
+
+    def stop(self) -> None:
+        """Make the instrument safe (if reachable), stop polling, release the link."""
+        if self.link is not None and self.link.connected:
+            try:
+                self.on_shutdown()
+            except Exception as exc:  # noqa: BLE001 - shutdown must go on
+                self.log.error("%s: could not make the instrument safe at shutdown: %s", self.label, exc)
+        self._stop.set()
+        self._poll_now.set()
+        if self._poll_thread is not None:
+            self._poll_thread.join(5)
+        if self.link is not None:
+            self.link.remove_connect_hook(self._connect_hook)
+            if self._remove_health_listener:
+                self._remove_health_listener()
+            release_link(self.link)
+            self.link = None
+
+    def reconnect(self) -> None:
+        if self.link is not None:
+            self.link.reconnect()
+
+    # ------------------------------------------------------------------ hooks
+    def on_connect(self, port: Port) -> None:
+        """Called in the link thread after each connection. Default: nothing to do."""
+
+    def poll(self) -> None:
+        """One polling round in the poll thread (the reads themselves run in the link thread)."""
+        for p in self.parameters:
+            if p.polled:
+                p.refresh()
+
+    def evaluate_state(self) -> tuple[DeviceState, str]:
+        return DeviceState.ON, f"{self.label} is connected and idle"
+
+    def on_shutdown(self) -> None:
+        """Make the instrument safe before the link is released."""
+
+    def is_busy(self) -> bool:
+        """True while something moves or settles: the poll loop then polls faster."""
+        return False
+
+    # ------------------------------------------------------------------ link I/O helpers
+    def run(self, fn: Callable[[Port], Any], *, idempotent: bool = False, priority: bool = False,
+            description: str = "") -> Any:
+        if self.link is None:
+            raise LinkError(f"{self.label}: not started")
+        return self.link.run(fn, idempotent=idempotent, priority=priority, description=description)
+
+    def query(self, command: str, *, idempotent: bool = True) -> str:
+        if self.link is None:
+            raise LinkError(f"{self.label}: not started")
+        return self.link.query(command, idempotent=idempotent)
+
+    # ------------------------------------------------------------------ health
+    @property
+    def communication_ok(self) -> bool:
+        return self.link is not None and self.link.connected and self._ready
+
+    @property
+    def error_count(self) -> int:
+        return (self.link.health.error_count if self.link else 0) + self._error_count
+
+    @property
+    def last_error(self) -> str:
+        link_err = self.link.health.last_error if self.link else ""
+        return self._last_error if self._last_error > link_err else link_err
+
+    def record_error(self, message: str) -> None:
+        """Count an error that did not come from the link (an instrument error code)."""
+        self._error_count += 1
+        self._last_error = f"{time.strftime('%H:%M:%S')} {message}"
+        self.log.warning("%s: %s", self.label, message)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> DeviceState:
+        with self._state_lock:
+            return self._state
+
+    @property
+    def status(self) -> str:
+        with self._state_lock:
+            return self._status
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def _refresh_state(self) -> None:
+        link = self.link
+        if link is None or not link.connected or not self._ready:
+            reason = link.health.down_reason if link is not None else "not started"
+            state = DeviceState.FAULT
+            status = (
+                f"No communication with the {self.label} on {self.settings.url}: {reason}. "
+                "Check the cable, the power and the SerialURL property; reconnecting automatically."
+            )
+        else:
+            try:
+                state, status = self.evaluate_state()
+            except Exception as exc:  # noqa: BLE001 - a bug here must not kill polling
+                self.log.exception("evaluate_state failed")
+                state, status = DeviceState.UNKNOWN, f"cannot evaluate the state: {exc}"
+        with self._state_lock:
+            if (state, status) == (self._state, self._status):
+                return
+            self._state, self._status = state, status
+        for listener in list(self._state_listeners):
+            try:
+                listener(state, status)
+            except Exception:  # noqa: BLE001
+                self.log.exception("state listener failed")
+
+    def update_state(self) -> None:
+        """Re-derive the state now (after a command or a published value)."""
+        self._refresh_state()
+
+    def request_poll(self) -> None:
+        """Poll now instead of at the next period (after a move starts)."""
+        self._poll_now.set()
+
+    # ------------------------------------------------------------------ internals
+    def _connect_hook(self, port: Port) -> None:
+        self._ready = False
+        self.on_connect(port)
+        self._ready = True
+
+    def _on_health(self, health: LinkHealth) -> None:
+        if not health.connected:
+            self._ready = False
+            self.parameters.invalidate_all()
+        else:
+            self._poll_now.set()
+        self._refresh_state()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            if self.link is not None and self.link.connected and self._ready:
+                try:
+                    self.poll()
+                except InstrumentError as exc:
+                    self.record_error(str(exc))
+                except LinkError as exc:
+                    self.log.debug("%s: poll failed: %s", self.label, exc)
+                except Exception as exc:  # noqa: BLE001 - polling must survive anything
+                    self.record_error(f"poll failed: {exc!r}")
+                    self.log.exception("poll failed")
+                self._refresh_state()
+            period = self.fast_poll_period_s if self.is_busy() else self.poll_period_s
+            self._poll_now.wait(period)
+            self._poll_now.clear()
+
+
+def publish_all(params: ParameterSet, values: dict[str, Any], quality: Quality = Quality.VALID) -> None:
+    """Publish several readings at once (one reply that carries many values)."""
+    for name, value in values.items():
+        params[name].publish(value, quality)

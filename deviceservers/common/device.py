@@ -1,0 +1,298 @@
+"""The base Tango device: Parameters become attributes, changes become events.
+
+A concrete device (``Newport1830C``, ``Esp300``...) only says which component to build and adds
+its commands. Everything else is here, once:
+
+* the serial properties every instrument has (``SerialURL``, ``BaudRate``, ``FlowControl``,
+  ``TimeoutS``, ``PollPeriodMs``) with per-class defaults (``DEFAULT_BAUD_RATE``...);
+* one dynamic attribute per Parameter, with type, unit, format, limits, description, enum labels
+  and access taken from the Parameter;
+* change and archive events pushed whenever a Parameter changes, whatever changed it;
+* State/Status derived by the component (FAULT while the link is down, back by itself);
+* reads served from the Parameter cache: a Tango read never waits on the serial line;
+* health attributes ``CommunicationOk``, ``ErrorCount``, ``LastError``;
+* Python logging forwarded to the Tango log streams;
+* errors turned into DevFailed with a reason a client can switch on and a message a person can
+  act on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import tango
+from tango import AttrQuality, AttrWriteType, DevState
+from tango.server import Device, attribute, device_property
+
+from .component import Component, DeviceState
+from .parameter import Parameter, ParameterError, Quality, Reading
+from .serial_link import InstrumentError, LinkDown, LinkError, LinkSettings, LinkTimeout
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_QUALITY = {
+    Quality.VALID: AttrQuality.ATTR_VALID,
+    Quality.INVALID: AttrQuality.ATTR_INVALID,
+    Quality.ALARM: AttrQuality.ATTR_ALARM,
+    Quality.CHANGING: AttrQuality.ATTR_CHANGING,
+    Quality.WARNING: AttrQuality.ATTR_WARNING,
+}
+
+_DEFAULTS: dict[type, Any] = {float: 0.0, int: 0, bool: False, str: ""}
+
+
+def raise_devfailed(exc: BaseException, origin: str) -> None:
+    """Re-raise ``exc`` as a DevFailed whose reason says what kind of failure it was."""
+    if isinstance(exc, tango.DevFailed):
+        raise exc
+    if isinstance(exc, ParameterError):
+        reason = "ValueRefused"
+    elif isinstance(exc, LinkDown):
+        reason = "CommunicationLost"
+    elif isinstance(exc, LinkTimeout):
+        reason = "CommunicationTimeout"
+    elif isinstance(exc, LinkError):
+        reason = "CommunicationFailed"
+    elif isinstance(exc, InstrumentError):
+        reason = "InstrumentRefused"
+    elif isinstance(exc, ValueError | TypeError):
+        reason = "ValueRefused"
+    elif isinstance(exc, RuntimeError):
+        reason = "NotAllowed"
+    else:
+        reason = "UnexpectedError"
+    tango.Except.throw_exception(reason, str(exc) or type(exc).__name__, origin)
+
+
+def tango_errors(fn: F) -> F:
+    """Decorator for commands: component exceptions become clear DevFailed errors."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise_devfailed(exc, f"{type(self).__name__}.{fn.__name__}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+class TangoLogHandler(logging.Handler):
+    """Sends Python log records of a component to its device's Tango log streams."""
+
+    def __init__(self, device: Device) -> None:
+        super().__init__()
+        self._device = device
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)
+            dev = self._device
+            if record.levelno >= logging.ERROR:
+                dev.error_stream(msg)
+            elif record.levelno >= logging.WARNING:
+                dev.warn_stream(msg)
+            elif record.levelno >= logging.INFO:
+                dev.info_stream(msg)
+            else:
+                dev.debug_stream(msg)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            pass
+
+
+def _tango_type(p: Parameter[Any]) -> Any:
+    if p.choices is not None:
+        return tango.CmdArgType.DevEnum
+    if p.shape is not None:
+        return p.dtype  # a numpy dtype such as np.uint16
+    return {float: float, int: np.int32, bool: bool, str: str}[p.dtype]
+
+
+class InstrumentDevice(Device):
+    """Base of the serial instrument devices. Subclasses implement :meth:`create_component`."""
+
+    DEFAULT_BAUD_RATE: ClassVar[int] = 9600
+    DEFAULT_FLOW_CONTROL: ClassVar[str] = "none"
+    DEFAULT_TIMEOUT_S: ClassVar[float] = 1.0
+    DEFAULT_POLL_PERIOD_MS: ClassVar[int] = 500
+    WRITE_TERMINATOR: ClassVar[bytes] = b"\n"
+    READ_TERMINATOR: ClassVar[bytes] = b"\n"
+
+    SerialURL = device_property(
+        dtype=str,
+        default_value="",
+        doc="Any pyserial URL: /dev/serial/by-id/..., socket://host:port, rfc2217://host:port, sim://<instrument>",
+    )
+    BaudRate = device_property(dtype=int, default_value=0, doc="Baud rate; 0 means the instrument's default")
+    FlowControl = device_property(dtype=str, default_value="", doc="none, rtscts or xonxoff; empty means the instrument's default")
+    TimeoutS = device_property(dtype=float, default_value=0.0, doc="Reply time-out in seconds; 0 means the instrument's default")
+    PollPeriodMs = device_property(dtype=int, default_value=0, doc="Polling period in ms; 0 means the instrument's default")
+
+    component: Component
+
+    # ------------------------------------------------------------------ to implement
+    def create_component(self, settings: LinkSettings, poll_period_s: float, logger: logging.Logger) -> Component:
+        raise TypeError(f"{type(self).__name__} must override create_component")  # pragma: no cover
+
+    # ------------------------------------------------------------------ settings
+    def link_settings(self) -> LinkSettings:
+        return LinkSettings(
+            url=self.SerialURL,
+            baudrate=self.BaudRate or self.DEFAULT_BAUD_RATE,
+            flow_control=(self.FlowControl or self.DEFAULT_FLOW_CONTROL).lower(),
+            timeout_s=self.TimeoutS or self.DEFAULT_TIMEOUT_S,
+            write_terminator=self.WRITE_TERMINATOR,
+            read_terminator=self.READ_TERMINATOR,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    def init_device(self) -> None:
+        super().init_device()
+        self.set_state(DevState.INIT)
+        self._unsubscribers: list[Callable[[], None]] = []
+        self._log = logging.getLogger(f"tangodaq.{self.get_name()}")
+        self._log.setLevel(logging.DEBUG)
+        if not any(isinstance(h, TangoLogHandler) for h in self._log.handlers):
+            self._log.addHandler(TangoLogHandler(self))
+        for name in ("State", "Status"):
+            self.set_change_event(name, True, False)
+        try:
+            settings = self.link_settings()
+        except ValueError as exc:
+            self.set_state(DevState.FAULT)
+            self.set_status(f"Bad configuration: {exc}. Fix the device property and run Init.")
+            self.component = None  # type: ignore[assignment]
+            return
+        poll_s = (self.PollPeriodMs or self.DEFAULT_POLL_PERIOD_MS) / 1000.0
+        try:
+            self.component = self.create_component(settings, poll_s, self._log)
+        except (ValueError, TypeError) as exc:
+            self.set_state(DevState.FAULT)
+            self.set_status(f"Bad configuration: {exc}. Fix the device property and run Init.")
+            self.component = None  # type: ignore[assignment]
+            return
+        for p in self.component.parameters:
+            self._unsubscribers.append(p.subscribe(self._on_parameter_change))
+        self.component.add_state_listener(self._on_state_change)
+        self._on_state_change(self.component.state, self.component.status)
+        self.component.start()
+
+    def delete_device(self) -> None:
+        for unsub in getattr(self, "_unsubscribers", []):
+            unsub()
+        self._unsubscribers = []
+        if getattr(self, "component", None) is not None:
+            self.component.stop()
+        super().delete_device()
+
+    # ------------------------------------------------------------------ attributes from Parameters
+    def initialize_dynamic_attributes(self) -> None:
+        if self.component is None:
+            return
+        for p in self.component.parameters:
+            self._add_parameter_attribute(p)
+
+    def _add_parameter_attribute(self, p: Parameter[Any]) -> None:
+        kwargs: dict[str, Any] = {
+            "name": p.name,
+            "dtype": _tango_type(p),
+            "access": AttrWriteType.READ_WRITE if p.writable else AttrWriteType.READ,
+            "doc": p.description,
+            "fget": self._read_parameter,
+        }
+        if p.unit:
+            kwargs["unit"] = p.unit
+        if p.fmt:
+            kwargs["format"] = p.fmt
+        if p.choices is not None:
+            kwargs["enum_labels"] = list(p.choices)
+        elif p.dtype in (int, float) and p.shape is None:
+            if p.minimum is not None:
+                kwargs["min_value"] = p.minimum
+            if p.maximum is not None:
+                kwargs["max_value"] = p.maximum
+        if p.shape is not None:
+            if len(p.shape) == 1:
+                kwargs["dformat"] = tango.AttrDataFormat.SPECTRUM
+                kwargs["max_dim_x"] = p.shape[0]
+            else:
+                kwargs["dformat"] = tango.AttrDataFormat.IMAGE
+                kwargs["max_dim_x"], kwargs["max_dim_y"] = p.shape[1], p.shape[0]
+        if p.writable:
+            kwargs["fset"] = self._write_parameter
+        self.add_attribute(attribute(**kwargs))
+        self.set_change_event(p.name, True, False)
+        self.set_archive_event(p.name, True, False)
+
+    def _value_for_tango(self, p: Parameter[Any], value: Any) -> Any:
+        if value is None:
+            if p.shape is not None:
+                return np.zeros((0,) * len(p.shape), dtype=p.dtype)
+            return _DEFAULTS.get(p.dtype, 0)
+        return value
+
+    def _read_parameter(self, attr: tango.Attribute) -> Any:
+        p = self.component.parameters[attr.get_name()]
+        r = p.reading()
+        return self._value_for_tango(p, r.value), r.timestamp, _QUALITY[r.quality]
+
+    def _write_parameter(self, attr: tango.WAttribute) -> None:
+        p = self.component.parameters[attr.get_name()]
+        value = attr.get_write_value()
+        if isinstance(value, np.generic):
+            value = value.item()
+        try:
+            self.write_parameter(p, value)
+        except Exception as exc:  # noqa: BLE001
+            raise_devfailed(exc, f"{type(self).__name__}.write_{p.name}")
+
+    def write_parameter(self, p: Parameter[Any], value: Any) -> None:
+        """Hook for subclasses that must do more than ``p.set(value)`` on a write."""
+        p.set(value)
+        self.component.update_state()
+
+    def _on_parameter_change(self, r: Reading[Any]) -> None:
+        p = self.component.parameters[r.name]
+        value = self._value_for_tango(p, r.value)
+        try:
+            self.push_change_event(r.name, value, r.timestamp, _QUALITY[r.quality])
+            self.push_archive_event(r.name, value, r.timestamp, _QUALITY[r.quality])
+        except tango.DevFailed as exc:  # attribute not created yet during start-up
+            self._log.debug("event for %s not pushed: %s", r.name, exc.args[0].desc)
+
+    def _on_state_change(self, state: DeviceState, status: str) -> None:
+        self.set_state(getattr(DevState, state.value))
+        self.set_status(status)
+        try:
+            self.push_change_event("State")
+            self.push_change_event("Status")
+        except tango.DevFailed:
+            pass
+
+    # ------------------------------------------------------------------ state
+    def dev_state(self) -> DevState:
+        if self.component is None:
+            return DevState.FAULT
+        return getattr(DevState, self.component.state.value)
+
+    def dev_status(self) -> str:
+        if self.component is None:
+            return self.get_status()
+        return self.component.status
+
+    # ------------------------------------------------------------------ health attributes
+    @attribute(dtype=bool, doc="True while the link is up and the instrument answers")
+    def CommunicationOk(self) -> bool:
+        return self.component is not None and self.component.communication_ok
+
+    @attribute(dtype=np.int32, doc="Communication and instrument errors since the server started")
+    def ErrorCount(self) -> int:
+        return 0 if self.component is None else self.component.error_count
+
+    @attribute(dtype=str, doc="The last communication or instrument error, with its time")
+    def LastError(self) -> str:
+        return "" if self.component is None else self.component.last_error

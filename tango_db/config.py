@@ -1,0 +1,135 @@
+"""The lab's Tango configuration: ``lab.json`` (dsconfig format) plus an optional overlay.
+
+The overlay (e.g. the facility's hardware file with real ``/dev/serial/by-id/...`` URLs and
+``Backend=pyvcam``) is merged on top of lab.json key by key: dictionaries merge, any other value
+replaces, and ``null`` removes the key (a whole server, instance, device or property).
+
+Writing into a database uses dsconfig's Python API (``get_dict_from_db`` + ``configure``, the
+same diff json2tango computes) through the standard Database API only, so it works on the C++
+DataBaseds and on pytango-db's PyDatabaseds alike (json2tango's own entry point needs
+``DbMySqlSelect``, which PyDatabaseds lacks). Only the server instances named in the
+configuration are touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LAB_JSON = Path(__file__).with_name("lab.json")
+
+
+@dataclass
+class ServerInstance:
+    server: str  # executable / server name, e.g. "Newport1830C"
+    instance: str  # e.g. "lab"
+    devices: dict[str, str] = field(default_factory=dict)  # device name -> class
+    properties: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # device -> props
+
+    @property
+    def name(self) -> str:
+        return f"{self.server}/{self.instance}"
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    if isinstance(value, bool):
+        return [str(value).lower()]
+    return [str(value)]
+
+
+def _normalize_values(config: dict) -> None:
+    """dsconfig wants every property value as a list of strings; accept scalars too."""
+
+    def fix(props: dict) -> None:
+        for name, value in list(props.items()):
+            props[name] = _as_list(value)
+
+    for insts in config.get("servers", {}).values():
+        for classes in insts.values():
+            for devices in classes.values():
+                for dev in devices.values():
+                    fix(dev.get("properties", {}))
+                    for attr in dev.get("attribute_properties", {}).values():
+                        fix(attr)
+    for cls in config.get("classes", {}).values():
+        fix(cls.get("properties", {}))
+
+
+def load_config(overlay: str | Path | None = None, lab: str | Path | None = None) -> dict:
+    """lab.json (or ``lab``) with ``overlay`` merged on top, normalised by dsconfig."""
+    from dsconfig.formatting import clean_metadata, normalize_config
+
+    lab_path = Path(lab) if lab else LAB_JSON
+    with open(lab_path) as f:
+        config = json.load(f)
+    if overlay:
+        with open(overlay) as f:
+            config = _merge(config, json.load(f))
+    config = clean_metadata(normalize_config(config))
+    config = json.loads(json.dumps(config))  # plain dicts, not dsconfig's SetterDicts
+    _normalize_values(config)
+    return config
+
+
+def server_instances(config: dict) -> list[ServerInstance]:
+    out = []
+    for server, insts in sorted(config.get("servers", {}).items()):
+        for instance, classes in sorted(insts.items()):
+            si = ServerInstance(server, instance)
+            for cls, devices in classes.items():
+                for dev, data in devices.items():
+                    si.devices[dev] = cls
+                    si.properties[dev] = dict(data.get("properties", {}))
+            out.append(si)
+    return out
+
+
+def db_changes(config: dict, db) -> list[tuple[str, tuple, dict]]:
+    """The Database API calls that bring ``db`` to ``config`` (nothing is written)."""
+    from dsconfig.configure import configure
+    from dsconfig.tangodb import get_dict_from_db
+    from dsconfig.utils import ObjectWrapper
+
+    original, _moved = get_dict_from_db(db, config)
+    wrapper = ObjectWrapper()
+    configure(config, original, update=False, ignore_case=True, db=wrapper)
+    return wrapper.calls
+
+
+def write_config(config: dict, db) -> list[tuple[str, tuple, dict]]:
+    """Apply ``config`` to ``db`` (json2tango -w semantics restricted to its servers)."""
+    calls = db_changes(config, db)
+    for method, args, kwargs in calls:
+        getattr(db, method)(*args, **kwargs)
+    return calls
+
+
+def describe_calls(calls) -> list[str]:
+    """One human line per database call."""
+    lines = []
+    for method, args, _kwargs in calls:
+        shown = []
+        for a in args:
+            if hasattr(a, "name") and hasattr(a, "server"):  # DbDevInfo
+                shown.append(f"{a.name} ({a._class} in {a.server})")
+            else:
+                shown.append(repr(a) if not isinstance(a, str) else a)
+        lines.append(f"{method}({', '.join(shown)})")
+    return lines
