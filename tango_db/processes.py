@@ -1,0 +1,185 @@
+"""What the lab runs: the table of processes, their start order and how each says "ready".
+
+The supervisor starts the lab level by level, like Starter's startup levels: a level starts once
+every process of the lower levels answers; processes of one level start together. Every Tango
+server named in the configuration is a process; its level comes from ``LEVELS`` (by server
+name, default ``DEFAULT_LEVEL``). Non-Tango processes and one-shot steps live in ``EXTRA``.
+
+To add a process to the lab:
+
+- a Tango server (Esp300, Ell14, ..., Sardana's Pool and MacroServer): add it to ``lab.json``;
+  if it must start after others, give its server name a level in ``LEVELS`` (one line);
+- a non-Tango process (the virtual bench): one ``Extra(...)`` line in ``EXTRA`` with its command,
+  level, readiness check and the condition under which the lab needs it.
+
+Levels 0-2 are the launcher's own (database, configuration, bench); Tango servers start at 3.
+``tangodaq deploy`` maps a server's level to its Starter startup level (``level - 2``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import embedded_db
+from .config import ServerInstance, server_instances
+
+# --- the table --------------------------------------------------------------------------------
+
+DEFAULT_LEVEL = 3  # hardware servers and the DataWriter
+LEVELS = {
+    # Sardana: the Pool needs the hardware servers, the MacroServer needs the Pool.
+    "Pool": 4,
+    "MacroServer": 5,
+}
+STARTER_LEVEL_OFFSET = 2  # Starter level = our level - 2 (hardware servers -> Starter level 1)
+
+
+@dataclass
+class Extra:
+    """A non-Tango process of the lab, started with the tangodaq CLI itself."""
+
+    name: str
+    args: list[str]  # arguments after `tangodaq`
+    level: int
+    ready: Callable[[dict], Callable[[], tuple[bool, str]]]  # config -> readiness check
+    needed: Callable[[dict], bool]  # config -> does the lab need it?
+
+
+def socket_urls(config: dict) -> list[tuple[str, int]]:
+    """(host, port) of every ``socket://`` SerialURL in the configuration."""
+    out = []
+    for si in server_instances(config):
+        for props in si.properties.values():
+            for url in props.get("SerialURL", []):
+                if url.startswith("socket://"):
+                    parsed = urlparse(url)
+                    if parsed.hostname and parsed.port:
+                        out.append((parsed.hostname, parsed.port))
+    return sorted(set(out))
+
+
+def _ports_answer(config: dict) -> Callable[[], tuple[bool, str]]:
+    ports = socket_urls(config)
+
+    def check() -> tuple[bool, str]:
+        closed = [f"{h}:{p}" for h, p in ports if not embedded_db.port_open(h, p, 0.3)]
+        return (not closed, "listening" if not closed else "waiting for " + ", ".join(closed))
+
+    return check
+
+
+EXTRA: list[Extra] = [
+    # the virtual bench serves the simulators on the TCP ports lab.json's socket:// URLs name
+    Extra("bench", ["bench"], level=2, ready=_ports_answer, needed=lambda c: bool(socket_urls(c))),
+]
+
+# --- specs built from the table -----------------------------------------------------------------
+
+
+@dataclass
+class ProcessSpec:
+    """One child process of the lab (see supervisor.Supervisor)."""
+
+    name: str  # "database", "bench", "Newport1830C/lab"
+    level: int
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    ready: Callable[[], tuple[bool, str]] | None = None  # None: running is ready
+    devices: dict[str, str] = field(default_factory=dict)  # device -> class (Tango servers)
+    action: Callable[[], str] | None = None  # a one-shot step instead of a process
+    restart: bool = True
+
+    @property
+    def log_name(self) -> str:
+        return self.name.replace("/", "_") + ".log"
+
+
+def find_executable(name: str) -> str:
+    """A console script of this environment (next to the running Python first, then PATH)."""
+    local = Path(sys.executable).parent / name
+    if local.is_file():
+        return str(local)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise SystemExit(
+        f"cannot find the program {name!r}: install tangodaq in this environment "
+        f"(pip install -e .) or check the server name in the configuration"
+    )
+
+
+SETTLE_S = 5.0  # how long a device may stay INIT/FAULT right after it first answers
+
+
+def tango_ready(tango_host: str, devices: list[str]) -> Callable[[], tuple[bool, str]]:
+    """Ready when every device answers State(). A device that answers INIT or FAULT gets
+    ``SETTLE_S`` more seconds to connect to its instrument before its state is taken as is."""
+    first_answer: list[float] = []
+
+    def check() -> tuple[bool, str]:
+        import tango
+
+        states = []
+        for dev in devices:
+            try:
+                proxy = tango.DeviceProxy(f"tango://{tango_host}/{dev}")
+                proxy.set_timeout_millis(1000)
+                states.append(proxy.state())
+            except tango.DevFailed as exc:
+                first_answer.clear()
+                return False, f"{dev}: {exc.args[0].desc.strip().splitlines()[0]}"
+        if not first_answer:
+            first_answer.append(time.monotonic())
+        detail = ", ".join(dict.fromkeys(str(s) for s in states))
+        settling = any(s in (tango.DevState.INIT, tango.DevState.FAULT) for s in states)
+        if settling and time.monotonic() - first_answer[0] < SETTLE_S:
+            return False, detail + " (settling)"
+        return True, detail
+
+    return check
+
+
+def tango_server_spec(si: ServerInstance, tango_host: str) -> ProcessSpec:
+    return ProcessSpec(
+        name=si.name,
+        level=LEVELS.get(si.server, DEFAULT_LEVEL),
+        argv=[find_executable(si.server), si.instance],
+        ready=tango_ready(tango_host, list(si.devices)),
+        devices=dict(si.devices),
+    )
+
+
+def lab_specs(config: dict, host: str, port: int, embedded: bool, load: Callable[[], str]) -> list[ProcessSpec]:
+    """Everything `tangodaq up` runs, in the order of the table."""
+    tango_host = f"{host}:{port}"
+    specs: list[ProcessSpec] = []
+    if embedded:
+        specs.append(
+            ProcessSpec(
+                name="database",
+                level=0,
+                argv=embedded_db.database_argv(host, port),
+                env=embedded_db.database_env(),
+                ready=lambda: (embedded_db.database_answers(host, port, 1.0), "ok"),
+                devices={"sys/database/2": "DataBase"},
+            )
+        )
+    specs.append(ProcessSpec(name="configuration", level=1, action=load, restart=False))
+    for extra in EXTRA:
+        if extra.needed(config):
+            specs.append(
+                ProcessSpec(
+                    name=extra.name,
+                    level=extra.level,
+                    argv=[find_executable("tangodaq"), *extra.args],
+                    ready=extra.ready(config),
+                )
+            )
+    specs.extend(tango_server_spec(si, tango_host) for si in server_instances(config))
+    return specs

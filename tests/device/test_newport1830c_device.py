@@ -1,0 +1,162 @@
+"""The Newport1830C Tango device in its own process, talking to a simulator over TCP."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import tango
+from tango.test_context import DeviceTestContext
+
+from deviceservers.common.tcp_server import SimulatorServer
+from deviceservers.Newport1830C.device import Newport1830C
+from deviceservers.Newport1830C.simulator import Newport1830CSimulator
+from tests.waiting import EventCollector, wait_state, wait_until
+
+
+@pytest.fixture(scope="module")
+def sim_server():
+    sim = Newport1830CSimulator(reply_delay_s=0.0, reading_delay_s=0.005, noise=0.0, seed=3)
+    with SimulatorServer(sim) as server:
+        yield sim, server
+
+
+@pytest.fixture(scope="module")
+def meter(sim_server):
+    sim, server = sim_server
+    props = {"SerialURL": server.url, "PollPeriodMs": 100, "TimeoutS": 0.5}
+    with DeviceTestContext(Newport1830C, properties=props, process=True, timeout=15) as proxy:
+        wait_state(proxy, tango.DevState.ON, 15)
+        yield proxy
+
+
+@pytest.fixture
+def sim(sim_server, meter):
+    """The simulator, reset to a sane state after each test."""
+    sim, _ = sim_server
+    yield sim
+    sim.faults.mute = False
+    sim.plug()
+    sim.text_errors = False
+    sim.incident_power_w = 1.234e-6
+    meter.Range = 0
+    meter.Attenuator = False
+    meter.Wavelength = 800
+    wait_state(meter, tango.DevState.ON, 10)
+
+
+def test_attributes_have_units_and_descriptions(meter, sim):
+    for name, unit in [("Power", "W"), ("PowerDbm", "dBm"), ("Wavelength", "nm")]:
+        cfg = meter.get_attribute_config(name)
+        assert cfg.unit == unit and cfg.description
+    assert list(meter.get_attribute_config("Range").enum_labels) == ["AUTO"] + [f"R{i}" for i in range(1, 9)]
+    assert list(meter.get_attribute_config("Filter").enum_labels) == ["SLOW", "MEDIUM", "FAST"]
+    assert meter.get_attribute_config("Wavelength").max_value == "1100"
+
+
+def test_reads_the_simulated_power(meter, sim):
+    power = wait_until(lambda: meter.Power, 5)
+    assert math.isclose(power, 1.234e-6, rel_tol=1e-3)
+    assert math.isclose(meter.PowerDbm, 10 * math.log10(1.234e-6 / 1e-3), abs_tol=0.01)
+    assert meter.CommunicationOk and meter.ErrorCount == 0 and meter.StatusByte & 128
+
+
+def test_write_every_writable_attribute(meter, sim):
+    meter.Wavelength = 1064
+    assert meter.Wavelength == 1064 and sim.wavelength_nm == 1064
+    meter.Range = 5
+    assert meter.Range == 5 and sim.range == 5
+    meter.Filter = 0
+    assert meter.Filter == 0 and sim.filter == 1
+    meter.Attenuator = True
+    assert meter.Attenuator and sim.attenuator
+    meter.ZeroEnabled = False
+    assert not meter.ZeroEnabled
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "match"),
+    [
+        ("Wavelength", 5000, "above the maximum"),
+        ("Wavelength", float("nan"), "NaN"),
+        ("Range", 9, "authorized"),
+        ("Wavelength", "red", ""),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(meter, sim, attr, value, match):
+    before = (sim.wavelength_nm, sim.range)
+    with pytest.raises((tango.DevFailed, TypeError, ValueError)) as info:
+        meter.write_attribute(attr, value)
+    if match and isinstance(info.value, tango.DevFailed):
+        assert match in info.value.args[0].desc
+    assert (sim.wavelength_nm, sim.range) == before
+
+
+def test_change_events_on_write_and_on_polled_change(meter, sim):
+    with EventCollector(meter, "Wavelength") as wl, EventCollector(meter, "Power") as power:
+        meter.Wavelength = 700
+        wl.wait_for(lambda v: v == 700)
+        meter.Wavelength = 800
+        sim.incident_power_w = 3.0e-6  # the beam changed: polling must notice and push
+        power.wait_for(lambda v: v is not None and math.isclose(v, 3.0e-6, rel_tol=1e-3))
+
+
+def test_over_range_gives_alarm_quality_and_state(meter, sim):
+    meter.Range = 1
+    wait_state(meter, tango.DevState.ALARM)
+    assert "Range" in meter.Status()
+    assert meter.read_attribute("Power").quality == tango.AttrQuality.ATTR_ALARM
+    assert meter.OverRange
+    sim.text_errors = True
+    wait_until(lambda: meter.read_attribute("Power").quality == tango.AttrQuality.ATTR_INVALID, 5)
+
+
+def test_saturation_then_attenuator(meter, sim):
+    sim.incident_power_w = 0.05
+    wait_state(meter, tango.DevState.ALARM)
+    assert "saturated" in meter.Status() and meter.Saturated
+    meter.Attenuator = True
+    wait_state(meter, tango.DevState.ON)
+    assert math.isclose(meter.Power, 0.05, rel_tol=1e-3)
+
+
+def test_link_loss_fault_and_recovery_without_restart(meter, sim):
+    with EventCollector(meter, "State") as states:
+        sim.unplug()
+        wait_state(meter, tango.DevState.FAULT, 10)
+        status = meter.Status()
+        assert "No communication" in status and "reconnecting automatically" in status
+        assert meter.read_attribute("Power").quality == tango.AttrQuality.ATTR_INVALID
+        assert not meter.CommunicationOk
+        with pytest.raises(tango.DevFailed) as info:
+            meter.Wavelength = 700
+        assert info.value.args[0].reason == "CommunicationLost"
+        sim.plug()
+        wait_state(meter, tango.DevState.ON, 10)
+        states.wait_for(lambda v: v == tango.DevState.ON)
+    assert meter.CommunicationOk and meter.ErrorCount >= 1 and meter.LastError
+
+
+def test_mute_instrument_goes_fault_and_recovers(meter, sim):
+    sim.faults.mute = True
+    wait_state(meter, tango.DevState.FAULT, 15)
+    assert "stopped answering" in meter.Status() or "did not answer" in meter.Status()
+    sim.faults.mute = False
+    wait_state(meter, tango.DevState.ON, 15)
+
+
+def test_commands(meter, sim):
+    meter.StoreReference()
+    assert math.isclose(sim.reference_w, 1.234e-6, rel_tol=1e-2)
+    meter.Zero()
+    assert sim.zero_on and meter.ZeroEnabled
+    wait_until(lambda: abs(meter.Power) < 1e-9, 5)
+    meter.ZeroEnabled = False
+
+
+def test_init_reconnects(meter, sim):
+    before = meter.ErrorCount
+    meter.Init()
+    wait_state(meter, tango.DevState.ON, 10)
+    assert meter.ErrorCount >= 0 and before >= 0
+    assert math.isclose(wait_until(lambda: meter.Power, 5), 1.234e-6, rel_tol=1e-3)
