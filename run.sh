@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The two commands of the README, each doing its own set-up:
+#   ./run.sh demo    start the simulated lab on the embedded database and run the demo experiment
+#   ./run.sh test    run the whole test suite
+# Anything after the command is passed on (./run.sh test -k esp300, ./run.sh demo --help).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${TANGODAQ_VENV:-.venv}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "== creating the virtual environment in $VENV"
+        "$PY" -m venv "$VENV"
+    fi
+    # Re-install only when the project's dependencies changed.
+    stamp="$VENV/.tangodaq-installed"
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "== installing tangodaq and its dependencies (first run takes a few minutes)"
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+        echo "$want" > "$stamp"
+    fi
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    demo)
+        setup
+        exec "$VENV/bin/tangodaq" demo "$@"
+        ;;
+    test)
+        setup
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: ./run.sh demo|test [args...]" >&2
+        exit 2
+        ;;
+esac
