@@ -7,7 +7,13 @@ import math
 import pytest
 
 from deviceservers.common import protocol_sim
-from deviceservers.common.serial_link import InstrumentError, LinkSettings, ProtocolError, SerialLink, wait_connected
+from deviceservers.common.serial_link import (
+    InstrumentError,
+    LinkSettings,
+    ProtocolError,
+    SerialLink,
+    wait_connected,
+)
 from deviceservers.Newport1830C import driver
 from deviceservers.Newport1830C.simulator import RANGE_FULL_SCALE, Newport1830CSimulator, format_sci
 
