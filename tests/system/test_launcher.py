@@ -72,7 +72,7 @@ def test_supervisor_restarts_a_server_that_dies(lab):
             return False
 
     wait_for(answers, 30, "the restarted power meter to answer")
-    assert lab.state()["processes"][-1]["restarts"] >= 1
+    assert next(p for p in lab.state()["processes"] if p["name"] == "Newport1830C/lab")["restarts"] >= 1
     log = (lab.home / "logs" / "supervisor.log").read_text()
     assert "exited with code -9" in log and "restarted" in log
 
