@@ -1,10 +1,10 @@
 """The `tangodaq` command: run the simulated lab, or deploy it into a facility database.
 
-    tangodaq up [--foreground] [--config OVERLAY.json] [--lab LAB.json] [--timeout S]
-    tangodaq status
-    tangodaq down
-    tangodaq deploy [--config OVERLAY.json] [--starter-host HOST] [--write]
-    tangodaq bench ...          (the virtual bench, started by `up` when lab.json uses socket://)
+tangodaq up [--foreground] [--config OVERLAY.json] [--lab LAB.json] [--timeout S]
+tangodaq status
+tangodaq down
+tangodaq deploy [--config OVERLAY.json] [--starter-host HOST] [--write]
+tangodaq bench ...          (the virtual bench, started by `up` when lab.json uses socket://)
 """
 
 from __future__ import annotations
@@ -40,8 +40,12 @@ def _already_running(state: dict, args) -> int:
     _say(f"a lab is already running from {paths.data_dir()} (supervisor pid {state['supervisor_pid']}):")
     requested = "{}:{}".format(*embedded_db.tango_host())
     if os.environ.get("TANGO_HOST") and requested != state["tango_host"]:
-        _say(f"  (it uses TANGO_HOST={state['tango_host']}, not {requested}: `tangodaq down` first to change)")
-    if (_abs(args.config), _abs(args.lab)) != (state.get("overlay"), state.get("lab")) and (args.config or args.lab):
+        _say(
+            f"  (it uses TANGO_HOST={state['tango_host']}, not {requested}: `tangodaq down` first to change)"
+        )
+    if (_abs(args.config), _abs(args.lab)) != (state.get("overlay"), state.get("lab")) and (
+        args.config or args.lab
+    ):
         _say("  (it runs another configuration: `tangodaq down` first to change)")
     _say("")
     _say(lab_report(state))
@@ -65,6 +69,7 @@ def cmd_up(args) -> int:
 def _supervise(args, config: dict) -> int:
     host, port = embedded_db.tango_host()
     th = f"{host}:{port}"
+    user_tango_host = os.environ.get("TANGO_HOST")
     os.environ["TANGO_HOST"] = th
     _say(f"tangodaq: starting the lab in {paths.data_dir()} (TANGO_HOST={th})")
     if embedded_db.database_answers(host, port):
@@ -84,7 +89,11 @@ def _supervise(args, config: dict) -> int:
         import tango
 
         calls = write_config(config, tango.Database(host, port))
-        return f"{lab_name} loaded ({len(calls)} change{'s' if len(calls) > 1 else ''})" if calls else f"{lab_name} already loaded"
+        return (
+            f"{lab_name} loaded ({len(calls)} change{'s' if len(calls) > 1 else ''})"
+            if calls
+            else f"{lab_name} already loaded"
+        )
 
     resolved = paths.data_dir() / "lab.resolved.json"
     import json
@@ -107,9 +116,16 @@ def _supervise(args, config: dict) -> int:
         env={"TANGO_HOST": th, "TANGODAQ_CONFIG": str(resolved)},
         say=_say,
     )
-    hint = "stop with Ctrl-C or `tangodaq down`" if not args.supervisor_child else ""
+    hint = ""
+    if not args.supervisor_child:
+        hint = "supervising: stop with Ctrl-C or `tangodaq down`"
+        if not user_tango_host:
+            hint += f"\nclients (itango, Jive, Taurus) need: export TANGO_HOST={th}"
     try:
-        return sup.run(args.timeout, on_ready=lambda: _say("\n" + lab_report(read_state()) + ("\n\n" + hint if hint else "")))
+        return sup.run(
+            args.timeout,
+            on_ready=lambda: _say("\n" + lab_report(read_state()) + ("\n\n" + hint if hint else "")),
+        )
     except AlreadyRunning:
         state = running_state()
         if state:
@@ -122,14 +138,28 @@ def _detach(args) -> int:
     """Run the supervisor in the background, echo its progress, print the table, return."""
     log = paths.logs_dir() / "supervisor.log"
     offset = log.stat().st_size if log.exists() else 0
-    argv = [sys.executable, "-u", "-m", "tango_db.cli", "up", "--supervisor-child", "--timeout", str(args.timeout)]
+    argv = [
+        sys.executable,
+        "-u",
+        "-m",
+        "tango_db.cli",
+        "up",
+        "--supervisor-child",
+        "--timeout",
+        str(args.timeout),
+    ]
     if args.config:
         argv += ["--config", _abs(args.config)]
     if args.lab:
         argv += ["--lab", _abs(args.lab)]
     with open(log, "ab") as out:
         child = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd="/"
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd="/",
         )
     pending = ""
     up_seen = False
@@ -158,11 +188,18 @@ def _detach(args) -> int:
                     _say(pending)
                 return code or 1
             state = read_state()
-            if up_seen and state and state.get("supervisor_pid") == child.pid and state.get("phase") == "running":
+            if (
+                up_seen
+                and state
+                and state.get("supervisor_pid") == child.pid
+                and state.get("phase") == "running"
+            ):
                 _say("")
                 _say(lab_report(state))
                 _say(f"\nthe lab runs in the background (supervisor pid {child.pid}, log {log});")
                 _say("`tangodaq status` shows it, `tangodaq down` stops it")
+                if not os.environ.get("TANGO_HOST"):
+                    _say(f"clients (itango, Jive, Taurus) need: export TANGO_HOST={state['tango_host']}")
                 return 0
             time.sleep(0.1)
     except KeyboardInterrupt:
@@ -186,7 +223,9 @@ def cmd_down(args) -> int:
         return 0
     t0 = time.monotonic()
     if alive(state.get("supervisor_pid"), state.get("supervisor_starttime")):
-        _say(f"stopping the lab at TANGO_HOST={state['tango_host']} (supervisor pid {state['supervisor_pid']}) …")
+        _say(
+            f"stopping the lab at TANGO_HOST={state['tango_host']} (supervisor pid {state['supervisor_pid']}) …"
+        )
     else:
         _say("the lab's supervisor is gone; removing whatever it left …")
     clean = stop_lab(state, timeout=args.timeout, say=_say)
@@ -203,7 +242,9 @@ def cmd_status(args) -> int:
     if embedded_db.database_answers(host, port):
         config = load_config(args.config, args.lab)
         devices = {d: (cls, si.name) for si in server_instances(config) for d, cls in si.devices.items()}
-        _say(f"no lab supervised from {paths.data_dir()}; the lab's devices in the database at {host}:{port}:\n")
+        _say(
+            f"no lab supervised from {paths.data_dir()}; the lab's devices in the database at {host}:{port}:\n"
+        )
         _say(device_table(f"{host}:{port}", devices))
         return 0
     _say(f"no lab is running (nothing supervised from {paths.data_dir()}, no database at {host}:{port});")
@@ -228,12 +269,17 @@ def starter_changes(config: dict, db, starter_host: str, ds_path: str):
     if not exists:
         info = tango.DbDevInfo()
         info.name, info._class, info.server = starter, "Starter", f"Starter/{starter_host}"
-        changes.append((f"add_device({starter} (Starter in Starter/{starter_host}))", lambda i=info: db.add_device(i)))
+        changes.append(
+            (f"add_device({starter} (Starter in Starter/{starter_host}))", lambda i=info: db.add_device(i))
+        )
     current = list(db.get_device_property(starter, "StartDsPath")["StartDsPath"]) if exists else []
     if ds_path not in current:
         new = [*current, ds_path]
         changes.append(
-            (f"put_device_property({starter}, StartDsPath={new})", lambda: db.put_device_property(starter, {"StartDsPath": new}))
+            (
+                f"put_device_property({starter}, StartDsPath={new})",
+                lambda: db.put_device_property(starter, {"StartDsPath": new}),
+            )
         )
     from .processes import DEFAULT_LEVEL, LEVELS
 
@@ -248,8 +294,10 @@ def starter_changes(config: dict, db, starter_host: str, ds_path: str):
             info = tango.DbServerInfo()
             info.name, info.host, info.mode, info.level = si.name, starter_host, 1, level
             changes.append(
-                (f"put_server_info({si.name}: host={starter_host}, controlled, startup level {level})",
-                 lambda i=info: db.put_server_info(i))
+                (
+                    f"put_server_info({si.name}: host={starter_host}, controlled, startup level {level})",
+                    lambda i=info: db.put_server_info(i),
+                )
             )
     return changes
 
@@ -309,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def config_options(p):
-        p.add_argument("--config", metavar="OVERLAY.json", help="JSON merged on top of lab.json (hardware URLs, ...)")
+        p.add_argument(
+            "--config", metavar="OVERLAY.json", help="JSON merged on top of lab.json (hardware URLs, ...)"
+        )
         p.add_argument("--lab", metavar="LAB.json", help=f"use this file instead of {LAB_JSON.name}")
 
     up = sub.add_parser("up", help="start the lab (database, servers) and supervise it")
@@ -329,10 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_options(status)
     status.set_defaults(func=cmd_status)
 
-    deploy = sub.add_parser("deploy", help="write the lab into the facility database (TANGO_HOST) for Starter")
+    deploy = sub.add_parser(
+        "deploy", help="write the lab into the facility database (TANGO_HOST) for Starter"
+    )
     config_options(deploy)
     deploy.add_argument("--starter-host", help="host whose Starter runs the servers (default: this one)")
-    deploy.add_argument("--start-ds-path", help="Starter's StartDsPath entry (default: this environment's bin)")
+    deploy.add_argument(
+        "--start-ds-path", help="Starter's StartDsPath entry (default: this environment's bin)"
+    )
     deploy.add_argument("--write", action="store_true", help="apply the changes (default: show them)")
     deploy.set_defaults(func=cmd_deploy)
 

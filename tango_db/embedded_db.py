@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from pathlib import Path
 
 from . import paths
@@ -37,9 +38,23 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def speaks_giop(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a CORBA (GIOP) server listens at host:port: a GIOP 1.2 LocateRequest gets a GIOP
+    reply. Quick to say no where the Tango client would wait seconds (a busy port, a stuck peer)."""
+    key = b"tangodaq-probe"
+    body = struct.pack(">IhxxI", 1, 0, len(key)) + key
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"GIOP\x01\x02\x00\x03" + struct.pack(">I", len(body)) + body)
+            return sock.recv(4) == b"GIOP"
+    except OSError:
+        return False
+
+
 def database_answers(host: str, port: int, timeout: float = 2.0) -> bool:
-    """True when a Tango database device answers at host:port (quick TCP check first)."""
-    if not port_open(host, port, timeout=min(timeout, 0.5)):
+    """True when a Tango database device answers at host:port (quick GIOP check first)."""
+    if not speaks_giop(host, port, timeout=min(timeout, 1.0)):
         return False
     import tango
 
@@ -106,12 +121,12 @@ def cmdline(pid: int) -> str:
 def port_busy_message(host: str, port: int) -> str:
     owners = who_listens(port)
     if owners:
-        who = "; ".join(f"pid {pid}: {cmd[:120]}" for pid, cmd in owners)
+        who = "\n".join(f"    pid {pid}: {' '.join(cmd.split())[:100]}" for pid, cmd in owners)
         hint = f"stop it (kill {owners[0][0]})"
     else:
-        who = "a process this user cannot see"
+        who = "    (a process this user cannot see)"
         hint = f"find it with `ss -ltnp 'sport = :{port}'` and stop it"
     return (
-        f"port {port} on {host} is in use, but no Tango database answers there ({who}).\n"
+        f"port {port} on {host} is taken by another program, not a Tango database:\n{who}\n"
         f"  {hint}, or use another port: TANGO_HOST={host}:{port + 1} tangodaq up"
     )

@@ -155,7 +155,9 @@ def tango_server_spec(si: ServerInstance, tango_host: str) -> ProcessSpec:
     )
 
 
-def lab_specs(config: dict, host: str, port: int, embedded: bool, load: Callable[[], str]) -> list[ProcessSpec]:
+def lab_specs(
+    config: dict, host: str, port: int, embedded: bool, load: Callable[[], str]
+) -> list[ProcessSpec]:
     """Everything `tangodaq up` runs, in the order of the table."""
     tango_host = f"{host}:{port}"
     specs: list[ProcessSpec] = []

@@ -24,7 +24,11 @@ def device_rows(tango_host: str, devices: dict[str, tuple[str, str]]) -> list[tu
             status = _first_line(proxy.status())
         except tango.DevFailed as exc:
             reason = exc.args[0].reason
-            state = "DOWN" if reason in ("API_DeviceNotExported", "API_CantConnect", "DB_DeviceNotDefined") else "?"
+            state = (
+                "DOWN"
+                if reason in ("API_DeviceNotExported", "API_CantConnect", "DB_DeviceNotDefined")
+                else "?"
+            )
             status = _first_line(exc.args[0].desc)
         rows.append((dev, cls, server, state, status))
     return rows
@@ -33,7 +37,7 @@ def device_rows(tango_host: str, devices: dict[str, tuple[str, str]]) -> list[tu
 def format_table(header: tuple[str, ...], rows: list[tuple]) -> str:
     cols = [header, *[tuple(str(x) for x in r) for r in rows]]
     widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in cols]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in cols]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -65,7 +69,13 @@ def _uptime(started: str | None) -> str:
 
 def process_table(state: dict) -> str:
     rows = [
-        (p["name"], p.get("pid") or "restarting", _uptime(p.get("started")), p.get("restarts", 0), p.get("log", ""))
+        (
+            p["name"],
+            p.get("pid") or "restarting",
+            _uptime(p.get("started")),
+            p.get("restarts", 0),
+            p.get("log", ""),
+        )
         for p in state.get("processes", [])
     ]
     return format_table(("PROCESS", "PID", "UP", "RESTARTS", "LOG"), rows)
@@ -74,5 +84,7 @@ def process_table(state: dict) -> str:
 def lab_report(state: dict) -> str:
     host = state["tango_host"]
     db = "embedded database" if state.get("embedded") else "existing database"
-    head = f"lab at TANGO_HOST={host} ({db}; supervisor pid {state.get('supervisor_pid')}, {state.get('phase')})"
+    head = (
+        f"lab at TANGO_HOST={host} ({db}; supervisor pid {state.get('supervisor_pid')}, {state.get('phase')})"
+    )
     return "\n".join([head, "", device_table(host, devices_of_state(state)), "", process_table(state)])

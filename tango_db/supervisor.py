@@ -35,6 +35,7 @@ GRACE_S = 5.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0
+LOG_MAX_BYTES = 5_000_000  # a log this big moves to <name>.log.1 at the next start
 PR_SET_PDEATHSIG = 1
 
 _libc = None
@@ -42,9 +43,14 @@ with contextlib.suppress(OSError):
     _libc = ctypes.CDLL(None, use_errno=True)
 
 
+_supervisor_pid = os.getpid()
+
+
 def _child_setup() -> None:  # runs in the child between fork and exec
     if _libc is not None:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != _supervisor_pid:  # the supervisor died before prctl took effect
+        os._exit(1)
 
 
 # --- /proc helpers (no psutil) ------------------------------------------------------------------
@@ -199,7 +205,8 @@ class Supervisor:
                         "pid": c.pid if c.running() else None,
                         "pgid": c.pid,
                         "starttime": c.starttime,
-                        "started": c.started_at and datetime.fromtimestamp(c.started_at).isoformat(timespec="seconds"),
+                        "started": c.started_at
+                        and datetime.fromtimestamp(c.started_at).isoformat(timespec="seconds"),
                         "restarts": c.restarts,
                         "log": str(c.log),
                         "devices": c.spec.devices,
@@ -220,10 +227,17 @@ class Supervisor:
 
     # -- processes
     def spawn(self, child: Child) -> None:
+        global _supervisor_pid
+        _supervisor_pid = os.getpid()
         spec = child.spec
         env = {**os.environ, **self.env, **spec.env}
+        with contextlib.suppress(OSError):
+            if child.log.stat().st_size > LOG_MAX_BYTES:
+                child.log.replace(child.log.with_suffix(".log.1"))
         with open(child.log, "ab") as log:
-            log.write(f"\n===== {datetime.now().isoformat(timespec='seconds')} start {' '.join(spec.argv)}\n".encode())
+            log.write(
+                f"\n===== {datetime.now().isoformat(timespec='seconds')} start {' '.join(spec.argv)}\n".encode()
+            )
             log.flush()
             child.proc = subprocess.Popen(
                 spec.argv,
@@ -268,6 +282,15 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 c.proc.wait(2.0)
 
+    @staticmethod
+    def check(c: Child) -> tuple[bool, str]:
+        if c.spec.ready is None:
+            return True, "running"
+        try:
+            return c.spec.ready()
+        except Exception as exc:  # noqa: BLE001 - a failing check means "not ready yet"
+            return False, f"{type(exc).__name__}: {exc}"
+
     # -- start
     def start_all(self, timeout: float) -> bool:
         """Start level by level; False (with the reason printed) when something fails."""
@@ -287,7 +310,11 @@ class Supervisor:
                     c.ready = True
                     self.say(f"  {c.spec.name} … {result} ({time.monotonic() - t0:.1f} s)")
                 else:
-                    self.spawn(c)
+                    try:
+                        self.spawn(c)
+                    except OSError as exc:
+                        self.say(f"  {c.spec.name} … FAILED: cannot start {c.spec.argv[0]}: {exc}")
+                        return False
             self.write_state()
             if not self._wait_ready([c for c in batch if c.spec.action is None], deadline):
                 return False
@@ -307,7 +334,7 @@ class Supervisor:
                         self.say(f"  last lines of {c.log}:\n{tail}")
                     self.say(f"  fix the cause (see {c.log}) and run `tangodaq up` again")
                     return False
-                ok, detail = c.spec.ready() if c.spec.ready else (True, "running")
+                ok, detail = self.check(c)
                 c.detail = detail
                 if ok:
                     c.ready = True
@@ -340,13 +367,23 @@ class Supervisor:
                 continue
             if c.restart_at is not None:
                 if time.time() >= c.restart_at:
-                    self.spawn(c)
+                    try:
+                        self.spawn(c)
+                    except OSError as exc:
+                        c.restart_at = time.time() + c.backoff
+                        self.say(
+                            f"{c.spec.name} cannot be restarted ({exc}); retrying in {c.backoff:.0f} s",
+                            stamp=True,
+                        )
+                        c.backoff = min(c.backoff * 2, BACKOFF_MAX_S)
+                        continue
                     c.restarts += 1
                     changed = True
                     self.say(f"{c.spec.name} restarted (pid {c.pid}, restart #{c.restarts})", stamp=True)
                 continue
             code = c.proc.poll()
             if code is not None:
+                kill_group(c.proc.pid, signal.SIGKILL)  # whatever it spawned goes with it
                 if not c.spec.restart:
                     continue
                 ran = time.time() - c.started_at
@@ -361,7 +398,7 @@ class Supervisor:
                 c.backoff = min(c.backoff * 2, BACKOFF_MAX_S)
                 changed = True
             elif not c.ready and c.spec.ready is not None:
-                ok, detail = c.spec.ready()
+                ok, detail = self.check(c)
                 if ok:
                     c.ready = True
                     self.say(f"{c.spec.name} answers again ({detail})", stamp=True)

@@ -63,9 +63,16 @@ class Lab:
         self.lab_file = lab_file
         self.env = {**os.environ, "TANGODAQ_HOME": str(self.home), "TANGO_HOST": self.tango_host}
 
-    def tangodaq(self, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    def tangodaq(
+        self, *args: str, timeout: float = 120, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [TANGODAQ, *args], env=env or self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            [TANGODAQ, *args],
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
 
     def up(self, *extra: str) -> subprocess.CompletedProcess:
@@ -74,7 +81,9 @@ class Lab:
             args += ["--lab", self.lab_file]
         result = self.tangodaq(*args, timeout=UP_TIMEOUT_S + 60)
         if result.returncode != 0:
-            raise RuntimeError(f"tangodaq up failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{self.logs()}")
+            raise RuntimeError(
+                f"tangodaq up failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{self.logs()}"
+            )
         return result
 
     def state(self) -> dict:

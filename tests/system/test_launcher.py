@@ -31,7 +31,9 @@ def test_client_reads_the_power_meter_through_the_database(lab):
     db = tango.Database(*lab.tango_host.split(":"))
     info = db.get_device_info("lab/powermeter/1")
     assert info.ds_full_name == "Newport1830C/lab"
-    assert list(db.get_device_property("lab/powermeter/1", "SerialURL")["SerialURL"]) == ["sim://newport1830c"]
+    assert list(db.get_device_property("lab/powermeter/1", "SerialURL")["SerialURL"]) == [
+        "sim://newport1830c"
+    ]
 
     pm = lab.proxy("lab/powermeter/1")
     wait_for(lambda: pm.state() == tango.DevState.ON, 15, "the power meter to be ON")
@@ -61,7 +63,11 @@ def test_supervisor_restarts_a_server_that_dies(lab):
 
     old = lab.pid_of("Newport1830C/lab")
     os.kill(old, signal.SIGKILL)
-    new = wait_for(lambda: (lab.pid_of("Newport1830C/lab") or old) != old and lab.pid_of("Newport1830C/lab"), 20, "a restart")
+    new = wait_for(
+        lambda: (lab.pid_of("Newport1830C/lab") or old) != old and lab.pid_of("Newport1830C/lab"),
+        20,
+        "a restart",
+    )
     assert new != old
     pm = lab.proxy("lab/powermeter/1")
 
@@ -85,7 +91,9 @@ def test_down_leaves_no_process_behind(lab_factory):
     assert result.returncode == 0, result.stdout
     assert "lab stopped" in result.stdout
     assert lab.leftovers() == []
-    assert not any(os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read() for pid in pids)
+    assert not any(
+        os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read() for pid in pids
+    )
     assert not (lab.home / "state.json").exists()
     # down again is harmless
     assert "no lab is running" in lab.tangodaq("down").stdout
@@ -104,7 +112,11 @@ def test_foreground_up_stops_everything_on_ctrl_c(lab_factory):
         text=True,
     )
     try:
-        wait_for(lambda: (lab.home / "state.json").exists() and lab.state().get("phase") == "running", UP_TIMEOUT_S, "up")
+        wait_for(
+            lambda: (lab.home / "state.json").exists() and lab.state().get("phase") == "running",
+            UP_TIMEOUT_S,
+            "up",
+        )
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -132,7 +144,7 @@ def test_busy_port_says_which_process_holds_it(lab_factory):
         sock.listen()
         result = lab.tangodaq("up", "--foreground", timeout=60)
     assert result.returncode == 2
-    assert "in use" in result.stdout and f"pid {os.getpid()}" in result.stdout
+    assert "taken by another program" in result.stdout and f"pid {os.getpid()}" in result.stdout
     assert lab.leftovers() == []
 
 
@@ -144,10 +156,24 @@ def test_deploy_writes_config_and_starter_entries(lab, tmp_path):
     overlay = tmp_path / "hardware.json"
     overlay.write_text(
         json.dumps(
-            {"servers": {"DeployTest": {"x": {"DeployTest": {"test/deploy/1": {"properties": {"SerialURL": "/dev/ttyUSB9"}}}}}}}
+            {
+                "servers": {
+                    "DeployTest": {
+                        "x": {"DeployTest": {"test/deploy/1": {"properties": {"SerialURL": "/dev/ttyUSB9"}}}}
+                    }
+                }
+            }
         )
     )
-    args = ["deploy", "--config", str(overlay), "--starter-host", "labpc", "--start-ds-path", "/opt/tangodaq/bin"]
+    args = [
+        "deploy",
+        "--config",
+        str(overlay),
+        "--starter-host",
+        "labpc",
+        "--start-ds-path",
+        "/opt/tangodaq/bin",
+    ]
     dry = lab.tangodaq(*args)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "dry run" in dry.stdout and "put_server_info(Newport1830C/lab" in dry.stdout
