@@ -73,8 +73,17 @@ def _supervise(args, config: dict) -> int:
     os.environ["TANGO_HOST"] = th
     _say(f"tangodaq: starting the lab in {paths.data_dir()} (TANGO_HOST={th})")
     if embedded_db.database_answers(host, port):
+        if not args.use_existing_db:
+            _say(
+                f"  database … a Tango database already answers at {th}, and `up` would write the simulated "
+                "lab's settings (sim:// and socket:// URLs) into it.\n"
+                "  If it is a facility database, deploy with `tangodaq deploy --config hardware.json` instead.\n"
+                f"  To run the simulated lab on it anyway: tangodaq up --use-existing-db\n"
+                "  To run it on its own embedded database: TANGO_HOST=127.0.0.1:<free port> tangodaq up"
+            )
+            return 2
         embedded = False
-        _say(f"  database … a Tango database answers at {th}: using it")
+        _say(f"  database … a Tango database answers at {th}: using it (--use-existing-db)")
     elif embedded_db.port_open(host, port):
         _say("  database … FAILED: " + embedded_db.port_busy_message(host, port))
         return 2
@@ -152,6 +161,8 @@ def _detach(args) -> int:
         argv += ["--config", _abs(args.config)]
     if args.lab:
         argv += ["--lab", _abs(args.lab)]
+    if args.use_existing_db:
+        argv += ["--use-existing-db"]
     with open(log, "ab") as out:
         child = subprocess.Popen(
             argv,
@@ -337,6 +348,28 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    """Bring the lab up (in the background) unless it runs, then run the demo against it."""
+    state = running_state()
+    if not state:
+        args.foreground = args.supervisor_child = False
+        code = cmd_up(args)
+        if code != 0:
+            _say("the lab did not start: see the messages above, then run `tangodaq demo` again")
+            return code
+        state = running_state()
+    if not state:
+        _say("the lab is not running after `up`: see `tangodaq status` and the logs in " + str(paths.logs_dir()))
+        return 1
+    os.environ["TANGO_HOST"] = state["tango_host"]
+    from .demo import run_demo
+
+    return run_demo(say=_say)
+
+
 # --- bench --------------------------------------------------------------------------------------
 
 
@@ -369,7 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--supervisor-child", action="store_true", help=argparse.SUPPRESS)
     config_options(up)
     up.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole lab to answer (60)")
+    up.add_argument(
+        "--use-existing-db",
+        action="store_true",
+        help="write the simulated lab into the database that already answers at TANGO_HOST",
+    )
     up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="start the lab if needed, then run the demo experiment")
+    config_options(demo)
+    demo.add_argument("--timeout", type=float, default=90.0, help="seconds for the lab to start (90)")
+    demo.add_argument("--use-existing-db", action="store_true", help=argparse.SUPPRESS)
+    demo.set_defaults(func=cmd_demo)
 
     down = sub.add_parser("down", help="stop the lab")
     down.add_argument("--timeout", type=float, default=30.0, help="seconds before the supervisor is killed")
