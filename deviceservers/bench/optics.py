@@ -66,7 +66,7 @@ class OpticsModel:
     qwp: WavePlate = field(default_factory=lambda: WavePlate(0.25, offset_deg=-1.7))
     pol: Polariser = field(default_factory=lambda: Polariser(offset_deg=5.0))
     #: fraction of the laser's output that reaches the optics (a beam splitter / ND in front)
-    throughput: float = 1.0e-3
+    throughput: float = 2.0e-4
     #: camera: where the spot is with the stage at 0, and how far it moves per mm of stage
     spot_origin_px: tuple[float, float] = (1024.0, 1024.0)
     px_per_mm: float = 100.0
