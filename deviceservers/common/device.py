@@ -112,46 +112,27 @@ def _tango_type(p: Parameter[Any]) -> Any:
     return {float: float, int: np.int32, bool: bool, str: str}[p.dtype]
 
 
-class InstrumentDevice(Device):
-    """Base of the serial instrument devices. Subclasses implement :meth:`create_component`."""
+class ParameterDevice(Device):
+    """Base of every device whose settings are the Parameters of a component, serial or not.
 
-    DEFAULT_BAUD_RATE: ClassVar[int] = 9600
-    DEFAULT_FLOW_CONTROL: ClassVar[str] = "none"
-    DEFAULT_TIMEOUT_S: ClassVar[float] = 1.0
-    DEFAULT_POLL_PERIOD_MS: ClassVar[int] = 500
-    WRITE_TERMINATOR: ClassVar[bytes] = b"\n"
-    READ_TERMINATOR: ClassVar[bytes] = b"\n"
+    It maps the component's Parameters to attributes and events and its state to State/Status.
+    Subclasses implement :meth:`build_component`, returning an object with ``parameters``,
+    ``state``, ``status``, ``add_state_listener``, ``start``, ``stop``, ``update_state`` and the
+    health properties ``communication_ok``, ``error_count``, ``last_error`` (a serial
+    :class:`Component`, or e.g. the camera's component which has no serial link).
+    """
 
-    SerialURL = device_property(
-        dtype=str,
-        default_value="",
-        doc="Any pyserial URL: /dev/serial/by-id/..., socket://host:port, rfc2217://host:port, sim://<instrument>",
-    )
-    BaudRate = device_property(dtype=int, default_value=0, doc="Baud rate; 0 means the instrument's default")
-    FlowControl = device_property(dtype=str, default_value="", doc="none, rtscts or xonxoff; empty means the instrument's default")
-    TimeoutS = device_property(dtype=float, default_value=0.0, doc="Reply time-out in seconds; 0 means the instrument's default")
-    PollPeriodMs = device_property(dtype=int, default_value=0, doc="Polling period in ms; 0 means the instrument's default")
-
-    component: Component
+    component: Any
 
     # ------------------------------------------------------------------ to implement
-    def create_component(self, settings: LinkSettings, poll_period_s: float, logger: logging.Logger) -> Component:
-        raise TypeError(f"{type(self).__name__} must override create_component")  # pragma: no cover
-
-    # ------------------------------------------------------------------ settings
-    def link_settings(self) -> LinkSettings:
-        return LinkSettings(
-            url=self.SerialURL,
-            baudrate=self.BaudRate or self.DEFAULT_BAUD_RATE,
-            flow_control=(self.FlowControl or self.DEFAULT_FLOW_CONTROL).lower(),
-            timeout_s=self.TimeoutS or self.DEFAULT_TIMEOUT_S,
-            write_terminator=self.WRITE_TERMINATOR,
-            read_terminator=self.READ_TERMINATOR,
-        )
+    def build_component(self) -> Any:
+        """Build the component from the device properties; ValueError/TypeError = bad configuration."""
+        raise TypeError(f"{type(self).__name__} must override build_component")  # pragma: no cover
 
     # ------------------------------------------------------------------ lifecycle
     def init_device(self) -> None:
         super().init_device()
+        self._deleting = False
         self.set_state(DevState.INIT)
         self._unsubscribers: list[Callable[[], None]] = []
         self._log = logging.getLogger(f"tangodaq.{self.get_name()}")
@@ -161,19 +142,11 @@ class InstrumentDevice(Device):
         for name in ("State", "Status"):
             self.set_change_event(name, True, False)
         try:
-            settings = self.link_settings()
-        except ValueError as exc:
-            self.set_state(DevState.FAULT)
-            self.set_status(f"Bad configuration: {exc}. Fix the device property and run Init.")
-            self.component = None  # type: ignore[assignment]
-            return
-        poll_s = (self.PollPeriodMs or self.DEFAULT_POLL_PERIOD_MS) / 1000.0
-        try:
-            self.component = self.create_component(settings, poll_s, self._log)
+            self.component = self.build_component()
         except (ValueError, TypeError) as exc:
             self.set_state(DevState.FAULT)
             self.set_status(f"Bad configuration: {exc}. Fix the device property and run Init.")
-            self.component = None  # type: ignore[assignment]
+            self.component = None
             return
         for p in self.component.parameters:
             self._unsubscribers.append(p.subscribe(self._on_parameter_change))
@@ -182,6 +155,10 @@ class InstrumentDevice(Device):
         self.component.start()
 
     def delete_device(self) -> None:
+        # No more pushes from the component's threads: this thread holds the device lock while
+        # the component stops (and makes the instrument safe), so a push from the poll thread
+        # would block on that lock and the join of the poll thread would wait for it (~3 s).
+        self._deleting = True
         for unsub in getattr(self, "_unsubscribers", []):
             unsub()
         self._unsubscribers = []
@@ -265,6 +242,8 @@ class InstrumentDevice(Device):
             self._log.debug("event for %s not pushed: %s", r.name, exc.args[0].desc)
 
     def _on_state_change(self, state: DeviceState, status: str) -> None:
+        if getattr(self, "_deleting", False):
+            return
         self.set_state(getattr(DevState, state.value))
         self.set_status(status)
         try:
@@ -296,3 +275,46 @@ class InstrumentDevice(Device):
     @attribute(dtype=str, doc="The last communication or instrument error, with its time")
     def LastError(self) -> str:
         return "" if self.component is None else self.component.last_error
+
+
+class InstrumentDevice(ParameterDevice):
+    """Base of the serial instrument devices. Subclasses implement :meth:`create_component`."""
+
+    DEFAULT_BAUD_RATE: ClassVar[int] = 9600
+    DEFAULT_FLOW_CONTROL: ClassVar[str] = "none"
+    DEFAULT_TIMEOUT_S: ClassVar[float] = 1.0
+    DEFAULT_POLL_PERIOD_MS: ClassVar[int] = 500
+    WRITE_TERMINATOR: ClassVar[bytes] = b"\n"
+    READ_TERMINATOR: ClassVar[bytes] = b"\n"
+
+    SerialURL = device_property(
+        dtype=str,
+        default_value="",
+        doc="Any pyserial URL: /dev/serial/by-id/..., socket://host:port, rfc2217://host:port, sim://<instrument>",
+    )
+    BaudRate = device_property(dtype=int, default_value=0, doc="Baud rate; 0 means the instrument's default")
+    FlowControl = device_property(dtype=str, default_value="", doc="none, rtscts or xonxoff; empty means the instrument's default")
+    TimeoutS = device_property(dtype=float, default_value=0.0, doc="Reply time-out in seconds; 0 means the instrument's default")
+    PollPeriodMs = device_property(dtype=int, default_value=0, doc="Polling period in ms; 0 means the instrument's default")
+
+    component: Component
+
+    # ------------------------------------------------------------------ to implement
+    def create_component(self, settings: LinkSettings, poll_period_s: float, logger: logging.Logger) -> Component:
+        raise TypeError(f"{type(self).__name__} must override create_component")  # pragma: no cover
+
+    # ------------------------------------------------------------------ settings
+    def link_settings(self) -> LinkSettings:
+        return LinkSettings(
+            url=self.SerialURL,
+            baudrate=self.BaudRate or self.DEFAULT_BAUD_RATE,
+            flow_control=(self.FlowControl or self.DEFAULT_FLOW_CONTROL).lower(),
+            timeout_s=self.TimeoutS or self.DEFAULT_TIMEOUT_S,
+            write_terminator=self.WRITE_TERMINATOR,
+            read_terminator=self.READ_TERMINATOR,
+        )
+
+    def build_component(self) -> Component:
+        settings = self.link_settings()
+        poll_s = (self.PollPeriodMs or self.DEFAULT_POLL_PERIOD_MS) / 1000.0
+        return self.create_component(settings, poll_s, self._log)

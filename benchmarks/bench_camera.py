@@ -1,0 +1,121 @@
+"""Camera end to end: Pvcam device (sim backend, free running) -> ring -> Recorder -> HDF5.
+
+Measures frames per second recorded and frames lost at full frame (2048x2048) and at a 512x512
+ROI, next to a raw producer (numpy frames written straight into a ring by their own process, as
+in ``bench_frames.py``) feeding the same Recorder (the DataWriter's engine) and HDF5 sink, so
+the printed ratio is the cost of the camera layer (frame generation, acquisition thread,
+preview) over the data plane alone. Nothing is asserted.
+
+    python benchmarks/bench_camera.py            # 10 s per phase
+    python benchmarks/bench_camera.py --quick    # 3 s per phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import tango
+from tango.test_context import DeviceTestContext
+
+from datawriter.hdf5_sink import Hdf5Sink, StreamSpec
+from datawriter.recorder import Recorder
+from datawriter.ring import RingReader, create_frame_stream, remove_stream
+from deviceservers.Pvcam.device import Pvcam
+
+
+def record(name: str, folder: str, run) -> dict:  # noqa: ANN001 - run() produces for a while
+    reader = RingReader(name, start="latest")
+    path = os.path.join(folder, f"bench_camera_{uuid.uuid4().hex[:6]}.h5")
+    rec = Recorder(Hdf5Sink(path, [StreamSpec(name, reader.schema, reader.description)]), {name: reader})
+    rec.start()
+    t0 = time.monotonic()
+    produced, camera_lost = run()
+    elapsed = time.monotonic() - t0
+    rec.stop()
+    st = rec.stats()
+    os.unlink(path)
+    return {"produced": produced, "camera_lost": camera_lost, "written": st.records_written,
+            "ring_lost": st.dropped_records, "fps": st.records_written / elapsed, "error": rec.error}
+
+
+def camera_phase(folder: str, roi: list[int], seconds: float) -> dict:
+    device = f"bench/camera/{uuid.uuid4().hex[:8]}"
+    props = {"Backend": "sim", "SimFreeRun": True, "PreviewMaxFps": 2.0, "RingSizeMB": 1024.0}
+    with DeviceTestContext(Pvcam, device_name=device, properties=props, process=True, timeout=30) as cam:
+        cam.ExposureTime = 1e-6
+        cam.Roi = roi
+        cam.Snap()  # creates the ring for this shape
+        while cam.State() == tango.DevState.RUNNING:
+            time.sleep(0.05)
+        name = device.replace("/", ".") + ".frames"
+
+        def run() -> tuple[int, int]:
+            cam.StartAcquisition()
+            time.sleep(seconds)  # the benchmark's duration, not a condition
+            cam.StopAcquisition()
+            return cam.FramesAcquired, cam.FramesLost
+
+        result = record(name, folder, run)
+    remove_stream(name)
+    return result
+
+
+def raw_producer(device: str, shape: tuple[int, int], seconds: float, ready, go, total) -> None:  # noqa: ANN001
+    w = create_frame_stream(device, height=shape[0], width=shape[1], ring_size_mb=1024)
+    frames = [np.random.default_rng(i).integers(0, 4096, shape, dtype=np.uint16) for i in range(4)]
+    ready.set()
+    go.wait()
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        now = time.time()
+        w.write(frames[n % 4], n + 1, now, now, 1e-6)
+        n += 1
+    total.value = n
+    w.close()
+
+
+def raw_phase(folder: str, shape: tuple[int, int], seconds: float) -> dict:
+    ctx = mp.get_context("fork")
+    device = f"bench/raw/{uuid.uuid4().hex[:8]}"
+    ready, go, total = ctx.Event(), ctx.Event(), ctx.Value("q", 0)
+    p = ctx.Process(target=raw_producer, args=(device, shape, seconds, ready, go, total))
+    p.start()
+    ready.wait(30)
+    name = device.replace("/", ".") + ".frames"
+
+    def run() -> tuple[int, int]:
+        go.set()
+        p.join()
+        return total.value, 0
+
+    result = record(name, folder, run)
+    remove_stream(name)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    ap.add_argument("--quick", action="store_true", help="3 s per phase")
+    ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder of the HDF5 files")
+    a = ap.parse_args()
+    secs = 3.0 if a.quick else a.duration
+    print(f"camera (sim, free running) vs raw producer -> ring -> Recorder -> HDF5 in {a.dir}, {secs:.0f} s per phase")
+    for label, roi in (("full 2048x2048", [0, 0, 2048, 2048]), ("ROI 512x512", [0, 0, 512, 512])):
+        cam = camera_phase(a.dir, roi, secs)
+        raw = raw_phase(a.dir, (roi[3], roi[2]), secs)
+        for who, r in (("camera", cam), ("raw", raw)):
+            print(f"{label:>15} {who:>6}: produced {r['produced']:6d}  written {r['written']:6d}  "
+                  f"lost at camera {r['camera_lost']:4d}  lost in ring {r['ring_lost']:5d}  {r['fps']:7.1f} fps  "
+                  f"error={r['error']}")
+        print(f"{label:>15}  ratio camera/raw = {cam['fps'] / raw['fps']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,582 @@
+"""The camera as Parameters, an acquisition thread and a monitor thread; no Tango, no Arrow.
+
+Threads, and why there are two:
+
+* the **acquisition thread** exists while acquiring: it polls the backend (always with a short
+  time-out, so Stop is honoured within ~0.2 s and an external trigger that never comes cannot
+  hang it), counts frame-number gaps as lost frames, hands every frame to the sink (the
+  shared-memory ring) and keeps a reference to the newest one. It never publishes a Parameter,
+  so it never waits for Tango clients;
+* the **monitor thread** always runs: it reads the temperature (idle or acquiring), publishes the
+  counters and the preview (``LastImage`` at most ``preview_max_fps`` times per second), derives
+  the state, and re-opens the camera if it was not available.
+
+Stuck acquisitions (no frame for far longer than a frame period in internal trigger mode) are
+recovered by abort + re-open + restart, continuing the frame numbering so the ring stays
+contiguous apart from the frames really lost. In external trigger modes a silence longer than
+``trigger_timeout_s`` stops the acquisition and leaves the device in ALARM with a status that
+says to check the trigger source.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from deviceservers.common.component import DeviceState, StateListener
+from deviceservers.common.parameter import Parameter, ParameterError, ParameterSet
+
+from .backend import (
+    EXTERNAL_TRIGGER_MODES,
+    FAN_SPEEDS,
+    PVCAM_EXPOSURE_MODES,
+    SOFTWARE_TRIGGER_MODES,
+    AcquisitionNotActive,
+    AcquisitionRunning,
+    CameraBackend,
+    CameraError,
+    FrameSink,
+    FrameTimeout,
+    Roi,
+)
+
+FrameSinkFactory = Callable[[int, int], FrameSink]
+POLL_TIMEOUT_S = 0.2
+MAX_SEQUENCE = 65535
+REOPEN_PERIOD_S = 2.0
+FPS_WINDOW = 32
+
+
+def enum_label(name: str) -> str:
+    """A camera's enum name as a Tango enum label: no spaces (PyTango clients build a Python
+    IntEnum from the labels joined by spaces, so "Edge rising" would become two members)."""
+    return "-".join(name.split())
+
+
+class NullSink:
+    """Discards frames (a component used without a ring, e.g. from a script)."""
+
+    def write_frame(self, frame: np.ndarray, frame_number: int, timestamp_bof: float, timestamp_eof: float,
+                    exposure_s: float) -> None:
+        pass
+
+
+class PvcamComponent:
+    """A PVCAM camera: settings as Parameters, acquisition into a frame sink, a rate-limited preview."""
+
+    label = "PVCAM camera"
+
+    def __init__(
+        self,
+        backend_factory: Callable[[], CameraBackend],
+        sink_factory: FrameSinkFactory | None = None,
+        *,
+        preview_max_fps: float = 5.0,
+        poll_period_s: float = 1.0,
+        trigger_timeout_s: float = 10.0,
+        buffer_frames: int = 32,
+        stall_timeout_s: float = 2.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not preview_max_fps > 0:
+            raise ValueError(f"PreviewMaxFps must be > 0, not {preview_max_fps}")
+        if trigger_timeout_s < 0:
+            raise ValueError(f"the trigger time-out must be >= 0 s (0 = wait forever), not {trigger_timeout_s}")
+        self.log = logger or logging.getLogger("tangodaq.Pvcam")
+        self._backend_factory = backend_factory
+        self._sink_factory = sink_factory or (lambda h, w: NullSink())
+        self.preview_period_s = 1.0 / preview_max_fps
+        self.poll_period_s = poll_period_s
+        self.trigger_timeout_s = trigger_timeout_s
+        self.buffer_frames = buffer_frames
+        self.stall_timeout_s = stall_timeout_s
+        self.backend: CameraBackend | None = None
+        self.parameters = ParameterSet()
+        self._state = DeviceState.INIT
+        self._status = "Opening the camera"
+        self._state_lock = threading.RLock()
+        self._state_listeners: list[StateListener] = []
+        self._open_error = ""
+        self._alarm = ""
+        self._error_count = 0
+        self._last_error = ""
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._acq_lock = threading.RLock()
+        self._acq_thread: threading.Thread | None = None
+        self._acq_stop = threading.Event()
+        self._acq_desc = ""
+        self._frames = 0
+        self._lost = 0
+        self._recoveries = 0
+        self._fps = 0.0
+        self._latest: np.ndarray | None = None
+        self._latest_seq = 0
+        self._published_seq = 0
+        self._last_preview = 0.0
+        self._trigger_modes: dict[str, int] = dict(PVCAM_EXPOSURE_MODES)
+        self._open_backend()
+        self._declare_parameters()
+        self._publish_settings()
+
+    # ------------------------------------------------------------------ parameters
+    def add(self, p: Parameter[Any]) -> Parameter[Any]:
+        return self.parameters.add(p)
+
+    def __getitem__(self, name: str) -> Parameter[Any]:
+        return self.parameters[name]
+
+    def _declare_parameters(self) -> None:
+        b = self.backend
+        exp_lo, exp_hi = b.exposure_limits_s if b else (1e-6, 3600.0)
+        t_lo, t_hi = b.temperature_setpoint_limits if b else (-25.0, 25.0)
+        fans = b.fan_speeds if b else FAN_SPEEDS
+        if b is not None:
+            self._trigger_modes = b.trigger_modes
+        sensor = b.sensor_size if b else (2048, 2048)
+        add = self.add
+        self.exposure_time = add(Parameter(
+            "ExposureTime", float, unit="s", fmt="%.6f", minimum=exp_lo, maximum=exp_hi, writable=True,
+            writer=lambda v: self._camera().set_exposure(v),
+            description="Exposure time of each frame; the frame period is exposure + readout time"))
+        self.trigger_mode = add(Parameter(
+            "TriggerMode", int, choices=[enum_label(n) for n in self._trigger_modes], writable=True,
+            writer=lambda i: self._camera().set_trigger_mode(list(self._trigger_modes.values())[i]),
+            description="PVCAM exposure mode: Internal runs freely; Software-first/-edge wait for SoftwareTrigger; "
+                        "the others wait for the camera's trigger input"))
+        self.port = add(Parameter(
+            "ReadoutPort", int, minimum=0, writable=True, writer=self._write_port,
+            description="Readout port (PVCAM port value; see ReadoutPortName and SpeedTable). Changing it "
+                        "re-applies speed then gain"))
+        self.speed = add(Parameter(
+            "ReadoutSpeed", int, minimum=0, writable=True, writer=self._write_speed,
+            description="Readout speed index within the port (see ReadoutSpeedName and SpeedTable)"))
+        self.gain = add(Parameter(
+            "Gain", int, minimum=1, writable=True, writer=self._write_gain,
+            description="Gain index within the speed, from 1 (see GainName and SpeedTable)"))
+        self.port_name = add(Parameter("ReadoutPortName", str, description="Name of the readout port"))
+        self.speed_name = add(Parameter("ReadoutSpeedName", str, description="Name of the readout speed"))
+        self.gain_name = add(Parameter("GainName", str, description="Name of the gain"))
+        self.speed_table = add(Parameter(
+            "SpeedTable", str, description="The camera's ports, speeds and gains as JSON "
+            "(port value, speed index, pixel time in ns, gain index, bit depth)"))
+        self.bit_depth = add(Parameter("BitDepth", int, unit="bit", description="Bit depth of the pixels with the current gain"))
+        self.binning = add(Parameter(
+            "Binning", int, minimum=1, writable=True, writer=self._write_binning,
+            description="Symmetric binning factor, one of the camera's binnings; must divide the ROI width and height"))
+        self.roi = add(Parameter(
+            "Roi", np.int32, shape=(4,), writable=True, writer=self._write_roi,
+            description="Region of interest in unbinned sensor pixels: x, y, width, height"))
+        self.sensor_width = add(Parameter("SensorWidth", int, unit="px", initial=sensor[0], description="Sensor width in pixels"))
+        self.sensor_height = add(Parameter("SensorHeight", int, unit="px", initial=sensor[1], description="Sensor height in pixels"))
+        self.readout_time = add(Parameter(
+            "ReadoutTime", float, unit="s", fmt="%.6f", description="Time to read one frame with the current ROI and speed"))
+        self.temperature = add(Parameter("Temperature", float, unit="degC", fmt="%.2f", description="Sensor temperature"))
+        self.temperature_setpoint = add(Parameter(
+            "TemperatureSetpoint", float, unit="degC", fmt="%.2f", minimum=t_lo, maximum=t_hi, writable=True,
+            writer=lambda v: self._camera().set_temperature_setpoint(v),
+            description="Sensor temperature the cooler regulates to"))
+        self.fan_speed = add(Parameter(
+            "FanSpeed", int, choices=[enum_label(n) for n in fans], writable=True, writer=lambda v: self._camera().set_fan_speed(v),
+            description="Cooling fan speed; Off needs liquid cooling to hold low temperatures"))
+        self.nb_frames = add(Parameter(
+            "NbFrames", int, minimum=0, maximum=2**31 - 1, writable=True, initial=0,
+            description="Frames per StartAcquisition; 0 = continuous (live) until StopAcquisition"))
+        self.frames_acquired = add(Parameter("FramesAcquired", int, initial=0,
+                                             description="Frames received in the current or last acquisition"))
+        self.frames_lost = add(Parameter("FramesLost", int, initial=0, description=(
+            "Frames lost in the current or last acquisition (gaps in the camera's frame numbers: consumer too slow "
+            "or link errors)")))
+        self.frame_rate = add(Parameter("FrameRate", float, unit="Hz", fmt="%.2f", initial=0.0,
+                                        description="Frame rate from the camera's timestamps over the last frames"))
+        self.last_image = add(Parameter(
+            "LastImage", np.uint16, shape=(2048, 2048), polled=False,
+            description="Preview of the newest frame, pushed as change events at most PreviewMaxFps times per second; "
+                        "every frame is in the shared-memory ring"))
+
+    def _camera(self) -> CameraBackend:
+        if self.backend is None:
+            raise CameraError(f"the camera is not available: {self._open_error}")
+        return self.backend
+
+    def _publish_settings(self) -> None:
+        b = self.backend
+        if b is None:
+            self.parameters.invalidate_all()
+            return
+        self.exposure_time.publish(b.get_exposure())
+        values = list(self._trigger_modes.values())
+        mode = b.get_trigger_mode()
+        if mode in values:
+            self.trigger_mode.publish(values.index(mode))
+        self._publish_readout()
+        self.binning.publish(b.get_binning())
+        self.roi.publish(np.array(b.get_roi().as_tuple(), dtype=np.int32))
+        self.readout_time.publish(b.readout_time_s())
+        self.temperature_setpoint.publish(b.get_temperature_setpoint())
+        self.fan_speed.publish(b.get_fan_speed())
+        self.temperature.publish(b.temperature())
+        self.speed_table.publish(json.dumps([
+            {"port": p.value, "name": p.name, "speeds": [
+                {"index": s.index, "name": s.name, "pixel_time_ns": s.pixel_time_ns,
+                 "gains": [{"index": g.index, "name": g.name, "bit_depth": g.bit_depth} for g in s.gains]}
+                for s in p.speeds]}
+            for p in b.speed_table]))
+
+    def _publish_readout(self) -> None:
+        b = self._camera()
+        port, speed, gain = b.get_readout()
+        p = {x.value: x for x in b.speed_table}[port]
+        s = p.speed(speed)
+        self.port.publish(port)
+        self.speed.publish(speed)
+        self.gain.publish(gain)
+        self.port_name.publish(p.name)
+        self.speed_name.publish(s.name)
+        self.gain_name.publish(s.gain(gain).name)
+        self.bit_depth.publish(b.bit_depth())
+        self.readout_time.publish(b.readout_time_s())
+
+    # ------------------------------------------------------------------ writers (validate, then apply)
+    def _apply_readout(self, port: int, speed: int | None, gain: int | None) -> None:
+        """Port, then speed, then gain: keep the current speed/gain when the new port or speed
+        offers them, else take the first one offered."""
+        b = self._camera()
+        ports = {p.value: p for p in b.speed_table}
+        if port not in ports:
+            raise ParameterError(f"ReadoutPort: {port} is not one of "
+                                 f"{', '.join(f'{p.value}={p.name}' for p in b.speed_table)}")
+        cur_port, cur_speed, cur_gain = b.get_readout()
+        speeds = ports[port].speeds
+        if speed is None:
+            speed = cur_speed if cur_speed < len(speeds) else 0
+        try:
+            sp = ports[port].speed(speed)
+        except ValueError as exc:
+            raise ParameterError(f"ReadoutSpeed: {exc}") from exc
+        if gain is None:
+            gain = cur_gain if any(g.index == cur_gain for g in sp.gains) else sp.gains[0].index
+        try:
+            sp.gain(gain)
+        except ValueError as exc:
+            raise ParameterError(f"Gain: {exc}") from exc
+        b.set_readout(port, speed, gain)
+
+    def _write_port(self, port: int) -> None:
+        self._apply_readout(port, None, None)
+        self._after_readout_change()
+
+    def _write_speed(self, speed: int) -> None:
+        self._apply_readout(self._camera().get_readout()[0], speed, None)
+        self._after_readout_change()
+
+    def _write_gain(self, gain: int) -> None:
+        port, speed, _ = self._camera().get_readout()
+        self._apply_readout(port, speed, gain)
+        self._after_readout_change()
+
+    def _after_readout_change(self) -> None:
+        # the other members of the cascade change with the one written: publish them now (the
+        # Parameter being written then commits the same value, which sends no second event)
+        self._publish_readout()
+
+    def _write_binning(self, binning: int) -> None:
+        b = self._camera()
+        try:
+            b.set_binning(binning)
+        except AcquisitionRunning:
+            raise
+        except ValueError as exc:
+            raise ParameterError(f"Binning: {exc}") from exc
+
+    def _write_roi(self, value: Any) -> None:
+        try:
+            values = [int(v) for v in np.asarray(value).ravel()]
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(f"Roi: expected 4 integers x, y, width, height, got {value!r}") from exc
+        if len(values) != 4:
+            raise ParameterError(f"Roi: expected 4 integers x, y, width, height, got {len(values)} values")
+        b = self._camera()
+        try:
+            b.set_roi(Roi(*values))
+        except AcquisitionRunning:
+            raise
+        except ValueError as exc:
+            raise ParameterError(f"Roi: {exc}") from exc
+        self.readout_time.publish(b.readout_time_s())
+
+    # ------------------------------------------------------------------ lifecycle
+    def _open_backend(self) -> bool:
+        try:
+            backend = self._backend_factory()
+            backend.open()
+        except CameraError as exc:
+            self._open_error = str(exc)
+            self.backend = None
+            return False
+        self.backend = backend
+        self._open_error = ""
+        return True
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._monitor = threading.Thread(target=self._monitor_loop, name="pvcam monitor", daemon=True)
+        self._monitor.start()
+        self.update_state()
+
+    def stop(self) -> None:
+        try:
+            self.stop_acquisition()
+        except CameraError as exc:
+            self.log.error("%s: acquisition did not stop at shutdown: %s", self.label, exc)
+        self._stop.set()
+        self._wake.set()
+        if self._monitor is not None:
+            self._monitor.join(5)
+        if self.backend is not None:
+            self.backend.close()
+
+    # ------------------------------------------------------------------ health
+    @property
+    def communication_ok(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def error_count(self) -> int:
+        return self._error_count
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    def record_error(self, message: str) -> None:
+        self._error_count += 1
+        self._last_error = f"{time.strftime('%H:%M:%S')} {message}"
+        self.log.warning("%s: %s", self.label, message)
+
+    # ------------------------------------------------------------------ acquisition
+    @property
+    def acquiring(self) -> bool:
+        t = self._acq_thread
+        return t is not None and t.is_alive()
+
+    def snap(self) -> None:
+        """One frame (a 1-frame sequence), whatever NbFrames says. Returns at once."""
+        self.start_acquisition(1)
+
+    def start_acquisition(self, nb_frames: int | None = None) -> None:
+        with self._acq_lock:
+            b = self._camera()
+            if self.acquiring:
+                raise AcquisitionRunning("an acquisition is already running: StopAcquisition first")
+            n = int(self.nb_frames.value or 0) if nb_frames is None else nb_frames
+            h, w = b.frame_shape()
+            sink = self._sink_factory(h, w)
+            self._alarm = ""
+            self._frames = self._lost = 0
+            self._fps = 0.0
+            self._acq_stop.clear()
+            self._start_backend(b, n)
+            self._acq_desc = "live (continuous)" if n == 0 else f"sequence of {n} frame{'s' if n != 1 else ''}"
+            self._acq_thread = threading.Thread(
+                target=self._acquire, args=(b, sink, n), name="pvcam acquisition", daemon=True)
+            self._acq_thread.start()
+        self.frames_acquired.publish(0)
+        self.frames_lost.publish(0)
+        self.frame_rate.publish(0.0)
+        self.update_state()
+
+    def _start_backend(self, b: CameraBackend, remaining: int) -> None:
+        if remaining == 0 or remaining > MAX_SEQUENCE:
+            b.start_live(self.buffer_frames)
+        else:
+            b.start_sequence(remaining)
+        self._wall0 = time.time()
+
+    def stop_acquisition(self) -> None:
+        self._acq_stop.set()
+        b = self.backend
+        if b is not None and b.acquiring:
+            b.stop()  # wakes a poll in progress
+        t = self._acq_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(5)
+        self.update_state()
+
+    def software_trigger(self) -> None:
+        b = self._camera()
+        if not self.acquiring:
+            raise AcquisitionNotActive("SoftwareTrigger refused: no acquisition is running; StartAcquisition first")
+        mode = b.get_trigger_mode()
+        if mode not in SOFTWARE_TRIGGER_MODES:
+            name = {v: enum_label(k) for k, v in self._trigger_modes.items()}.get(mode, str(mode))
+            raise CameraError(f"SoftwareTrigger refused: TriggerMode is {name}; set a software trigger mode first")
+        b.software_trigger()
+
+    def _acquire(self, b: CameraBackend, sink: FrameSink, nb_frames: int) -> None:
+        base = 0  # frame numbers continue across recoveries
+        last_nr = 0
+        last_frame = time.monotonic()
+        eofs: collections.deque[float] = collections.deque(maxlen=FPS_WINDOW)
+        mode = b.get_trigger_mode()
+        period = b.get_exposure() + b.readout_time_s()
+        try:
+            while not self._acq_stop.is_set() and (nb_frames == 0 or self._frames + self._lost < nb_frames):
+                try:
+                    frame = b.poll_frame(POLL_TIMEOUT_S)
+                except FrameTimeout:
+                    waited = time.monotonic() - last_frame
+                    if mode in EXTERNAL_TRIGGER_MODES:
+                        if self.trigger_timeout_s and waited > self.trigger_timeout_s:
+                            name = {v: enum_label(k) for k, v in self._trigger_modes.items()}.get(mode, str(mode))
+                            self._alarm = (
+                                f"External trigger time-out: no frame for {waited:.1f} s in trigger mode {name} "
+                                f"after {self._frames} frame(s); acquisition stopped. Check the trigger source and "
+                                "cable, or use TriggerMode Internal.")
+                            self.record_error(self._alarm)
+                            break
+                    elif mode not in SOFTWARE_TRIGGER_MODES and waited > max(self.stall_timeout_s, 5 * period + 1):
+                        self.record_error(f"acquisition stuck: no frame for {waited:.1f} s; aborting and re-opening "
+                                          "the camera")
+                        b.recover()
+                        self._recoveries += 1
+                        base += last_nr
+                        last_nr = 0
+                        remaining = 0 if nb_frames == 0 else nb_frames - self._frames - self._lost
+                        self._start_backend(b, remaining)
+                        last_frame = time.monotonic()
+                    continue
+                except AcquisitionNotActive:
+                    break
+                last_frame = time.monotonic()
+                gap = frame.frame_number - last_nr - 1
+                if gap > 0:
+                    self._lost += gap
+                last_nr = frame.frame_number
+                eofs.append(frame.timestamp_eof_s)
+                try:
+                    sink.write_frame(frame.pixels, base + frame.frame_number, self._wall0 + frame.timestamp_bof_s,
+                                     self._wall0 + frame.timestamp_eof_s, frame.exposure_s)
+                except Exception as exc:  # noqa: BLE001 - a ring problem must not end the acquisition
+                    self.record_error(f"frame {base + frame.frame_number} not written to the ring: {exc}")
+                self._frames += 1
+                if len(eofs) >= 2 and eofs[-1] > eofs[0]:
+                    self._fps = (len(eofs) - 1) / (eofs[-1] - eofs[0])
+                self._latest = frame.pixels
+                self._latest_seq += 1
+        except CameraError as exc:
+            self._alarm = f"Acquisition failed: {exc}. Run Init to re-open the camera."
+            self.record_error(self._alarm)
+        except Exception as exc:  # noqa: BLE001 - the thread must report, never die silently
+            self.log.exception("acquisition thread failed")
+            self._alarm = f"Acquisition failed unexpectedly: {exc!r}. Run Init."
+            self.record_error(self._alarm)
+        finally:
+            try:
+                if b.acquiring:
+                    b.stop()
+            except CameraError as exc:
+                self.record_error(f"the acquisition did not stop cleanly: {exc}")
+            self._wake.set()
+
+    # ------------------------------------------------------------------ monitor
+    def _monitor_loop(self) -> None:
+        next_poll = 0.0
+        next_open = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self.backend is None:
+                if now >= next_open:
+                    next_open = now + REOPEN_PERIOD_S
+                    if self._open_backend():
+                        self.log.info("%s: camera %s opened", self.label, self.backend.name if self.backend else "")
+                        try:
+                            self._publish_settings()
+                        except CameraError as exc:
+                            self.record_error(f"reading the settings failed: {exc}")
+                self.update_state()
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            acquiring = self.acquiring
+            if now >= next_poll:
+                next_poll = now + self.poll_period_s
+                try:
+                    self.temperature.publish(self.backend.temperature())
+                except CameraError as exc:
+                    self.record_error(f"temperature read failed: {exc}")
+            self._publish_progress(force=not acquiring)  # the last frame of an acquisition at once
+            self.update_state()
+            period = self.preview_period_s if acquiring else min(self.poll_period_s, 0.5)
+            self._wake.wait(min(period, max(0.01, next_poll - time.monotonic())))
+            self._wake.clear()
+
+    def _publish_progress(self, force: bool = False) -> None:
+        # the preview first: a client that sees the new frame count finds the new image too
+        now = time.monotonic()
+        if self._latest_seq != self._published_seq and (force or now - self._last_preview >= self.preview_period_s):
+            self._published_seq = self._latest_seq
+            self._last_preview = now
+            self.last_image.publish(self._latest)
+        self.frames_acquired.publish(self._frames)
+        self.frames_lost.publish(self._lost)
+        self.frame_rate.publish(round(self._fps, 3))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> DeviceState:
+        with self._state_lock:
+            return self._state
+
+    @property
+    def status(self) -> str:
+        with self._state_lock:
+            return self._status
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def evaluate_state(self) -> tuple[DeviceState, str]:
+        if self.backend is None:
+            return DeviceState.FAULT, (
+                f"Camera not available: {self._open_error}. Retrying every {REOPEN_PERIOD_S:.0f} s; "
+                "check the cable, the power and the CameraName and Backend properties.")
+        if self.acquiring:
+            return DeviceState.RUNNING, f"Acquiring {self._acq_desc}"
+        if self._alarm:
+            return DeviceState.ALARM, self._alarm
+        lost = f" ({self._lost} lost)" if self._lost else ""
+        return DeviceState.ON, f"Idle; last acquisition: {self._frames} frame(s){lost}"
+
+    def update_state(self) -> None:
+        try:
+            state, status = self.evaluate_state()
+        except Exception as exc:  # noqa: BLE001
+            state, status = DeviceState.UNKNOWN, f"cannot evaluate the state: {exc}"
+        with self._state_lock:
+            if (state, status) == (self._state, self._status):
+                return
+            self._state, self._status = state, status
+        for listener in list(self._state_listeners):
+            try:
+                listener(state, status)
+            except Exception:  # noqa: BLE001
+                self.log.exception("state listener failed")
+
+    # ------------------------------------------------------------------ capabilities
+    def set_exposure(self, seconds: float) -> None:
+        self.exposure_time.set(seconds)
+
+    def exposure(self) -> float:
+        return float(self.exposure_time.value or 0.0)
+
+    def last_frame(self) -> np.ndarray | None:
+        return self._latest

@@ -1,0 +1,217 @@
+"""Backend contract: the sim backend and the pyvcam backend (on the PyVCAM test double) behave alike."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from deviceservers.Pvcam.backend import (
+    EXT_TRIG_EDGE_RISING,
+    EXT_TRIG_INTERNAL,
+    EXT_TRIG_SOFTWARE_EDGE,
+    AcquisitionNotActive,
+    AcquisitionRunning,
+    CameraBackend,
+    CameraError,
+    FrameTimeout,
+    Roi,
+)
+from deviceservers.Pvcam.sim import SimulatedPrimeBsi
+from tests import pyvcam_double
+
+
+@pytest.fixture(params=["sim", "pyvcam"])
+def cam(request, monkeypatch) -> CameraBackend:
+    if request.param == "sim":
+        backend: CameraBackend = SimulatedPrimeBsi(cooling_time_constant_s=0.05, seed=1)
+    else:
+        pyvcam_double.install(monkeypatch)
+        from deviceservers.Pvcam.pyvcam_backend import PyVcamBackend
+
+        backend = PyVcamBackend("pvcamUSB_0")
+    backend.open()
+    backend.set_exposure(0.001)
+    yield backend
+    backend.close()
+
+
+def test_geometry_and_capabilities(cam):
+    assert cam.sensor_size == (2048, 2048)
+    assert (1, 1) in cam.binnings and (2, 2) in cam.binnings
+    assert cam.frame_shape() == (2048, 2048)
+    modes = cam.trigger_modes
+    assert EXT_TRIG_INTERNAL in modes.values() and EXT_TRIG_SOFTWARE_EDGE in modes.values()
+    port0 = cam.speed_table[0]
+    assert port0.speeds and all(g.bit_depth > 0 for s in port0.speeds for g in s.gains)
+
+
+def test_sequence_frames_in_order_with_metadata(cam):
+    cam.set_roi(Roi(0, 0, 256, 128))
+    cam.start_sequence(5)
+    frames = [cam.poll_frame(2.0) for _ in range(5)]
+    assert [f.frame_number for f in frames] == [1, 2, 3, 4, 5]
+    assert all(f.pixels.shape == (128, 256) and f.pixels.dtype == np.uint16 for f in frames)
+    assert all(f.timestamp_eof_s > f.timestamp_bof_s >= 0 for f in frames)
+    assert all(a.timestamp_bof_s < b.timestamp_bof_s for a, b in zip(frames, frames[1:], strict=False))
+    assert frames[0].exposure_s == pytest.approx(0.001, rel=1e-3)
+    assert [int(f.pixels[0, 0]) for f in frames] == [1, 2, 3, 4, 5]  # counter burnt into the frame
+    with pytest.raises(FrameTimeout):  # sequence complete: nothing more comes
+        cam.poll_frame(0.05)
+    cam.stop()
+    with pytest.raises(AcquisitionNotActive):
+        cam.poll_frame(0.05)
+
+
+def test_live_slow_consumer_sees_gaps_oldest_first(cam):
+    cam.set_roi(Roi(0, 0, 64, 64))
+    cam.start_live(4)
+    first = cam.poll_frame(2.0)
+    # let far more than 4 frames pass: the circular buffer keeps the newest 4
+    period = cam.get_exposure() + cam.readout_time_s()
+    time.sleep(20 * period + 0.05)
+    nxt = cam.poll_frame(2.0)
+    after = cam.poll_frame(2.0)
+    cam.stop()
+    assert nxt.frame_number - first.frame_number > 1  # a gap: lost frames
+    assert after.frame_number == nxt.frame_number + 1  # then oldest-first, in order
+
+
+def test_external_trigger_times_out(cam):
+    cam.set_trigger_mode(EXT_TRIG_EDGE_RISING)
+    cam.start_sequence(1)
+    t = time.monotonic()
+    with pytest.raises(FrameTimeout):
+        cam.poll_frame(0.2)
+    assert 0.15 < time.monotonic() - t < 1.5
+    cam.stop()
+
+
+def test_software_edge_one_frame_per_trigger(cam):
+    cam.set_trigger_mode(EXT_TRIG_SOFTWARE_EDGE)
+    cam.set_roi(Roi(0, 0, 32, 32))
+    cam.start_live(8)
+    with pytest.raises(FrameTimeout):
+        cam.poll_frame(0.1)
+    cam.software_trigger()
+    assert cam.poll_frame(2.0).frame_number == 1
+    with pytest.raises(FrameTimeout):
+        cam.poll_frame(0.1)
+    cam.software_trigger()
+    assert cam.poll_frame(2.0).frame_number == 2
+    cam.stop()
+
+
+def test_invalid_roi_and_binning_refused_and_nothing_changed(cam):
+    cam.set_roi(Roi(100, 200, 512, 512))
+    for bad in (Roi(2000, 0, 100, 100), Roi(0, 0, 0, 10), Roi(-1, 0, 10, 10), Roi(0, 0, 2049, 10)):
+        with pytest.raises(ValueError):
+            cam.set_roi(bad)
+    with pytest.raises(ValueError, match="not offered"):
+        cam.set_binning(3)
+    cam.set_binning(2)
+    with pytest.raises(ValueError, match="multiple of the binning"):
+        cam.set_roi(Roi(0, 0, 101, 100))
+    assert cam.get_roi() == Roi(100, 200, 512, 512) and cam.get_binning() == 2
+    assert cam.frame_shape() == (256, 256)
+
+
+def test_settings_refused_while_acquiring(cam):
+    cam.start_live(4)
+    with pytest.raises(AcquisitionRunning):
+        cam.set_roi(Roi(0, 0, 64, 64))
+    with pytest.raises(AcquisitionRunning):
+        cam.set_exposure(0.002)
+    with pytest.raises(AcquisitionRunning):
+        cam.set_readout(0, 1, 1)
+    assert cam.get_roi() == Roi(0, 0, 2048, 2048)
+    cam.temperature()  # readable while acquiring
+    cam.stop()
+
+
+def test_readout_cascade_port_speed_gain(cam):
+    cam.set_readout(0, 1, 2)
+    assert cam.get_readout() == (0, 1, 2)
+    assert cam.bit_depth() == 12
+    cam.set_readout(1, 0, 2)
+    assert cam.get_readout() == (1, 0, 2) and cam.bit_depth() == 8
+    with pytest.raises(ValueError):
+        cam.set_readout(1, 1, 1)  # port 1 has one speed
+    with pytest.raises(ValueError):
+        cam.set_readout(0, 0, 9)
+    assert cam.get_readout() == (1, 0, 2)
+
+
+def test_temperature_setpoint_and_range(cam):
+    cam.set_temperature_setpoint(-10.0)
+    assert cam.get_temperature_setpoint() == -10.0
+    with pytest.raises(ValueError):
+        cam.set_temperature_setpoint(-80.0)
+    with pytest.raises(ValueError):
+        cam.set_temperature_setpoint(float("nan"))
+    assert cam.get_temperature_setpoint() == -10.0
+    assert -30 < cam.temperature() < 30
+
+
+def test_stuck_acquisition_recovered_by_abort_and_reopen(cam, monkeypatch):
+    cam.start_live(4)
+    cam.poll_frame(2.0)
+    if isinstance(cam, SimulatedPrimeBsi):
+        cam.inject_stuck_acquisition()
+    else:
+        pyvcam_double.HARDWARE["pvcamUSB_0"].stick()
+    with pytest.raises(FrameTimeout):
+        cam.poll_frame(0.1)
+    cam.recover()
+    assert not cam.acquiring
+    cam.start_sequence(2)
+    assert [cam.poll_frame(2.0).frame_number for _ in range(2)] == [1, 2]
+    cam.stop()
+
+
+def test_pyvcam_link_gaps_are_frame_number_gaps(monkeypatch):
+    hw = pyvcam_double.install(monkeypatch)
+    from deviceservers.Pvcam.pyvcam_backend import PyVcamBackend
+
+    cam = PyVcamBackend("pvcamUSB_0")
+    cam.open()
+    try:
+        cam.set_exposure(0.001)
+        cam.set_roi(Roi(0, 0, 16, 16))
+        cam.start_sequence(6)
+        assert cam.poll_frame(2.0).frame_number == 1
+        hw["pvcamUSB_0"].drop_frames(2)
+        assert [cam.poll_frame(2.0).frame_number for _ in range(3)] == [4, 5, 6]
+        cam.stop()
+    finally:
+        cam.close()
+
+
+def test_pyvcam_unknown_camera_and_missing_sdk(monkeypatch):
+    pyvcam_double.install(monkeypatch)
+    from deviceservers.Pvcam.pyvcam_backend import PyVcamBackend
+
+    with pytest.raises(CameraError, match="not found.*pvcamUSB_0"):
+        PyVcamBackend("pvcamUSB_7").open()
+    monkeypatch.setitem(__import__("sys").modules, "pyvcam.pvc", None)
+    with pytest.raises(CameraError, match="pip install tangodaq\\[pvcam\\]"):
+        PyVcamBackend("pvcamUSB_0")
+
+
+def test_sim_spot_from_scene_and_fast_mode():
+    cam = SimulatedPrimeBsi(scene=lambda t: (1024.0, 1000.0, 5.0, 2000.0), free_run=True, seed=3)
+    cam.open()
+    cam.set_exposure(1e-6)
+    cam.start_live(4)
+    f = cam.poll_frame(1.0).pixels
+    assert abs(float(np.median(f)) - 100) < 3  # offset ~100 ADU
+    y, x = np.unravel_index(np.argmax(f[2:, :]), f[2:, :].shape)
+    assert abs(x - 1024) <= 3 and abs(y + 2 - 1000) <= 3
+    t = time.perf_counter()
+    n = 30
+    for _ in range(n):
+        cam.poll_frame(1.0)
+    fps = n / (time.perf_counter() - t)
+    cam.stop()
+    assert fps > 100, f"full-frame sim generation at {fps:.0f} fps"
