@@ -63,6 +63,14 @@ def _group_name(text: str) -> str:
     return out or "_"
 
 
+def _device_group_name(device: str) -> str:
+    """``tango://host:10000/lab/motor/1#dbase=no`` -> ``lab_motor_1``."""
+    name = device.split("#", 1)[0]
+    if "://" in name:
+        name = name.split("://", 1)[1].split("/", 1)[-1]
+    return _group_name(name)
+
+
 def _filter_kwargs(compression: str) -> dict[str, Any]:
     if compression in ("none", "", None):
         return {}
@@ -132,6 +140,7 @@ class _StreamDatasets:
 
     def __init__(self, group: h5py.Group, spec: StreamSpec, compression: str, chunk_rows: int) -> None:
         self.spec = spec
+        self.group_path = group.name
         self.n = 0
         self.lost = 0
         self.tensor: tuple[str, h5py.Dataset] | None = None
@@ -309,7 +318,7 @@ class Hdf5Sink:
         instrument.attrs["NX_class"] = "NXinstrument"
         self._streams: dict[str, _StreamDatasets] = {}
         for spec in streams:
-            dev_name = _group_name(spec.device)
+            dev_name = _device_group_name(spec.device)
             dev = instrument.require_group(dev_name)
             if "tango_device" not in dev.attrs:
                 dev.attrs["tango_device"] = spec.device
@@ -368,7 +377,7 @@ class Hdf5Sink:
         grp.attrs["NX_class"] = "NXcollection"
         grp.attrs["time"] = _now_iso()
         for device, attrs in manifest.items():
-            dg = grp.create_group(_group_name(device))
+            dg = grp.require_group(_device_group_name(device))
             dg.attrs["NX_class"] = "NXcollection"
             dg.attrs["tango_device"] = device
             if isinstance(attrs, Mapping) and isinstance(attrs.get("error"), str) and "value" not in attrs:
@@ -423,7 +432,7 @@ class Hdf5Sink:
             entry = f["entry"]
             entry.create_dataset("end_time", data=_now_iso())
             for s in self._streams.values():
-                grp = f[s.signal.name].parent
+                grp = f[s.group_path]
                 grp.create_dataset("lost_records", data=np.int64(s.lost))
                 grp.attrs["records"] = s.n
             if manifest_end is not None:

@@ -241,11 +241,12 @@ class RingWriter:
         self._hdr[rf.H_STATE] = rf.STATE_CLOSED
         if unlink:
             self._unlink_if_ours()
+        # Never mmap.close() explicitly: numpy views over a mapping do not pin it (NumPy releases
+        # the buffer export after construction), so an explicit unmap would leave any surviving
+        # view (a Record's seqlock word, a test's slot view) dangling -> segfault. Dropping our
+        # references unmaps when the last view is garbage collected.
         del self._hdr, self._slots, self._payloads
-        try:
-            self._mm.close()
-        except BufferError:  # a batch view handed out by the caller still references the map
-            pass
+        self._mm = None  # type: ignore[assignment]
 
     def _unlink_if_ours(self) -> None:
         try:
@@ -520,12 +521,11 @@ class RingReader:
     __iter__ = records
 
     def close(self) -> None:
+        # No explicit unmap, for the reason given in RingWriter.close: zero-copy batches and
+        # Record seqlock views may outlive the reader; the mapping goes with the last of them.
         del self._hdr, self._slots
-        try:
-            self._view.release()
-            self._mm.close()
-        except BufferError:  # zero-copy batches still alive: the mapping goes with the last of them
-            pass
+        self._view = None
+        self._mm = None  # type: ignore[assignment]
 
     def __enter__(self) -> RingReader:
         return self
@@ -738,9 +738,13 @@ class ScalarStreamWriter:
         """
         ts = to_ns(timestamps)
         n = len(ts)
-        cols = [np.asarray(values)] + [np.asarray(extra.pop(name)) for name, _ in self._columns[1:]]
-        if extra:
-            raise TypeError(f"unknown columns {sorted(extra)} for stream {self.name!r}")
+        expected = {name for name, _ in self._columns[1:]}
+        if set(extra) != expected:
+            raise TypeError(
+                f"stream {self.name!r} takes the columns {sorted(expected)}: missing {sorted(expected - set(extra))}, "
+                f"unknown {sorted(set(extra) - expected)}"
+            )
+        cols = [np.asarray(values)] + [np.asarray(extra[name]) for name, _ in self._columns[1:]]
         arrays = []
         for (cname, dt), c in zip(self._columns, cols, strict=True):
             c = np.atleast_1d(c)

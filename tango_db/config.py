@@ -9,17 +9,23 @@ same diff json2tango computes) through the standard Database API only, so it wor
 DataBaseds and on pytango-db's PyDatabaseds alike (json2tango's own entry point needs
 ``DbMySqlSelect``, which PyDatabaseds lacks). Only the server instances named in the
 configuration are touched.
+
+Property values may name two places that only exist at run time, resolved by ``load_config``:
+``${TANGODAQ_ROOT}`` (the source tree holding ``controllers/`` and ``macros/``, for the Pool's
+PoolPath and the MacroServer's MacroPath) and ``${TANGODAQ_DATA}`` (the lab's data folder).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 LAB_JSON = Path(__file__).with_name("lab.json")
+SOURCE_ROOT = Path(__file__).resolve().parent.parent  # holds controllers/ and macros/
 
 
 @dataclass
@@ -72,6 +78,51 @@ def _normalize_values(config: dict) -> None:
         fix(cls.get("properties", {}))
 
 
+def substitutions() -> dict[str, str]:
+    """The ``${NAME}`` placeholders property values may use, with their values on this machine."""
+    from . import paths
+
+    return {"TANGODAQ_ROOT": str(SOURCE_ROOT), "TANGODAQ_DATA": str(paths.data_dir())}
+
+
+_PORT_OFFSET = re.compile(r"\$\{PORT\+(\d+)\}")
+
+
+def lab_port() -> int:
+    """The port of this lab's database (TANGO_HOST's, or the embedded default)."""
+    from . import embedded_db
+
+    return int(embedded_db.tango_host()[1])
+
+
+def _substitute(config: dict) -> None:
+    """Replace ``${TANGODAQ_ROOT}`` / ``${TANGODAQ_DATA}`` / ``${PORT+N}`` in device property values.
+
+    ``${PORT+N}`` is the lab's database port plus N: the virtual bench's instruments sit just
+    above the database port, so two labs on two TANGO_HOSTs (a developer's and the tests') never
+    fight for the same ports.
+    """
+    subs = {f"${{{k}}}": v for k, v in substitutions().items()}
+    base = lab_port()
+
+    def fix(values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            for key, replacement in subs.items():
+                value = value.replace(key, replacement)
+            value = _PORT_OFFSET.sub(lambda m: str(base + int(m.group(1))), value)
+            out.append(value)
+        return out
+
+    for insts in config.get("servers", {}).values():
+        for classes in insts.values():
+            for devices in classes.values():
+                for dev in devices.values():
+                    props = dev.get("properties", {})
+                    for name, values in props.items():
+                        props[name] = fix(values)
+
+
 def load_config(overlay: str | Path | None = None, lab: str | Path | None = None) -> dict:
     """lab.json (or ``lab``) with ``overlay`` merged on top, normalised by dsconfig."""
     from dsconfig.formatting import clean_metadata, normalize_config
@@ -85,6 +136,7 @@ def load_config(overlay: str | Path | None = None, lab: str | Path | None = None
     config = clean_metadata(normalize_config(config))
     config = json.loads(json.dumps(config))  # plain dicts, not dsconfig's SetterDicts
     _normalize_values(config)
+    _substitute(config)
     return config
 
 

@@ -54,12 +54,13 @@ STAGE_X_AXIS, STAGE_Y_AXIS = 1, 2
 class Bench:
     """The simulators, their coupling, and the fault-injection interface."""
 
-    def __init__(self, *, fast: bool = False, optics: OpticsModel | None = None, seed: int | None = None) -> None:
+    def __init__(self, *, fast: bool = False, optics: OpticsModel | None = None, seed: int | None = None,
+                 warmup_s: float | None = None) -> None:
         self.optics = optics or OpticsModel()
         # Realistic delays by default (a rehearsal should feel like the lab); fast for tests.
         self.maitai = MaiTaiSimulator(
             reply_delay_s=0.005 if fast else 0.1,
-            warmup_s=3.0 if fast else 120.0,
+            warmup_s=warmup_s if warmup_s is not None else (3.0 if fast else 30.0),  # real: ~120 s
             tuning_rate_nm_s=200.0 if fast else 30.0,
             shutter_lag_s=0.2 if fast else 1.0,
             seed=seed,
@@ -247,11 +248,18 @@ def ports_from_config(config: dict[str, Any]) -> dict[str, tuple[str, int]]:
     return ports
 
 
-def control_from_config(config: dict[str, Any]) -> tuple[str, int] | None:
-    address = (config.get("_bench") or {}).get("control")
-    if not address:
-        return None
-    host, _, port = str(address).rpartition(":")
+CONTROL_PORT_OFFSET = 9  # the control port is the lab's database port + 9 (lab.json: ${PORT+9})
+
+
+def default_control_address() -> tuple[str, int] | None:
+    """The control port by convention: TANGO_HOST's port + CONTROL_PORT_OFFSET on loopback."""
+    tango_host = os.environ.get("TANGO_HOST", "").split(",")[0]
+    _, _, port = tango_host.rpartition(":")
+    return ("127.0.0.1", int(port) + CONTROL_PORT_OFFSET) if port.isdigit() else None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
     return host or "127.0.0.1", int(port)
 
 
@@ -261,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="resolved lab configuration (default: $TANGODAQ_CONFIG, written by `tangodaq up`)")
     parser.add_argument("--fast", action="store_true", default=os.environ.get("TANGODAQ_BENCH_FAST") == "1",
                         help="short warm-up and delays (tests); default: realistic")
+    parser.add_argument("--warmup-s", type=float, default=None,
+                        help="the laser's warm-up time in seconds (real units: about 120)")
+    parser.add_argument("--control", type=parse_address, default=default_control_address(),
+                        help="HOST:PORT of the fault-injection and scene port (default: TANGO_HOST's port + 9)")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(levelname)s %(message)s")
@@ -272,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     if not ports:
         log.error("no socket:// SerialURL in %s: nothing to serve", args.config)
         return 2
-    bench = Bench(fast=args.fast, seed=args.seed)
+    bench = Bench(fast=args.fast, seed=args.seed, warmup_s=args.warmup_s)
     try:
-        bench.serve(ports, control_from_config(config))
+        bench.serve(ports, args.control)
     except OSError as exc:
         log.error("cannot listen: %s (another bench or lab may be running: `tangodaq status`)", exc)
         bench.close()

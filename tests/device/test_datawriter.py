@@ -1,0 +1,236 @@
+"""The DataWriter device in its own process, fed by a producer in the test process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import h5py
+import numpy as np
+import pytest
+import tango
+from tango import DevState
+from tango.server import Device, attribute
+from tango.test_context import DeviceTestContext, MultiDeviceTestContext
+
+import datawriter
+from datawriter.device import DataWriter
+from datawriter.ring import FrameStreamWriter, ScalarStreamWriter, create_frame_stream, create_scalar_stream
+
+
+class Motor(Device):
+    """A manifest subject: attributes with units, and one that fails to read."""
+
+    @attribute(dtype=float, unit="mm")
+    def Position(self) -> float:
+        return 12.5
+
+    @attribute(dtype=str)
+    def Model(self) -> str:
+        return "ESP300"
+
+    @attribute(dtype=float)
+    def Broken(self) -> float:
+        raise RuntimeError("sensor unplugged")
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def streams() -> Iterator[tuple[FrameStreamWriter, ScalarStreamWriter]]:
+    dev = f"test/dw/{uuid.uuid4().hex[:10]}"
+    cam = create_frame_stream(dev, height=64, width=96, slot_count=256)
+    pm = create_scalar_stream(dev, "power", units="W", rows_per_record=100)
+    yield cam, pm
+    for w in (cam, pm):
+        w.close(unlink=True)
+
+
+class Producer:
+    def __init__(self, cam: FrameStreamWriter, pm: ScalarStreamWriter) -> None:
+        self.cam, self.pm, self.n = cam, pm, 0
+
+    def frames(self, k: int) -> None:
+        for _ in range(k):
+            now = time.time()
+            self.cam.write(np.full((64, 96), self.n, np.uint16), self.n, now, now + 1e-3, 1e-3)
+            self.pm.write(now + np.arange(100) * 1e-5, np.full(100, float(self.n)))
+            self.n += 1
+
+
+def open_swmr(path: str) -> h5py.File:
+    """Open a recording for SWMR reading; the writer switches to SWMR once the start manifest is
+    written, a few ms after StartRecording, and HDF5's file lock refuses readers until then."""
+    opened: list[h5py.File] = []
+
+    def try_open() -> bool:
+        try:
+            opened.append(h5py.File(path, "r", swmr=True))
+        except BlockingIOError:
+            return False
+        return True
+
+    wait_until(try_open, what=f"{path} to accept SWMR readers")
+    return opened[0]
+
+
+def group(dev: str) -> str:
+    return "entry/instrument/" + dev.replace("/", "_")
+
+
+def test_recording_layout_manifest_swmr_and_events(tmp_path, streams) -> None:
+    cam, pm = streams
+    prod = Producer(cam, pm)
+    prod.frames(10)  # pre-trigger material, 10 frames in the past second
+    port = free_port()
+    motor = f"tango://127.0.0.1:{port}/test/motor/1#dbase=no"
+    info = [
+        {"class": DataWriter, "devices": [{"name": "test/datawriter/1", "properties": {
+            "OutputDir": str(tmp_path), "Streams": [cam.name, pm.name], "ManifestDevices": [motor, "no/such/device"]}}]},
+        {"class": Motor, "devices": [{"name": "test/motor/1"}]},
+    ]
+    with MultiDeviceTestContext(info, process=True, host="127.0.0.1", port=port) as ctx:
+        dw = tango.DeviceProxy(ctx.get_device_access("test/datawriter/1"))
+        assert dw.state() == DevState.ON and set(dw.StreamNames) == {cam.name, pm.name}
+        events: list[int] = []
+        eid = dw.subscribe_event("RecordsWritten", tango.EventType.CHANGE_EVENT,
+                                 lambda e: events.append(e.attr_value.value) if not e.err else None)
+        path = dw.StartRecording(json.dumps({"name": "scan 1", "metadata": {"sample": "Si"}, "pre_trigger_s": 30}))
+        assert dw.state() == DevState.RUNNING and dw.Recording and dw.FilePath == path
+        prod.frames(20)
+        data = f"{group(cam.ring.description['producer_device'])}/frames/data"
+        with open_swmr(path) as f:  # read while it is being written
+            ds = f[data]
+
+            def grown() -> bool:
+                ds.refresh()
+                return ds.shape[0] == 30
+
+            wait_until(grown, what="SWMR reader to see 30 frames")
+            assert int(ds[29, 0, 0]) == 29
+        assert dw.StopRecording() == path
+        wait_until(lambda: not dw.Recording, what="recording end")
+        assert dw.state() == DevState.ON
+        assert dw.RecordsWritten == 60 and dw.DroppedRecords == 0 and dw.Backlog == 0
+        assert dw.BytesWritten >= 30 * 64 * 96 * 2
+        wait_until(lambda: events and events[-1] == 60, what="RecordsWritten change event")
+        dw.unsubscribe_event(eid)
+    dev = group(cam.ring.description["producer_device"])
+    with h5py.File(path, "r") as f:
+        fr = f[f"{dev}/frames"]
+        assert fr["data"].shape == (30, 64, 96) and fr["data"].dtype == np.uint16
+        assert list(fr["frame_number"][:]) == list(range(30)), "frame numbers contiguous"
+        assert fr["exposure_time"].attrs["units"] == "s"
+        assert f[f"{dev}/power/value"].shape == (3000,) and f[f"{dev}/power/value"].attrs["units"] == "W"
+        assert f["entry/title"][()] == b"scan 1" and f["entry/user_metadata/sample"][()] == b"Si"
+        for kind in ("start", "end"):
+            m = f[f"entry/instrument/manifest_{kind}"]
+            mot = m[next(k for k in m if k.endswith("test_motor_1"))]
+            assert mot["Position"][()] == 12.5 and mot["Position"].attrs["units"] == "mm"
+            assert mot["Model"][()] == b"ESP300"
+            assert "unplugged" in mot["Broken"].attrs["error"]
+            assert "State" in mot
+            assert m["no_such_device"].attrs["error"]
+        assert f["entry/end_time"][()]
+
+
+@pytest.fixture
+def tiny_dir(tmp_path) -> Iterator[str]:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_fault_and_recovery(tiny_dir: str, streams) -> None:
+    cam, pm = streams
+    prod = Producer(cam, pm)
+    props = {"OutputDir": tiny_dir, "Streams": [cam.name]}
+    with DeviceTestContext(DataWriter, properties=props, process=True) as dw:
+        path = dw.StartRecording('{"name": "big"}')
+        deadline = time.monotonic() + 20
+        while dw.state() == DevState.RUNNING and time.monotonic() < deadline:
+            prod.frames(20)  # 12 KiB each: about 8 rounds fill 2 MB
+            # pace the producer by the writer so that some records are flushed before the disk fills
+            written = dw.RecordsWritten
+            wait_until(lambda w=written: dw.RecordsWritten > w or dw.state() != DevState.RUNNING, what="progress")
+        assert dw.state() == DevState.FAULT
+        assert "No space left" in dw.status() and "StartRecording again" in dw.status()
+        assert not dw.Recording
+        with datawriter.open_recording(path) as f:
+            assert f[f"{group(cam.ring.description['producer_device'])}/frames/data"].shape[0] > 10
+        os.unlink(path)  # free the space: the next StartRecording recovers
+        path2 = dw.StartRecording('{"name": "again"}')
+        assert dw.state() == DevState.RUNNING
+        prod.frames(5)
+        dw.StopRecording()
+        wait_until(lambda: dw.state() == DevState.ON, what="ON after recovery")
+    with h5py.File(path2, "r") as f:
+        assert f[f"{group(cam.ring.description['producer_device'])}/frames/data"].shape[0] == 5
+
+
+def test_unwritable_folder_and_bad_arguments(streams) -> None:
+    cam, _ = streams
+    with DeviceTestContext(DataWriter, properties={"OutputDir": "/proc/forbidden", "Streams": [cam.name]}, process=True) as dw:
+        with pytest.raises(tango.DevFailed, match="bad StartRecording"):
+            dw.StartRecording("{not json")
+        with pytest.raises(tango.DevFailed, match="OutputDir"):
+            dw.StartRecording("")
+        assert dw.state() == DevState.FAULT and "change OutputDir" in dw.status()
+    with DeviceTestContext(DataWriter, properties={"Streams": ["no.such.stream"]}, process=True) as dw:
+        with pytest.raises(tango.DevFailed, match="no stream"):
+            dw.StartRecording("")
+        assert dw.state() == DevState.ON
+
+
+def test_killed_writer_leaves_readable_file(tmp_path, streams) -> None:
+    cam, pm = streams
+    prod = Producer(cam, pm)
+    ctx = DeviceTestContext(DataWriter, properties={"OutputDir": str(tmp_path), "Streams": [cam.name, pm.name]},
+                            process=True)
+    ctx.start()
+    try:
+        dw = ctx.device
+        path = dw.StartRecording('{"name": "killed"}')
+        prod.frames(40)
+        with open_swmr(path) as f:  # wait until a flush made 40 frames durable
+            ds = f[f"{group(cam.ring.description['producer_device'])}/frames/data"]
+
+            def flushed() -> bool:
+                ds.refresh()
+                return ds.shape[0] == 40
+
+            wait_until(flushed, what="40 flushed frames")
+    finally:
+        os.kill(ctx.thread.pid, signal.SIGKILL)
+        ctx.thread.join(10)
+    with datawriter.open_recording(path) as f:
+        fr = f[f"{group(cam.ring.description['producer_device'])}/frames"]
+        assert fr["data"].shape[0] == 40
+        assert list(fr["frame_number"][:]) == list(range(40))
+        assert int(fr["data"][39, 1, 1]) == 39
