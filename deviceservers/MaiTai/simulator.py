@@ -29,6 +29,7 @@ properties and fault-injection methods at the end are what the virtual bench and
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -104,8 +105,6 @@ class MaiTaiSimulator(Simulator):
 
     @staticmethod
     def _now() -> float:
-        import time
-
         return time.monotonic()
 
     # ------------------------------------------------------------------ physics (lazy)
@@ -234,7 +233,7 @@ class MaiTaiSimulator(Simulator):
             return None  # the laser stays silent; the host finds out from *STB?
         self._last_valid = now
         is_query, fn = found
-        if not is_query and not (header.upper().startswith(("PLAS", "MODE"))) and self._ignoring_sets():
+        if not is_query and self._ignoring_sets():
             return None  # LOCAL mode or key switch off: accepted and ignored
         return fn(arg.strip(), now)
 
@@ -360,6 +359,28 @@ class MaiTaiSimulator(Simulator):
             self.key_switch_on = on
             if not on:
                 self._set_emission(False)
+
+    def front_panel_tune(self, nm: float) -> None:
+        """Somebody tunes from the front panel (works in LOCAL mode; the host is not told)."""
+        with self._cond:
+            self._start_tuning(float(round(nm)), self._now())
+
+    def front_panel_shutter(self, open_: bool) -> None:
+        """Somebody presses the shutter button on the front panel (the host is not told)."""
+        with self._cond:
+            self._command_shutter(open_, self._now())
+
+    def power_cycle(self) -> None:
+        """Mains off and on: cold (0 %), no emission, shutter closed, watchdog off, errors gone."""
+        with self._cond:
+            now = self._now()
+            self._warm_always = False
+            self._warmup_started = None
+            self._emission = False
+            self._shutter_cmd = self._shutter_prev = False
+            self._shutter_t0 = now - self.shutter_lag_s
+            self._watchdog_s = 0.0
+            self._errors.clear()
 
     def finish_warmup(self) -> None:
         """Jump to 100 % (a laser that has been on its supply for hours)."""

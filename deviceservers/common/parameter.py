@@ -75,6 +75,7 @@ class Parameter(Generic[T]):
         polled: bool = True,
         shape: tuple[int, ...] | None = None,
         initial: T | None = None,
+        publish_on_write: bool = True,
     ) -> None:
         if choices is not None and dtype is not int:
             raise TypeError(f"{name}: an enum parameter holds an int index into its choices")
@@ -99,6 +100,10 @@ class Parameter(Generic[T]):
         self._timestamp = time.time()
         self._quality = Quality.VALID if initial is not None else Quality.INVALID
         self._setpoint: T | None = None
+        # False for setpoint-style parameters (a stage position, a laser wavelength): a write
+        # records the setpoint and commands the hardware, but the value shown stays the measured
+        # one, published by polling; the target never masquerades as the actual value.
+        self.publish_on_write = publish_on_write
 
     # ----------------------------------------------------------------- description
     @property
@@ -212,7 +217,8 @@ class Parameter(Generic[T]):
                 self._setpoint = coerced
             if self._writer is not None:
                 self._writer(coerced)
-            self.publish(coerced)
+            if self.publish_on_write:
+                self.publish(coerced)
         return coerced
 
     def refresh(self) -> T | None:

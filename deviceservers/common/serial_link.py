@@ -463,8 +463,19 @@ class SerialLink:
             self._port = Port(ser, s, self)
         try:
             self._port.discard_input()
-            for hook in list(self._connect_hooks):
-                hook(self._port)
+            ran: list[ConnectHook] = []
+            while True:
+                # A device may join while the hooks run: loop until every hook has run, and
+                # declare the link up under the lock add_connect_hook takes, so a hook added
+                # now is either run here or submitted by add_connect_hook, never forgotten.
+                with self._state_lock:
+                    pending = [h for h in self._connect_hooks if h not in ran]
+                    if not pending:
+                        self.health.connected = True
+                        break
+                for hook in pending:
+                    ran.append(hook)
+                    hook(self._port)
         except Exception as exc:  # noqa: BLE001 - any failure means: not the instrument we want
             self._close_port(f"connected to {s.url} but the instrument did not answer as expected: {exc}")
             self._set_down(f"connected to {s.url} but the instrument did not answer as expected: {exc}")
@@ -473,7 +484,6 @@ class SerialLink:
         if self._ever_connected:
             self.health.reconnects += 1
         self._ever_connected = True
-        self.health.connected = True
         self.health.down_reason = ""
         self.health.since = time.time()
         self.log.info("%s: connected", self.name)

@@ -1,0 +1,520 @@
+"""The Mai Tai as Parameters, with the safe start/stop procedures of a class-4 laser.
+
+Why everything is confirmed by reading back: the laser is silent on set commands, ignores them
+in LOCAL mode or with the key switch off, refuses some with an error only visible in
+``*STB?``/``SYSTem:ERR?``, and reports the shutter's old state for about a second. A device that
+trusted its writes would show a closed shutter that is open. So:
+
+* ``Wavelength`` reads the *actual* wavelength (``READ:WAV?``); a write sets the target, is
+  confirmed by ``WAV?`` at once, and ``Tuning`` stays true until the actual wavelength is within
+  ``tolerance_nm`` of ``WAV?`` (derived from readback, so front-panel tuning shows as well);
+* shutter and emission changes are waited for on polled readback with a deadline
+  (``SHUTTER_CONFIRM_S``, ``EMISSION_CONFIRM_S``): the request thread blocks at most that long,
+  because a client that asked to open the shutter wants to know whether it is open; a command
+  the laser does not follow is reported (DISABLE: LOCAL/key switch; ALARM: interlock), never
+  hidden; a late follow clears the report by itself;
+* the component remembers whether *this server* opened the shutter and closes it at shutdown,
+  at Init, and when the link comes back after a loss (it cannot while the link is down).
+
+The service settings (``PLASer:POWer``, ``PLASer:PCURrent``, ``MODE``) are never written: the
+driver has no function for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from deviceservers.common.component import Component, DeviceState
+from deviceservers.common.parameter import Parameter
+from deviceservers.common.serial_link import InstrumentError, LinkSettings, Port
+
+from . import driver
+
+T = TypeVar("T")
+
+SHUTTER_CONFIRM_S = 2.0  # the shutter reports its old state for ~1 s; below Tango's 3 s client time-out
+EMISSION_CONFIRM_S = 1.5  # *STB? shows emission (or the warm-up starts) within this after ON
+READBACK_INTERVAL_S = 0.1  # between two readbacks while confirming (the link adds its own delay)
+NOMINAL_WARMUP_S = 120.0  # used for the time-left estimate until the warm-up rate is measured
+SLOW_EVERY = 5  # humidity, pump power and warm-up (when complete) every N polls
+TUNING_TIMEOUT_BASE_S = 30.0  # a tuning that takes longer than this plus ...
+TUNING_MIN_RATE_NM_S = 2.0  # ... the distance at this rate is reported as stalled
+
+
+class MaiTaiComponent(Component):
+    label = "Mai Tai laser"
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        poll_period_s: float = 0.5,
+        logger: logging.Logger | None = None,
+        *,
+        emission_bit: int = driver.STB_EMISSION_DEFAULT,
+        watchdog_s: float = 0.0,
+        tolerance_nm: float = 0.5,
+    ) -> None:
+        if not 0 <= emission_bit <= 7:
+            raise ValueError(f"EmissionBit must be 0..7 (a bit of *STB?), not {emission_bit}")
+        if watchdog_s < 0:
+            raise ValueError(f"WatchdogS must be >= 0 (0 disables the watchdog), not {watchdog_s}")
+        if not tolerance_nm > 0:
+            raise ValueError(f"WavelengthToleranceNm must be > 0, not {tolerance_nm}")
+        super().__init__(settings, poll_period_s, logger)
+        self.emission_bit = emission_bit
+        self.watchdog_s = watchdog_s
+        self.tolerance_nm = tolerance_nm
+        self._lock = threading.RLock()
+        self._polls = 0
+        self._stb: driver.StatusByte | None = None
+        self._system_error = ""  # last device-specific error text (interlock, internal fault)
+        self._not_following: dict[str, str] = {}  # what the laser ignored -> message (DISABLE)
+        self._shutter_request: tuple[bool, float, bool] | None = None  # (open, deadline, a real change)
+        self._opened_by_us = False
+        self._emission_expected = False  # we switched it on and have not switched it off
+        self._emission_lost = ""
+        self._warmup_origin: tuple[float, float] | None = None  # (monotonic, percent) first seen warming
+        self._tuning_since: tuple[float, float] | None = None  # (monotonic, distance nm)
+        self._tuning_stalled = ""
+        self.limits_version = 0  # bumped when WAV:MIN?/MAX? change: the device updates Tango's config
+        self._confirm_wait = threading.Event()  # never set: an interruptible pause between readbacks
+
+        self.wavelength = self.add(Parameter(
+            "Wavelength", float, unit="nm", fmt="%.1f", writable=True, writer=self._write_wavelength,
+            publish_on_write=False,
+            description="Read: the actual wavelength (READ:WAV?). Write: the target; the laser tunes in whole nm "
+                        "within its own range (WAV:MIN?/MAX?), State is MOVING and Tuning true until it arrives"))
+        self.wavelength_setpoint = self.add(Parameter(
+            "WavelengthSetpoint", float, unit="nm", fmt="%.0f",
+            description="The commanded wavelength as the laser reports it (WAV?)"))
+        self.tuning = self.add(Parameter(
+            "Tuning", bool, description="True while the actual wavelength is farther than WavelengthToleranceNm "
+                                        "from the setpoint"))
+        self.power = self.add(Parameter(
+            "Power", float, unit="W", fmt="%.3f", description="Output power (READ:POW?); 0 without emission"))
+        self.pump_power = self.add(Parameter(
+            "PumpPower", float, unit="W", fmt="%.2f", description="Actual pump laser power (READ:PLAS:POW?)"))
+        self.warmup = self.add(Parameter(
+            "WarmupPercent", float, unit="%", fmt="%.2f", minimum=0, maximum=100,
+            description="Diode warm-up (READ:PCTW?); On is possible only at 100 %"))
+        self.humidity = self.add(Parameter(
+            "Humidity", float, unit="%", fmt="%.2f", description="Relative humidity inside the laser head (READ:HUM?)"))
+        self.shutter = self.add(Parameter(
+            "Shutter", bool, writable=True, writer=self._write_shutter, publish_on_write=False,
+            description="True when the shutter is open, as SHUTter? confirms. Writing waits up to 2 s for the "
+                        "confirmation and fails if the laser does not follow (LOCAL, key switch, interlock)"))
+        self.emission = self.add(Parameter(
+            "Emission", bool, description="True when *STB? says emission is possible (bit EmissionBit)"))
+        self.status_byte = self.add(Parameter(
+            "StatusByte", int, description="Raw *STB?: 0 command error, 1 execution error, 5 system error "
+                                           "(interlock open or internal fault), 6 emission (EmissionBit), 7 any error"))
+        self.identity = self.add(Parameter("Identity", str, description="*IDN? of the laser"))
+
+    # ------------------------------------------------------------------ link
+    def on_connect(self, port: Port) -> None:
+        """After every (re)connection: identify, then re-read the real state; assume nothing."""
+        identity = driver.identify(port)
+        lo, hi = driver.read_wavelength_limits(port)
+        if (lo, hi) != (self.wavelength.minimum, self.wavelength.maximum):
+            self.wavelength.set_limits(lo, hi)
+            self.limits_version += 1
+        driver.set_watchdog(port, self.watchdog_s)  # 0 (default) keeps it disabled
+        with self._lock:
+            if self._opened_by_us:
+                # We opened it, then lost the link: nobody can vouch for the beam. Close it.
+                driver.set_shutter(port, False)
+                self._shutter_request = (False, time.monotonic() + SHUTTER_CONFIRM_S, True)
+                self.log.warning("%s: link back after a loss: closed the shutter this server had opened", self.label)
+        values = self._read_fast(port)
+        values.update(self._read_slow(port))
+        # Published here, in the link thread, only because no request can be waiting on the link
+        # yet (it is not up until this hook returns). Everywhere else, link-thread functions only
+        # read: publishing pushes Tango events, which wait for the device lock, which a command
+        # waiting on the link may hold.
+        self.identity.publish(identity)
+        self._publish(values)
+
+    def poll(self) -> None:
+        self._polls += 1
+        values = self.run(self._read_fast, idempotent=True, description="status, wavelength, shutter, power")
+        if self._polls % SLOW_EVERY == 0:
+            values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
+        self._publish(values)
+
+    def refresh_all(self) -> None:
+        """Read and publish everything now (after On, so power and pump power are current)."""
+        values = self.run(self._read_fast, idempotent=True, description="status, wavelength, shutter, power")
+        values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
+        self._publish(values)
+
+    def _read_fast(self, port: Port) -> dict[str, Any]:
+        """Link thread: read, never publish (see on_connect)."""
+        stb = driver.read_status_byte(port, self.emission_bit)
+        values: dict[str, Any] = {"stb": stb, "errors": driver.drain_errors(port) if stb.any_error else []}
+        values["WavelengthSetpoint"] = driver.read_wavelength_setpoint(port)
+        values["Wavelength"] = driver.read_wavelength(port)
+        values["Shutter"] = driver.read_shutter(port)
+        values["Power"] = driver.read_power(port)
+        if (self.warmup.value or 0.0) < 100.0:
+            values["WarmupPercent"] = driver.read_warmup_percent(port)
+        return values
+
+    def _read_slow(self, port: Port) -> dict[str, Any]:
+        return {"WarmupPercent": driver.read_warmup_percent(port), "Humidity": driver.read_humidity(port),
+                "PumpPower": driver.read_pump_power(port)}
+
+    def _publish(self, values: dict[str, Any]) -> None:
+        stb = values.pop("stb", None)
+        if stb is not None:
+            self._publish_status(stb)
+        self._note_errors(values.pop("errors", []))
+        for name, value in values.items():
+            self.parameters[name].publish(value)
+        self._derive()
+
+    def _publish_status(self, stb: driver.StatusByte) -> None:
+        self._stb = stb
+        self.status_byte.publish(stb.raw)
+        self.emission.publish(stb.emission)
+
+    def _note_errors(self, errors: list[driver.LaserError]) -> None:
+        for err in errors:
+            self.record_error(f"the laser reports {err}")
+            if err.code > 0:
+                self._system_error = str(err)
+
+    def _derive(self) -> None:
+        """Tuning, shutter ownership, pending confirmations: from the values just read."""
+        now = time.monotonic()
+        actual, target = self.wavelength.value, self.wavelength_setpoint.value
+        tuning = actual is not None and target is not None and abs(actual - target) > self.tolerance_nm
+        with self._lock:
+            if tuning and self._tuning_since is None:
+                self._tuning_since = (now, abs(actual - target))
+            if not tuning:
+                self._tuning_since = None
+                self._tuning_stalled = ""
+            elif self._tuning_since is not None:
+                t0, distance = self._tuning_since
+                if now - t0 > TUNING_TIMEOUT_BASE_S + distance / TUNING_MIN_RATE_NM_S:
+                    self._tuning_stalled = (
+                        f"Tuning stalled: the laser is at {actual:.0f} nm, {now - t0:.0f} s after it was asked for "
+                        f"{target:.0f} nm. Check the laser (front panel, error log), then set Wavelength again.")
+            self._check_shutter_request(now)
+            emission = bool(self.emission.value)
+            if emission:
+                self._emission_lost = ""
+            elif self._emission_expected:
+                self._emission_expected = False
+                self._emission_lost = ("Emission stopped without an Off from this server (watchdog, key switch, "
+                                       "interlock or front panel). ")
+                self.log.warning("%s: %s", self.label, self._emission_lost)
+            pct = self.warmup.value
+            if pct is not None and 0 < pct < 100:
+                if self._warmup_origin is None:
+                    self._warmup_origin = (now, pct)
+            else:
+                self._warmup_origin = None
+        self.tuning.publish(tuning)
+
+    def _check_shutter_request(self, now: float) -> None:
+        shutter = self.shutter.value
+        request = self._shutter_request
+        if request is not None and shutter is not None:
+            wanted, deadline, change = request
+            if shutter == wanted:
+                self._shutter_request = None
+                if change:
+                    self._not_following.clear()  # the laser follows commands again: it is in REMOTE
+            elif now > deadline and "shutter" not in self._not_following:
+                self._not_following["shutter"] = self._ignored_message(
+                    "SHUTter " + str(int(wanted)), f"SHUTter? still says {int(shutter)}")
+        pending_open = self._shutter_request is not None and self._shutter_request[0]
+        if shutter is False and not pending_open:
+            self._opened_by_us = False  # closed (by us, the panel or the interlock): no longer ours
+
+    @staticmethod
+    def _ignored_message(command: str, evidence: str) -> str:
+        return (f"The laser ignored {command} ({evidence}): the front panel is in LOCAL mode or the key switch is "
+                f"off. Switch the laser to REMOTE (key on), then repeat the command.")
+
+    # ------------------------------------------------------------------ confirmation helpers
+    def _read(self, fn: Callable[[Port], T], description: str) -> T:
+        return self.run(fn, idempotent=True, description=description)
+
+    def _wait_for(self, read: Callable[[], T], done: Callable[[T], bool], deadline: float) -> tuple[bool, T]:
+        """Read back until ``done(value)`` or the deadline; bounded, interleaves with polling."""
+        while True:
+            value = read()
+            if done(value):
+                return True, value
+            if time.monotonic() >= deadline:
+                return False, value
+            self._confirm_wait.wait(READBACK_INTERVAL_S)
+
+    def _read_shutter_now(self) -> bool:
+        value = self._read(driver.read_shutter, "SHUTter?")
+        self.shutter.publish(value)
+        return value
+
+    def _read_status_now(self) -> driver.StatusByte:
+        stb = self._read(lambda port: driver.read_status_byte(port, self.emission_bit), "*STB?")
+        self._publish_status(stb)
+        return stb
+
+    def _refusal(self, command: str) -> str:
+        """Why the laser did not follow ``command``: its own errors, or the interlock, or ''."""
+        stb = self._read_status_now()
+        errors = self._read(driver.drain_errors, "SYSTem:ERR?") if stb.any_error else []
+        self._note_errors(errors)
+        if stb.system_error:
+            return (f"the interlock is open or the laser has an internal fault (*STB? bit 5"
+                    f"{': ' + self._system_error if self._system_error else ''}). Close the interlock, then retry")
+        if errors:
+            return "the laser refused it: " + "; ".join(str(e) for e in errors)
+        return ""
+
+    # ------------------------------------------------------------------ shutter
+    def _write_shutter(self, open_: bool) -> None:
+        if open_:
+            self.open_shutter()
+        else:
+            self.close_shutter()
+
+    def _command_shutter(self, open_: bool, deadline: float) -> bool:
+        """Send SHUTter 0|1 and wait for SHUTter? to agree, at most until ``deadline``."""
+        command = f"SHUTter {int(open_)}"
+        with self._lock:
+            if open_:
+                self._opened_by_us = True  # from the moment we ask: a late opening is ours too
+            change = self.shutter.value is not open_  # following a no-op proves nothing about REMOTE
+            self._shutter_request = (open_, deadline, change)
+        self.run(lambda port: driver.set_shutter(port, open_), description=command)
+        self.request_poll()
+        ok, _ = self._wait_for(self._read_shutter_now, lambda v: v == open_, deadline)
+        with self._lock:
+            if ok and change:
+                self._not_following.clear()
+            self._check_shutter_request(time.monotonic())
+        return ok
+
+    def _shutter_failure(self, open_: bool) -> str:
+        command = f"SHUTter {int(open_)}"
+        reason = self._refusal(command)
+        what = "open" if open_ else "close"
+        if reason:
+            return f"The shutter did not {what} within {SHUTTER_CONFIRM_S:.0f} s: {reason}."
+        msg = self._ignored_message(command, f"SHUTter? still says {int(not open_)} after {SHUTTER_CONFIRM_S:.0f} s")
+        with self._lock:
+            self._not_following["shutter"] = msg
+        self.update_state()
+        return msg
+
+    def open_shutter(self) -> None:
+        """SHUTter 1, confirmed by SHUTter? within SHUTTER_CONFIRM_S, else a clear error."""
+        stb = self._read_status_now()
+        if stb.system_error:
+            raise RuntimeError(f"OpenShutter refused: {self._refusal('SHUTter 1')}.")
+        if not self._command_shutter(True, time.monotonic() + SHUTTER_CONFIRM_S):
+            raise RuntimeError(self._shutter_failure(True))
+        self.update_state()
+
+    def close_shutter(self) -> None:
+        if not self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S):
+            raise RuntimeError(self._shutter_failure(False))
+        self.update_state()
+
+    def shutter_open(self) -> bool:
+        return bool(self.shutter.value)
+
+    # ------------------------------------------------------------------ emission
+    def warmup_time_left_s(self, pct: float) -> float:
+        """Seconds to 100 %, from the measured warm-up rate (nominal ~2 min until measured)."""
+        rate = 100.0 / NOMINAL_WARMUP_S
+        with self._lock:
+            origin = self._warmup_origin
+        if origin is not None:
+            t0, p0 = origin
+            elapsed = time.monotonic() - t0
+            if elapsed > 0.5 and pct > p0:
+                rate = (pct - p0) / elapsed
+        return max(0.0, (100.0 - pct) / rate)
+
+    def on(self) -> None:
+        """Start emission at 100 % warm-up; at 0 % start the warm-up; refuse in between.
+
+        ``ON`` does not open the shutter. At 0 % the laser begins ~2 min of diode stabilisation
+        and the device shows INIT with the percentage; run On again at 100 %.
+        """
+        stb = self._read_status_now()
+        if stb.system_error:
+            raise RuntimeError(f"On refused: {self._refusal('ON')}, then run On.")
+        if stb.emission:
+            return
+        pct = self._read(driver.read_warmup_percent, "READ:PCTW?")
+        self.warmup.publish(pct)
+        self._derive()
+        if 0 < pct < 100:
+            raise RuntimeError(f"On refused: warm-up is at {pct:.0f} %: On is possible at 100 %, in about "
+                               f"{self.warmup_time_left_s(pct):.0f} s.")
+        deadline = time.monotonic() + EMISSION_CONFIRM_S
+        self.run(driver.emission_on, description="ON")
+        if pct <= 0:
+            ok, _ = self._wait_for(lambda: self._read(driver.read_warmup_percent, "READ:PCTW?"),
+                                   lambda v: v > 0, deadline)
+            what = "start the warm-up (READ:PCTW? stays at 0 %)"
+        else:
+            with self._lock:
+                self._emission_expected = True
+            ok, _ = self._wait_for(lambda: self._read_status_now().emission, bool, deadline)
+            what = f"start emission (*STB? bit {self.emission_bit} stays 0)"
+        if ok:
+            with self._lock:
+                self._not_following.clear()
+            self.request_poll()
+            self.refresh_all()
+            self.update_state()
+            return
+        with self._lock:
+            self._emission_expected = False
+        reason = self._refusal("ON")
+        if reason:
+            raise RuntimeError(f"ON did not {what}: {reason}.")
+        msg = self._ignored_message("ON", what.split("(", 1)[1].rstrip(")"))
+        with self._lock:
+            self._not_following["emission"] = msg
+        self.update_state()
+        raise RuntimeError(msg)
+
+    def off(self) -> None:
+        """Safe stop: close the shutter and confirm, then OFF (sent even if the shutter did not
+        confirm, because no emission is the safer state), then confirm emission is off."""
+        problems = []
+        if not self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S):
+            problems.append(self._shutter_failure(False))
+        with self._lock:
+            self._emission_expected = False
+        was_on = bool(self.emission.value)
+        self.run(driver.emission_off, description="OFF")
+        ok, _ = self._wait_for(lambda: not self._read_status_now().emission, bool,
+                               time.monotonic() + EMISSION_CONFIRM_S / 3)
+        if not ok:
+            msg = self._ignored_message("OFF", f"*STB? bit {self.emission_bit} still set")
+            with self._lock:
+                self._not_following["emission"] = msg
+            problems.append(msg)
+        elif was_on and not problems:
+            with self._lock:
+                self._not_following.clear()
+        self.request_poll()
+        self.update_state()
+        if problems:
+            raise RuntimeError(" ".join(problems))
+
+    # ------------------------------------------------------------------ wavelength
+    def _write_wavelength(self, nm: float) -> None:
+        """WAVelength n (validated against the laser's own range), confirmed at once by WAV?."""
+        if self.wavelength.minimum is None:
+            raise RuntimeError("The tuning range is not known yet (no connection to the laser): retry when "
+                               "State is no longer FAULT.")
+        previous = self.wavelength_setpoint.value
+        sent = self.run(lambda port: driver.set_wavelength(port, nm), description=f"WAVelength {nm:.0f}")
+        setpoint = self._read(driver.read_wavelength_setpoint, "WAVelength?")
+        self.wavelength_setpoint.publish(setpoint)
+        if abs(setpoint - sent) > 0.5:
+            reason = self._refusal(f"WAVelength {sent}")
+            if reason:
+                raise InstrumentError(f"WAVelength {sent} not accepted: {reason}.")
+            msg = self._ignored_message(f"WAVelength {sent}", f"WAVelength? still says {setpoint:.0f} nm")
+            with self._lock:
+                self._not_following["wavelength"] = msg
+            self.update_state()
+            raise RuntimeError(msg)
+        if previous is None or abs(previous - sent) > 0.5:
+            with self._lock:
+                self._not_following.clear()
+        actual = self.wavelength.value
+        if actual is not None and abs(actual - setpoint) > self.tolerance_nm:
+            with self._lock:
+                self._tuning_since = (time.monotonic(), abs(actual - setpoint))
+            self.tuning.publish(True)
+        self.request_poll()
+
+    def set_wavelength(self, nm: float) -> None:
+        """WavelengthTunable: start tuning and return at once."""
+        self.wavelength.set(nm)
+        self.update_state()
+
+    def move_to(self, target: float) -> None:
+        """Movable (the Pool's wavelength motor)."""
+        self.set_wavelength(target)
+
+    def position(self) -> float:
+        return float(self.wavelength.value or 0.0)
+
+    def wavelength_nm(self) -> float:
+        return self.position()
+
+    def is_moving(self) -> bool:
+        return bool(self.tuning.value)
+
+    def stop_tuning(self) -> None:
+        """Stop where the laser is: the target becomes the actual wavelength (whole nm).
+
+        Not named ``stop``: that is the component's lifecycle stop (release the link).
+        """
+        actual = self._read(driver.read_wavelength, "READ:WAVelength?")
+        self.wavelength.publish(actual)
+        self.set_wavelength(round(actual))
+
+    def is_busy(self) -> bool:
+        with self._lock:
+            return bool(self.tuning.value) or self._shutter_request is not None
+
+    # ------------------------------------------------------------------ shutdown
+    def on_shutdown(self) -> None:
+        """Server stop and Init: close the shutter if this server opened it."""
+        with self._lock:
+            ours = self._opened_by_us
+        if not ours:
+            return
+        if self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S):
+            self.log.info("%s: closed the shutter this server had opened", self.label)
+        else:
+            self.log.error("%s: sent SHUTter 0 at shutdown but SHUTter? did not confirm it", self.label)
+
+    # ------------------------------------------------------------------ state
+    def evaluate_state(self) -> tuple[DeviceState, str]:
+        stb = self._stb
+        with self._lock:
+            not_following = list(self._not_following.values())
+            stalled = self._tuning_stalled
+            lost = self._emission_lost
+        if stb is not None and stb.system_error:
+            detail = f": {self._system_error}" if self._system_error else ""
+            return DeviceState.ALARM, (
+                f"Interlock open or internal fault (*STB? bit 5{detail}). Emission is stopped and the shutter "
+                "closed. Close the interlock (or call service for an internal fault), then run On.")
+        if stalled:
+            return DeviceState.ALARM, stalled
+        if not_following:
+            return DeviceState.DISABLE, " ".join(not_following)
+        shutter = "open" if self.shutter.value else "closed"
+        actual, target = self.wavelength.value, self.wavelength_setpoint.value
+        if self.tuning.value and actual is not None and target is not None:
+            return DeviceState.MOVING, f"Tuning: at {actual:.0f} nm, going to {target:.0f} nm; shutter {shutter}."
+        pct = self.warmup.value
+        if pct is not None and 0 < pct < 100:
+            return DeviceState.INIT, (f"Warming up: {pct:.0f} %, about {self.warmup_time_left_s(pct):.0f} s left. "
+                                      "On is possible at 100 %.")
+        if self.emission.value:
+            power = self.power.value
+            return DeviceState.ON, (f"Emission on at {actual:.0f} nm, {power or 0.0:.3f} W; shutter {shutter}.")
+        if pct is not None and pct <= 0:
+            return DeviceState.OFF, (f"{lost}The laser is cold (warm-up 0 %): run On to start the ~2 min warm-up, "
+                                     "then On again at 100 % to start emission.")
+        return DeviceState.OFF, f"{lost}Emission off, warmed up; shutter {shutter}. Run On to start emission."
