@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from deviceservers.common.component import Component, DeviceState
 from deviceservers.common.parameter import Parameter, Quality
@@ -12,6 +18,11 @@ from deviceservers.common.serial_link import LinkSettings, Port
 from . import driver
 
 SETTINGS_EVERY = 5  # re-read the settings every N polls: the front panel can change them
+BURST_SECONDS = 0.05  # a streaming burst holds the link at most this long
+BURST_SAMPLES = 5000
+
+#: where streamed samples go: (timestamps s, watts, flags) -> None (the device's ring writer)
+SampleSink = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
 
 class Newport1830CComponent(Component):
@@ -47,6 +58,17 @@ class Newport1830CComponent(Component):
         self.saturated = self.add(Parameter("Saturated", bool, description="The detector is saturated: the reading is not valid"))
         self.over_range = self.add(Parameter(
             "OverRange", bool, description="The reading exceeds the manual range: choose a higher range or AUTO"))
+        self.streaming = self.add(Parameter(
+            "Streaming", bool, writable=True, writer=self._write_streaming, initial=False,
+            description="Sample continuously, as fast as the link allows, into the shared-memory ring "
+            "<device>.power (recorded by the DataWriter); Power is then updated from the stream"))
+        self.sample_rate = self.add(Parameter(
+            "SampleRate", float, unit="Hz", fmt="%.1f", initial=0.0,
+            description="Samples per second achieved while streaming (over the last second)"))
+        self.sink: SampleSink | None = None
+        self.samples_streamed = 0
+        self._stream_thread: threading.Thread | None = None
+        self._stream_stop = threading.Event()
 
     # ------------------------------------------------------------------ link
     def on_connect(self, port: Port) -> None:
@@ -76,8 +98,81 @@ class Newport1830CComponent(Component):
         self._polls += 1
         if self._polls % SETTINGS_EVERY == 0:
             self.run(self._read_settings, idempotent=True, description="settings")
+        if self.streaming.value:
+            # The stream reads D? continuously; polling only adds the status byte.
+            status = self.run(driver.read_status, idempotent=True, description="Q?")
+            self.status_byte.publish(status.raw)
+            self.saturated.publish(status.saturated)
+            self.over_range.publish(status.over_range)
+            return
         reading, status = self.run(self._read_measurement, idempotent=True, description="D? Q?")
         self.publish_measurement(reading, status)
+
+    # ------------------------------------------------------------------ streaming
+    def _write_streaming(self, on: bool) -> None:
+        if on and self.sink is None:
+            raise RuntimeError("streaming has nowhere to go: the device did not open its ring")
+        if on and (self._stream_thread is None or not self._stream_thread.is_alive()):
+            self._stream_stop.clear()
+            self._stream_thread = threading.Thread(target=self._stream_loop, name="1830-C stream", daemon=True)
+            self._stream_thread.start()
+        elif not on:
+            self._stream_stop.set()
+            if self._stream_thread is not None and self._stream_thread is not threading.current_thread():
+                self._stream_thread.join(2)
+            self._stream_thread = None
+            self.sample_rate.publish(0.0)
+
+    def _stream_loop(self) -> None:
+        window: deque[tuple[float, int]] = deque()
+        last_rate = 0.0
+        while not self._stream_stop.is_set() and not self._stop.is_set():
+            if not self.communication_ok:
+                self.sample_rate.publish(0.0)
+                self._stream_stop.wait(0.2)  # the link reconnects by itself; streaming resumes
+                continue
+            try:
+                ts, values, flags = self.run(
+                    lambda port: driver.sample_burst(port, BURST_SAMPLES, BURST_SECONDS), description="stream burst")
+            except Exception as exc:  # noqa: BLE001 - the stream survives link trouble
+                self.log.debug("stream burst failed: %s", exc)
+                continue
+            if not ts:
+                continue
+            t = np.asarray(ts)
+            v = np.asarray(values)
+            f = np.asarray(flags, dtype=np.uint8)
+            sink = self.sink
+            if sink is not None:
+                sink(t, v, f)
+            self.samples_streamed += len(t)
+            now = time.monotonic()
+            window.append((now, len(t)))
+            while window and now - window[0][0] > 1.0:
+                window.popleft()
+            if now - last_rate > 0.25 and len(window) > 1:
+                span = window[-1][0] - window[0][0]
+                rate = sum(n for _, n in list(window)[1:]) / span if span > 0 else 0.0
+                self.sample_rate.publish(round(rate, 1))
+                last_rate = now
+            self._publish_last_sample(v[-1], int(f[-1]))
+
+    def _publish_last_sample(self, watts: float, flags: int) -> None:
+        if flags & driver.FLAG_INVALID:
+            self.power.publish(None, Quality.INVALID)
+            self.power_dbm.publish(None, Quality.INVALID)
+            return
+        alarm = self.saturated.value or self.over_range.value
+        quality = Quality.ALARM if alarm else Quality.VALID
+        self.power.publish(float(watts), quality)
+        dbm = driver.watts_to_dbm(float(watts))
+        self.power_dbm.publish(dbm, quality if dbm is not None else Quality.INVALID)
+
+    def stop(self) -> None:
+        self._stream_stop.set()
+        if self._stream_thread is not None and self._stream_thread is not threading.current_thread():
+            self._stream_thread.join(2)  # before the device closes the ring the thread writes to
+        super().stop()
 
     def publish_measurement(self, reading: driver.PowerReading, status: driver.StatusByte) -> None:
         self.status_byte.publish(status.raw)
@@ -124,4 +219,7 @@ class Newport1830CComponent(Component):
         if self.power.quality == Quality.INVALID and self.power.value is None and self._polls:
             return DeviceState.ALARM, "The meter sends no valid reading (ERR/UNDER): check the detector head."
         wl = self.wavelength.value
+        if self.streaming.value:
+            return DeviceState.RUNNING, (f"Streaming at {self.sample_rate.value or 0:.0f} samples/s into the ring, "
+                                         f"{wl:.0f} nm, range {driver.RANGES[self.range.value or 0]}")
         return DeviceState.ON, f"Measuring at {wl:.0f} nm, range {driver.RANGES[self.range.value or 0]}" if wl else "Measuring"

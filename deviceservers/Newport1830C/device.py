@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import numpy as np
 from tango.server import command
 
 from deviceservers.common.device import InstrumentDevice, tango_errors
+from deviceservers.common.parameter import Parameter
 from deviceservers.common.serial_link import LinkSettings
 
 from .component import Newport1830CComponent
@@ -26,6 +29,32 @@ class Newport1830C(InstrumentDevice):
 
     def create_component(self, settings: LinkSettings, poll_period_s: float, logger: logging.Logger) -> Newport1830CComponent:
         return Newport1830CComponent(settings, poll_period_s, logger)
+
+    # ------------------------------------------------------------------ streaming into the ring
+    def write_parameter(self, p: Parameter[Any], value: Any) -> None:
+        if p.name == "Streaming" and value and self.component.sink is None:
+            self._open_stream()
+        super().write_parameter(p, value)
+
+    def _open_stream(self) -> None:
+        """Create the ring ``<device>.power``: the component hands it numpy arrays, never Arrow."""
+        from datawriter import create_scalar_stream
+
+        self._stream = create_scalar_stream(
+            self.get_name(), "power", units="W", extra_columns={"flags": (np.uint8, "")},
+            description="1830-C readings in watts; flags: 1 invalid (text reply), 2 saturated, 4 over range")
+
+        def sink(timestamps: np.ndarray, watts: np.ndarray, flags: np.ndarray) -> None:
+            self._stream.write(timestamps, watts, flags=flags)
+
+        self.component.sink = sink
+
+    def delete_device(self) -> None:
+        super().delete_device()
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.close()
+            self._stream = None
 
     @command(doc_in="", doc_out="")
     @tango_errors

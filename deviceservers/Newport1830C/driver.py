@@ -146,6 +146,7 @@ def connect(port: Port) -> None:
     before the meter is declared mute or wrong.
     """
     port.write("E0")
+    drain(port)
     for attempt in range(3):
         try:
             read_status(port)
@@ -155,6 +156,19 @@ def connect(port: Port) -> None:
                 raise
     port.write("CS")
     send(port, "U1")
+
+
+def drain(port: Port, quiet_s: float = 0.1) -> None:
+    """Read and drop whatever the meter still sends (echoes) until it has been quiet ``quiet_s``."""
+    from deviceservers.common.serial_link import LinkTimeout
+
+    port.discard_input()
+    for _ in range(100):
+        try:
+            port.read_until(b"\n", quiet_s)
+        except LinkTimeout:
+            port.discard_input()
+            return
 
 
 def read_power(port: Port) -> PowerReading:
@@ -247,3 +261,36 @@ def set_lockout(port: Port, locked: bool) -> None:
 
 def clear_status(port: Port) -> None:
     port.write("CS")
+
+
+#: per-sample flags in a stream (a text reply instead of a number)
+FLAG_INVALID = 1
+FLAG_SATURATED = 2
+FLAG_OVER_RANGE = 4
+_TEXT_FLAGS = {"ERR": FLAG_INVALID, "UNDER": FLAG_INVALID, "SAT": FLAG_INVALID | FLAG_SATURATED,
+               "OVER": FLAG_INVALID | FLAG_OVER_RANGE}
+
+
+def sample_burst(port: Port, max_samples: int, max_seconds: float) -> tuple[list[float], list[float], list[int]]:
+    """Read ``D?`` back to back for up to ``max_samples`` or ``max_seconds``.
+
+    Returns (timestamps in s, watts, flags); a text reading becomes NaN with its flag set, so a
+    stream never silently drops or invents a sample. Bounded in time so other requests on the
+    link (settings, status) get their turn between bursts.
+    """
+    import time
+
+    ts: list[float] = []
+    values: list[float] = []
+    flags: list[int] = []
+    deadline = time.monotonic() + max_seconds
+    while len(ts) < max_samples and time.monotonic() < deadline:
+        reading = read_power(port)
+        ts.append(time.time())
+        if reading.watts is None:
+            values.append(math.nan)
+            flags.append(_TEXT_FLAGS.get(reading.text, FLAG_INVALID))
+        else:
+            values.append(reading.watts)
+            flags.append(0)
+    return ts, values, flags

@@ -29,6 +29,7 @@ from tango import AttrQuality, AttrWriteType, DevState
 from tango.server import Device, attribute, device_property
 
 from .component import Component, DeviceState
+from .events import EventPusher
 from .parameter import Parameter, ParameterError, Quality, Reading
 from .serial_link import InstrumentError, LinkDown, LinkError, LinkSettings, LinkTimeout
 
@@ -141,6 +142,7 @@ class ParameterDevice(Device):
             self._log.addHandler(TangoLogHandler(self))
         for name in ("State", "Status"):
             self.set_change_event(name, True, False)
+        self._events = EventPusher(self.get_name(), self._log)
         try:
             self.component = self.build_component()
         except (ValueError, TypeError) as exc:
@@ -159,6 +161,8 @@ class ParameterDevice(Device):
         # the component stops (and makes the instrument safe), so a push from the poll thread
         # would block on that lock and the join of the poll thread would wait for it (~3 s).
         self._deleting = True
+        if getattr(self, "_events", None) is not None:
+            self._events.close()
         for unsub in getattr(self, "_unsubscribers", []):
             unsub()
         self._unsubscribers = []
@@ -233,24 +237,35 @@ class ParameterDevice(Device):
         self.component.update_state()
 
     def _on_parameter_change(self, r: Reading[Any]) -> None:
+        """Called in whatever thread changed the Parameter: queue the events, never block."""
         p = self.component.parameters[r.name]
         value = self._value_for_tango(p, r.value)
-        try:
-            self.push_change_event(r.name, value, r.timestamp, _QUALITY[r.quality])
-            self.push_archive_event(r.name, value, r.timestamp, _QUALITY[r.quality])
-        except tango.DevFailed as exc:  # attribute not created yet during start-up
-            self._log.debug("event for %s not pushed: %s", r.name, exc.args[0].desc)
+        quality = _QUALITY[r.quality]
+
+        def push() -> None:
+            try:
+                self.push_change_event(r.name, value, r.timestamp, quality)
+                self.push_archive_event(r.name, value, r.timestamp, quality)
+            except tango.DevFailed as exc:  # attribute not created yet during start-up
+                self._log.debug("event for %s not pushed: %s", r.name, exc.args[0].desc)
+
+        self._events.submit(push)
 
     def _on_state_change(self, state: DeviceState, status: str) -> None:
         if getattr(self, "_deleting", False):
             return
         self.set_state(getattr(DevState, state.value))
         self.set_status(status)
-        try:
-            self.push_change_event("State")
-            self.push_change_event("Status")
-        except tango.DevFailed:
-            pass
+        dev_state = getattr(DevState, state.value)
+
+        def push() -> None:
+            try:
+                self.push_change_event("State", dev_state)
+                self.push_change_event("Status", status)
+            except tango.DevFailed:
+                pass
+
+        self._events.submit(push)
 
     # ------------------------------------------------------------------ state
     def dev_state(self) -> DevState:

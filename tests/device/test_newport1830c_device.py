@@ -39,6 +39,7 @@ def sim(sim_server, meter):
     sim.plug()
     sim.text_errors = False
     sim.incident_power_w = 1.234e-6
+    sim.reading_delay_s = 0.005
     meter.Range = 0
     meter.Attenuator = False
     meter.Wavelength = 800
@@ -160,3 +161,32 @@ def test_init_reconnects(meter, sim):
     wait_state(meter, tango.DevState.ON, 10)
     assert meter.ErrorCount >= 0 and before >= 0
     assert math.isclose(wait_until(lambda: meter.Power, 5), 1.234e-6, rel_tol=1e-3)
+
+
+def test_streaming_fills_the_ring_and_reports_its_rate(meter, sim):
+    import datawriter
+    import numpy as np
+
+    name = datawriter.stream_name(meter.dev_name(), "power")
+    sim.reading_delay_s = 0.0  # as fast as the link allows (the real meter needs ~0.5 s a reading)
+    meter.Streaming = True
+    try:
+        wait_state(meter, tango.DevState.RUNNING)
+        rate = wait_until(lambda: meter.SampleRate > 200 and meter.SampleRate, 10, what="SampleRate above 200 Hz")
+        reader = datawriter.open_reader(name, start="oldest")
+        wait_until(lambda: reader.backlog > 3, 10, what="records in the ring")
+        rows = []
+        while (rec := reader.read_next()) is not None and len(rows) < 20:
+            rows.append(rec.batch)
+        ts = np.concatenate([b.column("timestamp").cast("int64").to_numpy() for b in rows])
+        values = np.concatenate([b.column("value").to_numpy() for b in rows])
+        flags = np.concatenate([b.column("flags").to_numpy() for b in rows])
+        assert np.all(np.diff(ts) > 0), "samples out of order"
+        assert np.allclose(values, 1.234e-6, rtol=1e-2) and not flags.any()
+        assert reader.lost == 0
+        assert datawriter.stream_info(name)["description"]["units"]["value"] == "W"
+        assert "samples/s" in meter.Status() and rate > 200
+    finally:
+        meter.Streaming = False
+    wait_state(meter, tango.DevState.ON)
+    assert meter.SampleRate == 0.0

@@ -1,0 +1,71 @@
+"""Pushing Tango events without ever blocking the thread that produced the value.
+
+cppTango takes the device's lock to push an event from a user thread. If the link or poll
+thread pushed directly, a command that holds the device lock while it waits for the link
+(``Init``, ``Off`` confirming the shutter) and the link thread waiting to push would stall
+each other until the client time-out. So components only *queue* events here, and one thread
+per device pushes them, in order. If a client holds the device for long, events wait; if the
+queue overflows (a pathological client), the oldest are dropped and counted, never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+MAX_PENDING = 10000
+
+Push = Callable[[], None]
+
+
+class EventPusher:
+    """A FIFO of push operations run by one daemon thread."""
+
+    def __init__(self, name: str, log: logging.Logger) -> None:
+        self._log = log
+        self._queue: deque[Push] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name=f"events {name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, push: Push) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            if len(self._queue) >= MAX_PENDING:
+                self._queue.popleft()
+                self.dropped += 1
+                if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                    self._log.warning("%d events dropped: a client holds the device too long", self.dropped)
+            self._queue.append(push)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop after the push in progress; pending pushes are discarded (the device is going)."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify()
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until everything queued so far was pushed (tests, shutdown)."""
+        done = threading.Event()
+        self.submit(done.set)
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                push = self._queue.popleft()
+            try:
+                push()
+            except Exception as exc:  # noqa: BLE001 - an event that cannot be pushed is logged, not fatal
+                self._log.debug("event not pushed: %s", exc)
