@@ -1,0 +1,470 @@
+"""One ESP300 axis as Parameters, on the link it shares with the controller's other axes.
+
+Why the pieces are as they are:
+
+* the three axes of a controller share one port, one request queue and one error queue. A
+  ``TB?`` drain done for axis 1 can find axis 2's limit error: :class:`Controller` (one per
+  SerialURL in this process) routes every error to the axis it belongs to;
+* ``MD?`` = 1 only says no trajectory runs (also true with the motor off, after ``AB`` or a
+  limit stop), so the state comes from MotorOn, the latched limit alarm and MD? together;
+* a move is one queued request (``PA`` then the ``TB?`` drain) at the head of the queue; the
+  write returns as soon as the controller accepted it, and polling speeds up until MD? says done;
+* Stop and Abort are written with ``send_urgent`` from the caller's thread, so they reach the
+  wire even while the worker waits for a reply; the error drain and refresh follow through the
+  queue;
+* a poll round is one link request per axis (MD?, TP?, and every few rounds the settings), so
+  the axes' polls interleave fairly and a move waits for at most one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from deviceservers.common.component import Component, DeviceState
+from deviceservers.common.parameter import Parameter, ParameterError, Quality
+from deviceservers.common.serial_link import LinkDown, LinkSettings, Port
+
+from . import driver
+
+SETTINGS_EVERY = 6  # re-read motor power, velocity, acceleration, limits every N polls
+FAST_POLL_S = 0.05  # during a move: position events at 20 Hz
+
+
+class Controller:
+    """What the axes of one ESP300 share in this process: each other, to route errors."""
+
+    def __init__(self) -> None:
+        self.axes: dict[int, Esp300AxisComponent] = {}
+        self.lock = threading.Lock()
+
+    def route(self, errors: list[driver.ControllerError], log: logging.Logger) -> None:
+        for err in errors:
+            with self.lock:
+                target = self.axes.get(err.axis)
+            if target is not None:
+                target.deliver_errors([err])
+            else:
+                log.warning("ESP300 reported %s for an axis no device serves", err.describe())
+
+    def siblings(self) -> list[Esp300AxisComponent]:
+        with self.lock:
+            return list(self.axes.values())
+
+
+_controllers: dict[str, tuple[Controller, int]] = {}
+_controllers_lock = threading.Lock()
+
+
+def _acquire_controller(url: str) -> Controller:
+    with _controllers_lock:
+        ctrl, count = _controllers.get(url, (Controller(), 0))
+        _controllers[url] = (ctrl, count + 1)
+        return ctrl
+
+
+def _release_controller(url: str) -> None:
+    with _controllers_lock:
+        entry = _controllers.get(url)
+        if entry is None:
+            return
+        if entry[1] <= 1:
+            del _controllers[url]
+        else:
+            _controllers[url] = (entry[0], entry[1] - 1)
+
+
+@dataclass
+class _Snapshot:
+    """What one poll request read, in the link thread."""
+
+    move_seq: int
+    done: bool
+    position: float
+    errors: list[driver.ControllerError] = field(default_factory=list)
+    settings: dict[str, Any] | None = None
+
+
+class Esp300AxisComponent(Component):
+    """One axis (1-3) of an ESP300."""
+
+    def __init__(self, settings: LinkSettings, axis: int, poll_period_s: float = 0.5,
+                 logger: logging.Logger | None = None) -> None:
+        if axis not in driver.AXES:
+            raise ValueError(f"Axis must be 1, 2 or 3 (an ESP300 has three axes), not {axis}")
+        super().__init__(settings, poll_period_s, logger)
+        self.axis = axis
+        self.label = f"ESP300 axis {axis}"
+        self.fast_poll_period_s = min(FAST_POLL_S, poll_period_s)
+        self.controller: Controller | None = None
+        self._polls = 0
+        self._moving = False
+        self._homing = False
+        self._alarm = ""  # why the axis stopped at a limit, until a new move is accepted
+        self._move_seq = 0  # bumped in the link thread by every motion command
+        self._settings_due = True
+        self._drain_due = False
+        self._stopped_by = ""
+        self._claiming = False  # a move was written urgently: its errors are being collected
+        self._unclaimed: list[driver.ControllerError] = []
+
+        self.position = self.add(Parameter(
+            "Position", float, fmt="%.6f", writable=True, writer=self._write_position, publish_on_write=False,
+            description="Actual position (TP?) in the controller's unit; writing starts an absolute move (PA) "
+                        "and returns at once. Quality CHANGING while the axis moves. Limits follow the soft limits."))
+        self.velocity = self.add(Parameter(
+            "Velocity", float, fmt="%.4f", writable=True, validator=_positive("Velocity"),
+            writer=lambda v: self._set(driver.set_velocity, v, "VA"),
+            description="Move velocity (VA), per second; at most the stage's maximum velocity (VU)"))
+        self.acceleration = self.add(Parameter(
+            "Acceleration", float, fmt="%.4f", writable=True, validator=_positive("Acceleration"),
+            writer=lambda v: self._set(driver.set_acceleration, v, "AC/AG"),
+            description="Acceleration and deceleration (AC and AG set together), per second squared"))
+        self.soft_limit_low = self.add(Parameter(
+            "SoftLimitLow", float, fmt="%.4f", writable=True, validator=self._check_low,
+            writer=lambda v: self._set(driver.set_soft_limit_low, v, "SL"),
+            description="Left software travel limit (SL): the controller refuses targets below it"))
+        self.soft_limit_high = self.add(Parameter(
+            "SoftLimitHigh", float, fmt="%.4f", writable=True, validator=self._check_high,
+            writer=lambda v: self._set(driver.set_soft_limit_high, v, "SR"),
+            description="Right software travel limit (SR): the controller refuses targets above it"))
+        self.motor_on = self.add(Parameter(
+            "MotorOn", bool, writable=True, writer=lambda v: self._set(driver.set_motor, v, "MO/MF"),
+            description="Motor power (MO/MF). Off: the axis cannot move and the device is OFF"))
+        self.stage_model = self.add(Parameter(
+            "StageModel", str, description="Stage model and serial number reported by the controller (ID?)"))
+        self.firmware = self.add(Parameter("Firmware", str, description="Controller firmware (VE?)"))
+        self.unit = self.add(Parameter("Unit", str, description="Position unit of this axis (SN?): mm, um, deg..."))
+        for p in (self.soft_limit_low, self.soft_limit_high):
+            p.subscribe(lambda _r: self._sync_position_limits())
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.controller = _acquire_controller(self.settings.url)
+        with self.controller.lock:
+            if self.axis in self.controller.axes:
+                _release_controller(self.settings.url)
+                self.controller = None
+                raise ValueError(f"axis {self.axis} of {self.settings.url} is already served by another device")
+            self.controller.axes[self.axis] = self
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.controller is not None:
+            with self.controller.lock:
+                if self.controller.axes.get(self.axis) is self:
+                    del self.controller.axes[self.axis]
+            _release_controller(self.settings.url)
+            self.controller = None
+
+    def on_connect(self, port: Port) -> None:
+        self.firmware.publish(driver.firmware(port))
+        self.stage_model.publish(driver.stage_identity(port, self.axis))
+        unit = driver.unit(port, self.axis)
+        for p in (self.position, self.soft_limit_low, self.soft_limit_high):
+            p.unit = unit
+        self.velocity.unit, self.acceleration.unit = f"{unit}/s", f"{unit}/s2"
+        self.unit.publish(unit)
+        stale = driver.drain_errors(port)
+        for err in stale:  # history from before we connected: tell, but do not alarm
+            if err.axis in (0, self.axis):
+                self.record_error(f"error queued before connection: {err.describe()}")
+        others = [e for e in stale if e.axis not in (0, self.axis)]
+        if others and self.controller is not None:
+            self.controller.route(others, self.log)
+        self._publish_settings(self._read_settings(port))
+        done = driver.motion_done(port, self.axis)
+        self._moving = not done
+        self._publish_position(driver.position(port, self.axis))
+
+    def on_shutdown(self) -> None:
+        """Leave nothing running: a moving axis is stopped (decelerating)."""
+        if self._moving and self.link is not None:
+            self.link.send_urgent(driver.stop_command(self.axis))
+
+    # ------------------------------------------------------------------ polling
+    def is_busy(self) -> bool:
+        return self._moving
+
+    def poll(self) -> None:
+        self._polls += 1
+        full = self._settings_due or self._polls % SETTINGS_EVERY == 0
+        self._settings_due = False
+        snap = self.run(lambda port: self._read_axis(port, full), idempotent=True,
+                        description=f"{self.axis}MD? {self.axis}TP?")
+        self._apply(snap)
+
+    def _read_axis(self, port: Port, full: bool) -> _Snapshot:
+        """Runs in the link thread: one request per axis and round."""
+        seq = self._move_seq
+        done = driver.motion_done(port, self.axis)
+        snap = _Snapshot(seq, done, driver.position(port, self.axis))
+        if self._drain_due or (done and self._moving) or full:
+            # why did it stop (limit?), or what did Stop/Abort leave in the queue
+            self._drain_due = False
+            errors = driver.drain_errors(port)
+            others = [e for e in errors if e.axis not in (0, self.axis)]
+            if others and self.controller is not None:
+                self.controller.route(others, self.log)  # now, so a move being checked claims its own
+            snap.errors = [e for e in errors if e.axis in (0, self.axis)]
+            if self._claiming:
+                self._unclaimed.extend(snap.errors)
+                snap.errors = []
+        if full:
+            snap.settings = self._read_settings(port)
+        return snap
+
+    def _read_settings(self, port: Port) -> dict[str, Any]:
+        low, high = driver.soft_limits(port, self.axis)
+        return {
+            "max_velocity": driver.max_velocity(port, self.axis),
+            "max_acceleration": driver.max_acceleration(port, self.axis),
+            "velocity": driver.velocity(port, self.axis),
+            "acceleration": driver.acceleration(port, self.axis),
+            "low": low,
+            "high": high,
+            "motor": driver.motor_on(port, self.axis),
+        }
+
+    def _apply(self, snap: _Snapshot) -> None:
+        mine = [e for e in snap.errors if e.axis in (0, self.axis)]
+        others = [e for e in snap.errors if e.axis not in (0, self.axis)]
+        if others and self.controller is not None:
+            self.controller.route(others, self.log)
+        if mine:
+            self.deliver_errors(mine)
+        if snap.settings is not None:
+            self._publish_settings(snap.settings)
+        if snap.move_seq == self._move_seq:  # no motion command went out after this read
+            self._moving = not snap.done
+            if snap.done:
+                self._homing = False
+        self._publish_position(snap.position)
+
+    def _publish_settings(self, s: dict[str, Any]) -> None:
+        self.velocity.set_limits(None, s["max_velocity"])
+        self.acceleration.set_limits(None, s["max_acceleration"])
+        self.velocity.publish(s["velocity"])
+        self.acceleration.publish(s["acceleration"])
+        self.soft_limit_low.publish(s["low"])
+        self.soft_limit_high.publish(s["high"])
+        self.motor_on.publish(s["motor"])
+        if not s["motor"]:
+            self._moving = False
+
+    def _publish_position(self, value: float) -> None:
+        if self._moving:
+            quality = Quality.CHANGING
+        elif self._alarm:
+            quality = Quality.ALARM
+        else:
+            quality = Quality.VALID
+        self.position.publish(value, quality)
+
+    def _sync_position_limits(self) -> None:
+        self.position.set_limits(self.soft_limit_low.value, self.soft_limit_high.value)
+
+    # ------------------------------------------------------------------ errors
+    def deliver_errors(self, errors: list[driver.ControllerError]) -> None:
+        """Errors of this axis found by any drain (also another axis's): count them, and latch a
+        limit as the alarm reason. While a move's errors are being collected they go to it instead."""
+        if self._claiming:
+            self._unclaimed.extend(errors)
+            return
+        for err in errors:
+            self.record_error(err.describe())
+            if err.is_limit:
+                self._alarm = self._limit_reason(err)
+            elif err.code == 4:
+                self._stopped_by = "an emergency stop (Abort) switched the motors off"
+        self.update_state()
+
+    def _limit_reason(self, err: driver.ControllerError) -> str:
+        what = {4: "hit the positive hardware limit switch", 5: "hit the negative hardware limit switch",
+                6: "refused a target above the positive software limit",
+                7: "refused a target below the negative software limit"}[err.reason]
+        return f"Axis {self.axis} {what} ({err.message}, error {err.code})"
+
+    def _execute(self, fn: Callable[[Port], list[driver.ControllerError]], description: str, *,
+                 priority: bool = False, before: Callable[[], None] | None = None) -> None:
+        """Run a command request; route other axes' errors; latch limit errors; re-raise refusals."""
+
+        def request(port: Port) -> list[driver.ControllerError]:
+            if before is not None:
+                before()
+            return fn(port)
+
+        try:
+            others = self.run(request, priority=priority, description=description)
+        except driver.Esp300Error as exc:
+            if exc.others and self.controller is not None:
+                self.controller.route(exc.others, self.log)
+            for err in exc.errors:
+                if err.is_limit:
+                    self._alarm = self._limit_reason(err)
+            self.update_state()
+            raise
+        if others and self.controller is not None:
+            self.controller.route(others, self.log)
+
+    def _set(self, fn: Callable[..., list[driver.ControllerError]], value: Any, what: str) -> None:
+        self._execute(lambda port: fn(port, self.axis, value), f"{self.axis}{what} {value}")
+        self._settings_due = True
+
+    # ------------------------------------------------------------------ validation
+    def _check_low(self, value: float) -> None:
+        high = self.soft_limit_high.value
+        if high is not None and value >= high:
+            raise ParameterError(f"SoftLimitLow {value} must be below SoftLimitHigh {high}")
+
+    def _check_high(self, value: float) -> None:
+        low = self.soft_limit_low.value
+        if low is not None and value <= low:
+            raise ParameterError(f"SoftLimitHigh {value} must be above SoftLimitLow {low}")
+
+    def _require_motor(self, action: str) -> None:
+        if self.motor_on.value is False:
+            raise RuntimeError(f"axis {self.axis} cannot {action}: its motor is off (set MotorOn = True first)")
+
+    # ------------------------------------------------------------------ motion
+    def _bump(self) -> None:
+        self._move_seq += 1
+
+    def _started(self) -> None:
+        self._alarm = ""
+        self._stopped_by = ""
+        self._moving = True
+        self._publish_position(self.position.value if self.position.value is not None else math.nan)
+        self.update_state()
+        self.request_poll()
+
+    def _write_position(self, target: float) -> None:
+        self._require_motor("move")
+        self._urgent_move(f"{self.axis}PA{driver.format_number(target)}")
+
+    def _urgent_move(self, command: str) -> None:
+        """Write a move at once (not behind a poll in progress), then check the error queue.
+
+        Safe to interleave: PA/PR get no reply, so a query the worker is waiting on still gets
+        its own answer. Errors drained meanwhile by any poll are claimed for this move.
+        """
+        self._unclaimed = []
+        self._claiming = True
+        try:
+            self._bump()
+            self._urgent(command)
+            self._execute(self._collect_move_errors(command), f"{command} (TB?)", priority=True)
+        finally:
+            self._claiming = False
+        self._started()
+
+    def _collect_move_errors(self, command: str) -> Callable[[Port], list[driver.ControllerError]]:
+        def collect(port: Port) -> list[driver.ControllerError]:
+            errors = driver.drain_errors(port)
+            errors = self._unclaimed + errors
+            self._unclaimed = []
+            mine = [e for e in errors if e.axis in (0, self.axis)]
+            others = [e for e in errors if e.axis not in (0, self.axis)]
+            if mine:
+                raise driver.Esp300Error(command, mine, others)
+            return others
+
+        return collect
+
+    def move_to(self, target: float) -> None:
+        """Movable: start an absolute move and return."""
+        self.position.set(target)
+
+    def move_relative(self, delta: float) -> None:
+        if not isinstance(delta, int | float) or isinstance(delta, bool) or not math.isfinite(delta):
+            raise ParameterError(f"MoveRelative: {delta!r} is not a finite number")
+        self._require_motor("move")
+        base = self.position.setpoint if self._moving and self.position.setpoint is not None else self.position.value
+        if base is None:
+            raise RuntimeError(f"axis {self.axis}: position unknown, cannot move relative")
+        target = base + delta
+        try:
+            self.position.validate(target)
+        except ParameterError as exc:
+            raise ParameterError(f"MoveRelative {delta}: the target {target} would be outside the soft limits "
+                                 f"({exc})") from exc
+        self._urgent_move(f"{self.axis}PR{driver.format_number(delta)}")
+
+    def home(self, mode: int) -> None:
+        if mode not in driver.HOME_MODES:
+            raise ParameterError(f"Home mode {mode} does not exist; modes: "
+                                 + ", ".join(f"{k} = {v}" for k, v in driver.HOME_MODES.items()))
+        self._require_motor("home")
+        self._execute(lambda port: driver.home(port, self.axis, mode), f"{self.axis}OR{mode}",
+                      priority=True, before=self._bump)
+        self._homing = True
+        self._started()
+
+    def define_position(self, value: float) -> None:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise ParameterError(f"DefinePosition: {value!r} is not a finite number")
+        if self._moving:
+            raise RuntimeError(f"axis {self.axis} is moving: stop it before defining its position")
+        self._execute(lambda port: driver.define_position(port, self.axis, value), f"{self.axis}DH{value}")
+        self._publish_position(self.run(lambda port: driver.position(port, self.axis), idempotent=True,
+                                        description=f"{self.axis}TP?"))
+
+    def stop_motion(self) -> None:
+        """``xxST`` at once from the caller's thread (not queued), then drain and refresh."""
+        self._urgent(driver.stop_command(self.axis))
+        self._stopped_by = "Stop"
+        self._drain_due = True
+        self.request_poll()
+
+    def abort(self) -> None:
+        """``AB`` (all axes, motors off) at once from the caller's thread, then every axis refreshes."""
+        self._urgent(driver.abort_command())
+        self._drain_due = True
+        for comp in self.controller.siblings() if self.controller else [self]:
+            comp._settings_due = True
+            comp.request_poll()
+
+    def _urgent(self, command: str) -> None:
+        link = self.link
+        if link is None or not link.connected:
+            reason = link.health.down_reason if link is not None else "not started"
+            raise LinkDown(f"{self.label}: cannot send {command}, the link is down: {reason}")
+        link.send_urgent(command)
+
+    def read_position(self) -> float:
+        value = self.position.value
+        if value is None or self.position.quality == Quality.INVALID:
+            raise RuntimeError(f"no valid position: {self.status}")
+        return float(value)
+
+    def is_moving(self) -> bool:
+        return self._moving
+
+    # ------------------------------------------------------------------ state
+    def evaluate_state(self) -> tuple[DeviceState, str]:
+        unit = self.unit.value or ""
+        if self.motor_on.value is False:
+            why = f" ({self._stopped_by})" if self._stopped_by.startswith("an emergency") else ""
+            return DeviceState.OFF, (f"Axis {self.axis} motor is off{why}: the axis holds no position and cannot "
+                                     "move. Set MotorOn = True to power it.")
+        if self._moving:
+            if self._homing:
+                return DeviceState.MOVING, f"Axis {self.axis} is homing"
+            return DeviceState.MOVING, f"Axis {self.axis} is moving to {self.position.setpoint} {unit}".rstrip()
+        if self._alarm:
+            return DeviceState.ALARM, (f"{self._alarm}. Move back inside SoftLimitLow..SoftLimitHigh "
+                                       "(a new accepted move clears this alarm).")
+        return DeviceState.ON, f"Axis {self.axis} ({self.stage_model.value}) is idle"
+
+
+def _positive(name: str) -> Callable[[float], None]:
+    def check(value: float) -> None:
+        if value <= 0:
+            raise ParameterError(f"{name} must be positive, not {value}")
+
+    return check

@@ -1,0 +1,190 @@
+"""Three ESP300 axis devices on one simulated controller, served over socket:// as in the lab.
+
+One MultiDeviceTestContext (process=True) for the module: the simulator runs in this process
+behind a SimulatorServer, so the tests can look at it and pull its cable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import tango
+from tango.test_context import MultiDeviceTestContext
+
+from deviceservers.common.tcp_server import SimulatorServer
+from deviceservers.Esp300.device import Esp300
+from deviceservers.Esp300.simulator import Esp300Simulator
+from tests.waiting import EventCollector, wait_state, wait_until
+
+NAMES = {1: "lab/esp300/x", 2: "lab/esp300/y", 3: "lab/esp300/z"}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    sim = Esp300Simulator(reply_delay_s=0.0, char_time_s=0.0)
+    for ax in sim.axes.values():  # quick stages (VU, AU) so full-travel moves take a fraction of a second
+        ax.max_velocity, ax.max_acceleration = 100.0, 2000.0
+    return sim
+
+
+@pytest.fixture(scope="module")
+def server(sim):
+    with SimulatorServer(sim, name="esp300") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def proxies(server):
+    props = {"SerialURL": server.url, "TimeoutS": 0.5, "PollPeriodMs": 200}
+    devices = [{"name": name, "properties": {**props, "Axis": axis}} for axis, name in NAMES.items()]
+    with MultiDeviceTestContext([{"class": Esp300, "devices": devices}], process=True, timeout=30) as ctx:
+        ps = {axis: ctx.get_device(name) for axis, name in NAMES.items()}
+        for p in ps.values():
+            p.set_timeout_millis(5000)
+            wait_state(p, tango.DevState.ON, timeout=15)
+        yield ps
+
+
+@pytest.fixture(autouse=True)
+def idle_axes(proxies, sim):
+    """Each test starts with powered, idle axes at known speeds and limits."""
+    for p in proxies.values():
+        if p.State() == tango.DevState.OFF:
+            p.MotorOn = True
+        p.SoftLimitLow, p.SoftLimitHigh = -25.0, 25.0
+        p.Velocity, p.Acceleration = 2.0, 10.0
+    for p in proxies.values():
+        wait_until(lambda p=p: p.State() in (tango.DevState.ON, tango.DevState.ALARM), 15,
+                   what=f"{p.dev_name()} idle")
+
+
+def test_identity_units_and_limits(proxies):
+    x = proxies[1]
+    assert x.Firmware == "ESP300 Version 3.04 07/27/01"
+    assert x.StageModel == "TS50DC.5, SN1263"
+    assert x.Unit == "mm"
+    assert x.get_attribute_config("Position").unit == "mm"
+    assert x.get_attribute_config("Velocity").unit == "mm/s"
+    cfg = x.get_attribute_config("Position")
+    assert (float(cfg.min_value), float(cfg.max_value)) == (-25.0, 25.0)
+    assert x.CommunicationOk
+
+
+def test_three_axes_move_at_once_with_events(proxies, sim):
+    targets = {1: 1.5, 2: -1.0, 3: 0.7}
+    starts = {axis: proxies[axis].Position for axis in targets}
+    with EventCollector(proxies[1], "Position") as events:
+        t0 = time.monotonic()
+        for axis, target in targets.items():
+            proxies[axis].Position = target
+        assert time.monotonic() - t0 < 1.0, "writes must return before the moves end"
+        assert all(proxies[a].State() == tango.DevState.MOVING for a in targets)
+        assert proxies[1].read_attribute("Position").quality == tango.AttrQuality.ATTR_CHANGING
+        for axis, target in targets.items():
+            wait_state(proxies[axis], tango.DevState.ON, timeout=10)
+            assert proxies[axis].Position == pytest.approx(target, abs=1e-6)
+            assert sim.position(axis) == pytest.approx(target, abs=1e-6)
+        events.wait_for(lambda v: v == pytest.approx(targets[1], abs=1e-6))
+        between = [v for v in events.values if min(starts[1], 1.5) + 1e-3 < v < max(starts[1], 1.5) - 1e-3]
+        assert len(between) >= 3, f"expected position events during the move, got {events.values}"
+        assert events.qualities[-1] == tango.AttrQuality.ATTR_VALID
+
+
+def test_stop_during_long_move_ends_it_early(proxies, sim):
+    x = proxies[1]
+    start = x.Position
+    target = 20.0
+    x.Position = target
+    wait_until(lambda: x.Position > start + 0.5, 10, what="axis 1 under way")
+    x.Stop()
+    wait_state(x, tango.DevState.ON, timeout=5)
+    final = x.Position
+    assert start < final < target - 1.0
+    assert sim.position(1) == pytest.approx(final, abs=1e-6)
+    assert any(raw == b"1ST" for _, raw in sim.log)
+
+
+def test_bad_targets_refused_before_anything_is_sent(proxies, sim):
+    x = proxies[1]
+    sent = len(sim.log)
+    for bad in (math.nan, 30.0, -26.0):
+        with pytest.raises(tango.DevFailed):
+            x.Position = bad
+    with pytest.raises((tango.DevFailed, TypeError, ValueError)):
+        x.write_attribute("Position", "far away")
+    with pytest.raises(tango.DevFailed, match="soft limits"):
+        x.MoveRelative(100.0)
+    with pytest.raises(tango.DevFailed, match="Home mode 9"):
+        x.Home(9)
+    assert not [raw for _, raw in sim.log[sent:] if b"PA" in raw or b"PR" in raw or b"OR" in raw]
+    assert x.State() == tango.DevState.ON
+
+
+def test_motor_off_gives_off_and_refuses_moves(proxies, sim):
+    y = proxies[2]
+    y.MotorOn = False
+    wait_state(y, tango.DevState.OFF, timeout=5)
+    assert "MotorOn" in y.Status()
+    with pytest.raises(tango.DevFailed, match="motor is off"):
+        y.Position = 1.0
+    y.MotorOn = True
+    wait_state(y, tango.DevState.ON, timeout=5)
+
+
+def test_hardware_limit_gives_alarm_with_reason(proxies, sim):
+    z = proxies[3]
+    z.SoftLimitHigh = 40.0  # wider than the stage's travel: the + switch stops it at 25
+    z.Velocity = 100.0
+    z.Acceleration = 2000.0
+    z.Position = 30.0
+    wait_state(z, tango.DevState.ALARM, timeout=15)
+    assert "positive hardware limit" in z.Status()
+    assert z.Position == pytest.approx(25.0, abs=1e-6)
+    z.SoftLimitHigh = 25.0
+    z.Position = 0.0  # moving away clears it
+    wait_state(z, tango.DevState.ON, timeout=15)
+
+
+def test_home_and_define_position(proxies, sim):
+    y = proxies[2]
+    y.DefinePosition(3.0)
+    assert y.Position == pytest.approx(3.0, abs=1e-6)
+    assert sim.position(2) == pytest.approx(3.0, abs=1e-6)
+    y.Velocity, y.Acceleration = 100.0, 2000.0
+    y.Home(4)  # to the - limit switch: a long travel
+    assert y.State() == tango.DevState.MOVING
+    wait_state(y, tango.DevState.ON, timeout=15)
+    assert y.Position == pytest.approx(0.0, abs=1e-6)
+
+
+def test_abort_switches_every_motor_off(proxies, sim):
+    x, y = proxies[1], proxies[2]
+    x.Position = 10.0
+    wait_state(x, tango.DevState.MOVING, timeout=5)
+    x.Abort()
+    wait_state(x, tango.DevState.OFF, timeout=5)
+    wait_state(y, tango.DevState.OFF, timeout=5)
+    assert not sim.is_moving(1)
+    assert "emergency stop" in x.Status()
+
+
+def test_link_pulled_mid_move_fault_then_recovery(proxies, sim):
+    x = proxies[1]
+    x.Position = -10.0
+    wait_state(x, tango.DevState.MOVING, timeout=5)
+    sim.unplug()
+    try:
+        for p in proxies.values():
+            wait_state(p, tango.DevState.FAULT, timeout=10)
+        assert "Check the cable" in x.Status()
+        assert not x.CommunicationOk
+    finally:
+        sim.plug()
+    for p in proxies.values():
+        wait_until(lambda p=p: p.State() in (tango.DevState.ON, tango.DevState.MOVING), 20,
+                   what=f"{p.dev_name()} back")
+    wait_state(x, tango.DevState.ON, timeout=15)
+    assert x.Position == pytest.approx(-10.0, abs=1e-6)
+    assert x.CommunicationOk
