@@ -55,8 +55,20 @@ class RingInUseError(RingError):
 
 
 def shm_dir() -> str:
-    """Folder that holds the rings: ``$TANGODAQ_SHM_DIR`` or ``/dev/shm``."""
-    return os.environ.get("TANGODAQ_SHM_DIR", "/dev/shm")
+    """Folder that holds the rings: ``$TANGODAQ_SHM_DIR``, else one folder per Tango database.
+
+    Rings are named after devices (``lab.camera.1.frames``), and two labs on one host (a
+    developer's and a test session's) have the same device names: the folder is therefore
+    ``/dev/shm/tangodaq-<TANGO_HOST port>`` (10000 when TANGO_HOST is unset). A client with the
+    lab's TANGO_HOST finds the lab's rings with no further setting.
+    """
+    explicit = os.environ.get("TANGODAQ_SHM_DIR")
+    if explicit:
+        return explicit
+    port = os.environ.get("TANGO_HOST", "").split(",")[0].rpartition(":")[2].strip()
+    folder = os.path.join("/dev/shm", f"tangodaq-{port if port.isdigit() else 10000}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
 
 
 def stream_name(device: str, stream: str) -> str:

@@ -69,7 +69,8 @@ def power_meter_demo(say: Say) -> bool:
     ok &= len(events) >= 5
 
     r = pm.read_attribute("Power")
-    say(f"   Power = {_fmt_w(r.value)} ({r.value:.4e} W, quality {r.quality.name}), "
+    watts = f"{r.value:.4e} W" if r.value is not None else "no number"
+    say(f"   Power = {_fmt_w(r.value)} ({watts}, quality {r.quality.name}), "
         f"PowerDbm = {pm.PowerDbm:.2f} dBm, at {pm.Wavelength:.0f} nm, range {labels[pm.Range]}")
 
     # 2. a wrong wavelength setting reads wrong, as on the real meter
@@ -115,9 +116,36 @@ def _settled_power(pm: tango.DeviceProxy) -> float | None:
 
 
 def run_demo(say: Say = print) -> int:
+    from .experiment import ExperimentError, laser_on, run_experiment
+
     t0 = time.monotonic()
     say("tangodaq demo: the simulated lab, through Tango")
-    ok = power_meter_demo(say)
+    try:
+        say("\n== laser: safe start (warm-up, tune, emission, shutter)")
+        laser_on(say)
+        ok = power_meter_demo(say)
+        res = run_experiment(say)
+    except (ExperimentError, tango.DevFailed) as exc:
+        msg = exc.args[0].desc if isinstance(exc, tango.DevFailed) else str(exc)
+        say(f"\nthe experiment stopped: {msg}\n(`tangodaq status` shows every device's state)")
+        return 1
+    finally:
+        try:
+            tango.DeviceProxy("lab/maitai/1").CloseShutter()
+        except tango.DevFailed:
+            say("   COULD NOT CLOSE THE LASER SHUTTER: close it by hand")
+    s = res.summary
+    say("\n== summary")
+    say(f"   file            {res.file}")
+    say(f"   plot            {res.plot}")
+    say(f"   Malus fit       maximum at {res.fit['max_angle_deg']:.2f}° of the HWP, extinction ratio "
+        f"{res.fit['extinction_ratio']:.2e}, {len(res.angles)} angles")
+    say(f"   beam spot       {res.px_per_mm:.1f} px/mm over {len(res.stage_mm)} stage positions")
+    say(f"   in the file     {s['frames']} camera frames {tuple(s.get('frame_shape', []))}, "
+        f"{s['samples']} power samples, manifest of {s['manifest_devices']} devices")
+    lost = s["lost_records"] + s["camera"]["lost"]
+    say(f"   lost            {lost} ({s['lost_records']} ring records, {s['camera']['lost']} camera frames)")
+    ok &= s["frames"] > 0 and s["samples"] > 0 and lost == 0 and s.get("frame_numbers_contiguous", False)
     say(f"\n{'demo finished' if ok else 'demo finished WITH PROBLEMS (see above)'} in {time.monotonic() - t0:.1f} s; "
         "the lab keeps running: `tangodaq status`, `tangodaq down`")
     return 0 if ok else 1

@@ -421,7 +421,9 @@ class Supervisor:
         self.say("stopping the lab …", stamp=self.meta.get("stamp", False))
         for level in sorted({c.spec.level for c in running}, reverse=True):
             self._stop_child_group([c for c in running if c.spec.level == level], grace)
-        self.say(f"lab stopped ({len(running)} processes, {time.monotonic() - t0:.1f} s)")
+        freed = remove_rings(self.env.get("TANGO_HOST", ""))
+        self.say(f"lab stopped ({len(running)} processes, {time.monotonic() - t0:.1f} s)"
+                 + (f"; {freed / 2**20:.0f} MiB of shared-memory rings freed" if freed else ""))
 
     # -- all of it
     def run(self, timeout: float, on_ready: Callable[[], None] | None = None) -> int:
@@ -450,6 +452,20 @@ class Supervisor:
             self.release_lock()
 
 
+def remove_rings(tango_host: str) -> int:
+    """Delete the lab's shared-memory ring folder (it holds RAM); returns the bytes freed."""
+    import shutil
+
+    env = {**os.environ, "TANGO_HOST": tango_host} if tango_host else os.environ
+    port = env.get("TANGO_HOST", "").split(",")[0].rpartition(":")[2].strip()
+    folder = Path("/dev/shm") / f"tangodaq-{port if port.isdigit() else 10000}"
+    if os.environ.get("TANGODAQ_SHM_DIR") or not folder.is_dir():
+        return 0  # an explicit ring folder is the user's to manage
+    freed = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    shutil.rmtree(folder, ignore_errors=True)
+    return freed
+
+
 def stop_lab(state: dict, timeout: float = 30.0, say: Callable[[str], None] = print) -> bool:
     """Ask the running supervisor to stop; kill whatever is left if it does not. True if clean."""
     pid, st = state.get("supervisor_pid"), state.get("supervisor_starttime")
@@ -470,4 +486,5 @@ def stop_lab(state: dict, timeout: float = 30.0, say: Callable[[str], None] = pr
             kill_group(pgid, signal.SIGKILL)
     with contextlib.suppress(OSError):
         Path(paths.state_file()).unlink()
+    remove_rings(state.get("tango_host", ""))
     return clean

@@ -1,10 +1,24 @@
-"""Test-wide fixtures: fresh in-process simulators for every test."""
+"""Test-wide fixtures: fresh in-process simulators for every test, private ring folder."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import pytest
 
 from deviceservers.common import protocol_sim
+
+# Rings made by unit and device tests go to a folder of this session's own, removed at the end,
+# so tests never collide with a running lab's rings nor leave shared memory behind. Labs started
+# by system tests drop this variable and use their own per-TANGO_HOST folder.
+_SHM = f"/dev/shm/tangodaq-tests-{os.getpid()}"
+os.environ["TANGODAQ_SHM_DIR"] = _SHM
+os.makedirs(_SHM, exist_ok=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SHM, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -33,6 +33,9 @@ class Pvcam(ParameterDevice):
     PollPeriodMs = device_property(dtype=int, default_value=1000, doc="Temperature polling period in ms")
     SimFreeRun = device_property(dtype=bool, default_value=False,
                                  doc="sim only: produce frames as fast as the host allows (benchmarks)")
+    BenchScene = device_property(dtype=str, default_value="",
+                                 doc="sim backend only: HOST:PORT of the virtual bench's control port, "
+                                     "whose scene (beam spot from the stage and optics) the camera images")
     SimCoolingTimeS = device_property(dtype=float, default_value=20.0,
                                       doc="sim only: time constant of the sensor temperature towards its setpoint")
 
@@ -55,7 +58,7 @@ class Pvcam(ParameterDevice):
         )
 
     def _backend_factory(self, backend_name: str):  # noqa: ANN202 - returns a factory
-        name, free_run, cooling = self.CameraName, self.SimFreeRun, self.SimCoolingTimeS
+        name, free_run, cooling, bench = self.CameraName, self.SimFreeRun, self.SimCoolingTimeS, self.BenchScene.strip()
 
         def make() -> CameraBackend:
             if backend_name == "pyvcam":
@@ -64,12 +67,24 @@ class Pvcam(ParameterDevice):
                 return PyVcamBackend(name)
             from .sim import SimulatedPrimeBsi
 
-            return SimulatedPrimeBsi(name or "pvcamUSB_0", free_run=free_run, cooling_time_constant_s=cooling)
+            camera = SimulatedPrimeBsi(name or "pvcamUSB_0", free_run=free_run, cooling_time_constant_s=cooling)
+            if bench:
+                from deviceservers.bench.scene import BenchScene
+
+                if getattr(self, "_scene", None) is not None:
+                    self._scene.close()
+                self._scene = BenchScene(bench, camera.get_exposure)
+                camera.scene = self._scene
+            return camera
 
         return make
 
     def delete_device(self) -> None:
         super().delete_device()
+        scene = getattr(self, "_scene", None)
+        if scene is not None:
+            scene.close()
+            self._scene = None
         sink = getattr(self, "_sink", None)
         if sink is not None:
             sink.close()

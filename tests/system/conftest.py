@@ -61,7 +61,9 @@ class Lab:
         self.port = port or free_port()
         self.tango_host = f"127.0.0.1:{self.port}"
         self.lab_file = lab_file
-        self.env = {**os.environ, "TANGODAQ_HOME": str(self.home), "TANGO_HOST": self.tango_host}
+        self.env = {**os.environ, "TANGODAQ_HOME": str(self.home), "TANGO_HOST": self.tango_host,
+                    "TANGODAQ_BENCH_FAST": "1"}
+        self.env.pop("TANGODAQ_SHM_DIR", None)  # the lab's rings go to its own per-port folder
 
     def tangodaq(
         self, *args: str, timeout: float = 120, env: dict | None = None
