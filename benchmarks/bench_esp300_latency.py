@@ -118,7 +118,10 @@ def main() -> None:
                 watch.arm(b"1PA")
                 axis.write_attribute("Position", 10.0 if i % 2 else -10.0)
                 watch.wait()
+                started = time.monotonic()
                 while not sim.is_moving(1):
+                    if time.monotonic() - started > 2:
+                        raise SystemExit(f"try {i}: the axis did not start moving: {axis.State()} {axis.Status()}")
                     time.sleep(0.0005)
                 time.sleep(0.002 + (i % 7) * 0.003)  # land at different phases of the polling
                 watch.arm(b"1ST")

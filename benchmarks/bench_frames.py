@@ -1,18 +1,26 @@
 """Frames: producer (own process) -> shared-memory ring -> Recorder (the DataWriter's engine) -> HDF5.
 
-Prints sustained fps, MB/s and frames lost, next to the raw sequential write bandwidth of the
-same disk and a naive h5py ``ds[i] = frame`` writer, all measured in the same run. Ratios are
-printed, nothing is asserted (targets: >= 100 fps with zero loss, >= 0.5 x raw disk bandwidth).
+Prints sustained fps (frames written per second while the producer runs, after a 0.5 s
+warm-up), MB/s and frames lost, next to the raw sequential write bandwidth of the same disk and a
+naive h5py ``ds[i] = frame`` writer, all measured in the same run. Ratios are printed, nothing is
+asserted (targets: >= 100 fps with zero loss, >= 0.5 x raw disk bandwidth). "drain" is the time
+from the producer's end until the file is closed (backlog + close).
 
     python benchmarks/bench_frames.py            # 30 s per phase
     python benchmarks/bench_frames.py --quick    # 3 s per phase
+    python benchmarks/bench_frames.py --quick --baseline 1f657cd
+        # also runs the DataWriter code of that git revision (in a subprocess, same disk, same
+        # settings) and prints both side by side with the after/before ratios
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -60,16 +68,47 @@ def run_pipeline(folder: str, fps: float, seconds: float, ring_mb: int, compress
     rec.start()
     t0 = time.monotonic()
     go.set()
-    p.join()
+    samples: list[tuple[float, int]] = []
+    while p.is_alive():  # sample the writer's progress while the producer runs
+        samples.append((time.monotonic(), rec.stats().records_written))
+        p.join(0.05)
+    t_end = time.monotonic()
+    backlog_at_end = rec.stats().backlog
     rec.stop()
-    elapsed = time.monotonic() - t0
+    t_closed = time.monotonic()
     st = rec.stats()
+    warm = [x for x in samples if x[0] >= t0 + 0.5] or samples
+    (ta, wa), (tb, wb) = warm[0], warm[-1]
+    sustained = (wb - wa) / (tb - ta) if tb > ta else 0.0
     size = os.path.getsize(path)
     os.unlink(path)
     remove_stream(name)
     return {"produced": total.value, "written": st.records_written, "lost": st.dropped_records,
-            "fps": st.records_written / elapsed, "MB/s": st.records_written * FRAME_BYTES / elapsed / 1e6,
-            "file_MB": size / 1e6, "error": rec.error}
+            "fps": sustained, "MB/s": sustained * FRAME_BYTES / 1e6, "overall_fps": st.records_written / (t_closed - t0),
+            "backlog_at_end": backlog_at_end, "drain_s": t_closed - t_end,
+            "file_MB": size / 1e6, "error": repr(rec.error) if rec.error else None}
+
+
+def run_phases(a: argparse.Namespace, secs: float) -> tuple[dict, dict]:
+    paced = run_pipeline(a.dir, a.fps, secs, a.ring_mb, a.compression)
+    full = run_pipeline(a.dir, 0, secs, a.ring_mb, a.compression)
+    return paced, full
+
+
+def run_baseline(rev: str, a: argparse.Namespace, secs: float) -> tuple[dict, dict]:
+    """The phases with the datawriter package of git revision ``rev``, in a subprocess."""
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
+        archive = subprocess.run(["git", "archive", rev, "datawriter"], cwd=root, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        env = dict(os.environ, PYTHONPATH=tmp + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, os.path.abspath(__file__), "--phases-json", "--duration", str(secs), "--dir", a.dir,
+               "--fps", str(a.fps), "--ring-mb", str(a.ring_mb), "--compression", a.compression]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["datawriter"].startswith(tmp), f"baseline ran {result['datawriter']}, not revision {rev}"
+        return result["paced"], result["full"]
 
 
 def raw_disk(folder: str, nbytes: int) -> float:
@@ -102,6 +141,12 @@ def naive_h5py(folder: str, seconds: float) -> float:
     return n / dt
 
 
+def _line(label: str, r: dict) -> str:
+    return (f"{label:>22}: produced {r['produced']:6d}  written {r['written']:6d}  lost {r['lost']:5d}  "
+            f"{r['fps']:7.1f} fps  {r['MB/s']:7.1f} MB/s  backlog at end {r['backlog_at_end']:4d}  "
+            f"drain {r['drain_s']:5.2f} s  error={r['error']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
@@ -110,21 +155,37 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=100.0, help="paced producer rate for the zero-loss phase")
     ap.add_argument("--ring-mb", type=int, default=1024)
     ap.add_argument("--compression", default="none")
+    ap.add_argument("--baseline", metavar="GIT_REV", help="also run the datawriter of this git revision, side by side")
+    ap.add_argument("--phases-json", action="store_true", help=argparse.SUPPRESS)  # used by --baseline
     a = ap.parse_args()
     secs = 3.0 if a.quick else a.duration
+    if a.phases_json:
+        import datawriter
+
+        paced, full = run_phases(a, secs)
+        print(json.dumps({"paced": paced, "full": full, "datawriter": os.path.dirname(datawriter.__file__)}))
+        return
     print(f"frames {H}x{W} uint16 ({FRAME_BYTES / 2**20:.0f} MiB), {secs:.0f} s per phase, disk folder {a.dir}")
-    paced = run_pipeline(a.dir, a.fps, secs, a.ring_mb, a.compression)
-    full = run_pipeline(a.dir, 0, secs, a.ring_mb, a.compression)
-    raw = raw_disk(a.dir, int(min(full["MB/s"] * secs, 4000) * 1e6) or FRAME_BYTES * 50)
+    base = run_baseline(a.baseline, a, secs) if a.baseline else None
+    paced, full = run_phases(a, secs)
+    raw = raw_disk(a.dir, int(min(max(full["MB/s"], 500) * secs, 4000) * 1e6))
     naive = naive_h5py(a.dir, min(secs, 5.0))
-    for label, r in (("paced " + str(a.fps), paced), ("full speed", full)):
-        print(f"{label:>14}: produced {r['produced']:6d}  written {r['written']:6d}  lost {r['lost']:5d}  "
-              f"{r['fps']:7.1f} fps  {r['MB/s']:7.1f} MB/s  error={r['error']}")
-    print(f"{'raw disk':>14}: {raw:7.1f} MB/s sequential (8 MiB os.write + fsync)")
-    print(f"{'naive h5py':>14}: {naive:7.1f} fps ({naive * FRAME_BYTES / 1e6:.1f} MB/s) with ds[i] = frame")
+    rows = [("paced " + str(a.fps), paced), ("full speed", full)]
+    if base is not None:
+        rows = [(f"{a.baseline} paced {a.fps}", base[0]), (f"{a.baseline} full speed", base[1])] + \
+               [("now " + label, r) for label, r in rows]
+    for label, r in rows:
+        print(_line(label, r))
+    print(f"{'raw disk':>22}: {raw:7.1f} MB/s sequential (8 MiB os.write + fsync)")
+    print(f"{'naive h5py':>22}: {naive:7.1f} fps ({naive * FRAME_BYTES / 1e6:.1f} MB/s) with ds[i] = frame")
     print(f"ratios: ring->HDF5 / raw disk = {full['MB/s'] / raw:.2f} (target >= 0.5); "
-          f"ring->HDF5 / naive h5py = {full['fps'] / naive:.1f}x; "
-          f"paced phase loss = {paced['lost']} (target 0 at {a.fps:.0f} fps)")
+          f"ring->HDF5 / naive h5py = {full['fps'] / naive:.2f}x; "
+          f"paced phase: {paced['fps']:.1f} fps, loss = {paced['lost']} (target >= {a.fps:.0f} fps, 0 lost)")
+    if base is not None:
+        print(f"after/before ({a.baseline}): full speed fps x{full['fps'] / max(base[1]['fps'], 1e-9):.2f}, "
+              f"paced fps x{paced['fps'] / max(base[0]['fps'], 1e-9):.2f}, "
+              f"lost paced {base[0]['lost']} -> {paced['lost']}, full {base[1]['lost']} -> {full['lost']}; "
+              f"before: ring->HDF5 / raw disk = {base[1]['MB/s'] / raw:.2f}")
 
 
 if __name__ == "__main__":

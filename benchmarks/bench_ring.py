@@ -15,7 +15,7 @@ import uuid
 
 import numpy as np
 
-from datawriter.ring import RingReader, create_scalar_stream, remove_stream
+from datawriter.ring import RingReader, create_scalar_stream, remove_stream, ring_path
 
 
 def producer(device: str, rows: int, seconds: float, go, total) -> None:  # noqa: ANN001
@@ -57,7 +57,7 @@ def main() -> None:
     go, ready, total, out = ctx.Event(), ctx.Event(), ctx.Value("q", 0), ctx.Queue()
     p = ctx.Process(target=producer, args=(device, a.rows_per_record, secs, go, total))
     p.start()
-    while not os.path.exists(f"/dev/shm/tangodaq.{name}"):
+    while not os.path.exists(ring_path(name)):
         time.sleep(0.001)
     c = ctx.Process(target=consumer, args=(name, ready, out))
     c.start()

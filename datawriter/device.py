@@ -83,7 +83,8 @@ class DataWriter(Device):
     """Records the lab's shared-memory data streams into HDF5/NeXus files (SWMR, readable while written)."""
 
     OutputDir = device_property(dtype=str, default_value="/tmp/tangodaq-data", doc="folder of the HDF5 files")
-    Streams = device_property(dtype=(str,), default_value=[], doc="stream names to record; empty: every ring found")
+    Streams = device_property(dtype=(str,), default_value=[], doc="stream names to record (a stream whose ring does not exist yet is recorded from when it "
+        "appears); empty: every ring, including rings that appear during the recording")
     ManifestDevices = device_property(
         dtype=(str,), default_value=[], doc="devices whose attributes are stored at start and end of each recording"
     )
@@ -138,6 +139,8 @@ class DataWriter(Device):
 
     @attribute(dtype=(str,), max_dim_x=1024, access=AttrWriteType.READ, doc="streams of the current/last recording, else those a recording would take")
     def StreamNames(self) -> list[str]:
+        if self._recorder is not None:
+            return self._recorder.stream_names + self._recorder.awaited_streams
         if self._streams:
             return self._streams
         return list(self.Streams) or list_streams()
@@ -163,18 +166,20 @@ class DataWriter(Device):
                 raise ValueError("pre-trigger seconds must be >= 0")
         except (ValueError, TypeError) as exc:
             tango.Except.throw_exception("DataWriter_BadArgument", f"bad StartRecording argument {argin!r}: {exc}", "StartRecording")
-        streams = list(self.Streams) or list_streams()
-        if not streams:
-            tango.Except.throw_exception("DataWriter_NoStreams", "no stream to record: no ring in /dev/shm", "StartRecording")
+        # Streams that do not exist yet are awaited: producers create their rings when they start
+        # (the camera at acquisition start, the power meter when Streaming goes on).
+        named = list(self.Streams)
+        streams = named or list_streams()
         start: str | float = time.time() - pre if pre > 0 else "latest"
         readers: dict[str, RingReader] = {}
-        try:
-            for s in streams:
+        awaited: list[str] = []
+        for s in streams:
+            try:
                 readers[s] = RingReader(s, start=start)
-        except RingError as exc:
-            for r in readers.values():
-                r.close()
-            tango.Except.throw_exception("DataWriter_NoSuchStream", str(exc), "StartRecording")
+            except RingError:
+                if not named:  # listed a moment ago, removed since: it is picked up again if it comes back
+                    continue
+                awaited.append(s)
         path = ""
         try:
             os.makedirs(self.OutputDir, exist_ok=True)
@@ -202,13 +207,15 @@ class DataWriter(Device):
         self._recorder = Recorder(
             sink,
             readers,
+            record_new_streams=not named,
+            awaited_streams=awaited,
             manifest=(lambda: read_manifest(devices)) if devices else None,
             on_stats=self._on_stats,
             on_finished=self._on_finished,
             thread_context=tango.EnsureOmniThread,
         )
         self.set_state(DevState.RUNNING)
-        self.set_status(f"Recording {', '.join(self._streams)} to {path}")
+        self.set_status(self._recording_status())
         self._recorder.start()
         self.push_change_event("Recording", True)
         return path
@@ -225,6 +232,16 @@ class DataWriter(Device):
         return rec.path
 
     # ------------------------------------------------------------------------- internals
+
+    def _recording_status(self) -> str:
+        rec = self._recorder
+        names = rec.stream_names if rec is not None else self._streams
+        text = f"Recording {', '.join(names) or 'no stream yet'} to {self._file_path}"
+        if rec is not None and rec.awaited_streams:
+            text += f"; waiting for {', '.join(rec.awaited_streams)} to appear"
+        elif rec is not None and rec.record_new_streams:
+            text += "; streams that appear are added"
+        return text
 
     def _new_path(self, name: str) -> str:
         base = os.path.join(self.OutputDir, f"{_safe_name(name)}_{time.strftime('%Y%m%d-%H%M%S')}")
@@ -244,6 +261,10 @@ class DataWriter(Device):
         if now - self._last_push < 0.2:
             return
         self._last_push = now
+        rec = self._recorder
+        if rec is not None and rec.running and len(stats.per_stream) != len(self._streams):
+            self._streams = list(stats.per_stream)  # a stream appeared
+            self.set_status(self._recording_status())
         self._push_all()
 
     def _push_all(self) -> None:

@@ -12,13 +12,15 @@ Layout (one file per recording, one NXentry)::
                     data                (n, height, width), chunks (1, height, width)
                     frame_number, timestamp_bof, timestamp_eof, exposure_time   (n,)
                     lost_records        written at close
+                <frames_2>/             the same stream after its producer re-created the ring with
+                                        another frame shape (attrs reason, continues, appeared)
             <lab_powermeter_1>/<power>/ timestamp (n,) int64 ns, value (n,), ...
             manifest_start/ manifest_end/   NXcollection: <device>/<attribute> = value, units=...
         data/                           NXdata: links to the first stream's signal (default plot)
 
-Every dataset is created before SWMR mode is switched on (HDF5 cannot create objects under
-SWMR), so the end manifest and ``end_time`` are written after the SWMR session is closed, by
-reopening the file in ordinary read/write mode. A file whose writer was killed still opens
+HDF5 cannot create objects under SWMR, so the end manifest and ``end_time`` are written after
+the SWMR session is closed, by reopening the file in ordinary read/write mode, and a stream added
+during the recording (:meth:`Hdf5Sink.add_stream`) briefly closes the SWMR session the same way. A file whose writer was killed still opens
 with ``h5py.File(path, "r", swmr=True)`` (or after ``h5clear -s``) up to the last flush.
 
 Frames are written with ``write_direct_chunk``: one frame per chunk, raw bytes straight from the
@@ -33,7 +35,7 @@ import getpass
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,22 +138,41 @@ def _field_meta(f: pa.Field, key: str) -> str:
 
 
 class _StreamDatasets:
-    """The datasets of one stream and the logic to append a record batch to them."""
+    """The datasets of one stream (one dataset group) and the logic to append record batches.
+
+    The per-record work is kept to what a frame needs: one ``H5Dset_extent`` when the frame
+    dataset has to grow and one ``H5Dwrite_chunk`` per frame, fed straight from the record's
+    memory (the ring slot). The small metadata columns (frame numbers, timestamps, samples) are
+    copied into memory and written in one ``H5Dwrite`` per column per :meth:`settle`, i.e. per
+    flush, instead of a resize and a write per column per record, which cost more than the frame
+    itself. Datasets are referred to by path so they can be re-attached when the sink reopens the
+    file to add a stream (HDF5 cannot create objects in SWMR mode).
+    """
 
     def __init__(self, group: h5py.Group, spec: StreamSpec, compression: str, chunk_rows: int) -> None:
         self.spec = spec
         self.group_path = group.name
-        self.n = 0
+        self.n = 0  # rows appended and kept (the frame dataset may temporarily hold one torn chunk more)
         self.lost = 0
         self.tensor: tuple[str, h5py.Dataset] | None = None
         self.columns: list[tuple[str, h5py.Dataset, bool]] = []  # (column, dataset, is_timestamp)
         self.compressor: ChunkCompressor | None = None
+        self._tensor_index = -1
+        self._frame_shape: tuple[int, ...] = ()
+        self._frame_dtype = np.dtype(np.uint8)
+        self._frame_items = self._frame_bytes = 0
+        self._extent = 0  # current first dimension of the frame dataset
+        self._col_index: list[int] = []
+        self._col_dtype: list[np.dtype] = []
+        self._written = 0  # rows of the column datasets already in the file
+        self._pending: list[list[np.ndarray]] = []  # per column: row blocks not written yet
+        self._pending_rows = 0
         group.attrs["NX_class"] = "NXcollection"
         group.attrs["stream"] = spec.name
         group.attrs["stream_kind"] = str(spec.description.get("stream_kind", ""))
         if spec.description.get("description"):
             group.attrs["description"] = str(spec.description["description"])
-        for f in spec.schema:
+        for i, f in enumerate(spec.schema):
             units, desc = _field_meta(f, "units"), _field_meta(f, "description")
             if isinstance(f.type, pa.FixedShapeTensorType):
                 if self.tensor is not None:
@@ -168,6 +189,10 @@ class _StreamDatasets:
                 )
                 ds.attrs["column"] = f.name
                 self.tensor = (f.name, ds)
+                self._tensor_index = i
+                self._frame_shape, self._frame_dtype = shape, dtype
+                self._frame_items = int(np.prod(shape))
+                self._frame_bytes = self._frame_items * dtype.itemsize
                 if compression not in ("none", "", None):
                     self.compressor = ChunkCompressor(shape, dtype, compression)
             elif pa.types.is_timestamp(f.type):
@@ -175,16 +200,28 @@ class _StreamDatasets:
                 units = "ns"
                 ds.attrs["start"] = "1970-01-01T00:00:00Z"
                 self.columns.append((f.name, ds, True))
+                self._col_index.append(i)
+                self._col_dtype.append(np.dtype(np.int64))
             elif pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
                 dtype = np.dtype(f.type.to_pandas_dtype())
                 ds = group.create_dataset(f.name, shape=(0,), maxshape=(None,), chunks=(chunk_rows,), dtype=dtype)
                 self.columns.append((f.name, ds, False))
+                self._col_index.append(i)
+                self._col_dtype.append(dtype)
             else:
                 raise ValueError(f"stream {spec.name!r}: column {f.name!r} of type {f.type} cannot be recorded")
             if units:
                 ds.attrs["units"] = units
             if desc:
                 ds.attrs["long_name"] = desc
+        self._pending = [[] for _ in self.columns]
+
+    def attach(self, f: h5py.File) -> None:
+        """Re-resolve the datasets in a reopened file (same paths)."""
+        grp = f[self.group_path]
+        if self.tensor is not None:
+            self.tensor = (self.tensor[0], grp["data"])
+        self.columns = [(name, grp[name], is_ts) for name, _, is_ts in self.columns]
 
     @property
     def signal(self) -> h5py.Dataset:
@@ -195,43 +232,84 @@ class _StreamDatasets:
                 return ds
         return self.columns[-1][1]
 
-    def append(self, batch: pa.RecordBatch) -> int:
-        """Append all rows; returns the bytes handed to HDF5."""
+    def append(self, batch: pa.RecordBatch, still_valid: Callable[[], bool] | None = None) -> int:
+        """Append all rows; returns the bytes handed to HDF5, or -1 if ``still_valid()`` said,
+        after the frames were written and the columns copied, that the batch's memory was
+        overwritten meanwhile (a torn ring record). A torn record's rows are not kept: its frame
+        chunks are overwritten by the next record or cut off by :meth:`settle`."""
         k = batch.num_rows
         if k == 0:
             return 0
-        n0, n1 = self.n, self.n + k
+        n0 = self.n
         nbytes = 0
         if self.tensor is not None:
-            col, ds = self.tensor
-            frames = batch.column(col).to_numpy_ndarray()  # zero-copy (k, h, w) view
-            ds.resize(n1, axis=0)
-            zeros = (0,) * (frames.ndim - 1)
+            ds_id = self.tensor[1].id
+            if n0 + k > self._extent:
+                self._extent = n0 + k
+                ds_id.set_extent((self._extent, *self._frame_shape))
+            storage = batch.column(self._tensor_index).storage  # FixedSizeListArray over the ring
+            values = storage.values
+            fb = self._frame_bytes
+            base = (values.offset + storage.offset * self._frame_items) * self._frame_dtype.itemsize
+            buf = values.buffers()[1]
+            zeros = (0,) * len(self._frame_shape)
             for i in range(k):
+                chunk: Any = buf.slice(base + i * fb, fb)  # zero-copy: HDF5 reads the ring slot
                 if self.compressor is not None:
-                    chunk = self.compressor.compress(frames[i])
-                    ds.id.write_direct_chunk((n0 + i, *zeros), chunk)
-                    nbytes += len(chunk)
-                else:
-                    ds.id.write_direct_chunk((n0 + i, *zeros), frames[i])
-                    nbytes += frames[i].nbytes
-        for name, ds, is_ts in self.columns:
-            arr = batch.column(name).to_numpy(zero_copy_only=False)
-            if is_ts:
-                arr = arr.view(np.int64)
-            ds.resize(n1, axis=0)
-            ds[n0:n1] = arr
-            nbytes += arr.nbytes
-        self.n = n1
+                    frame = np.frombuffer(chunk, self._frame_dtype).reshape(self._frame_shape)
+                    chunk = self.compressor.compress(frame)
+                ds_id.write_direct_chunk((n0 + i, *zeros), chunk)
+                nbytes += len(chunk)
+        copies = []
+        for idx, dt in zip(self._col_index, self._col_dtype, strict=True):
+            col = batch.column(idx)
+            data = np.frombuffer(col.buffers()[1], dtype=dt, count=col.offset + k)[col.offset :]
+            copies.append(data.copy())  # own the values: the ring slot may be reused after this call
+            nbytes += k * dt.itemsize
+        if still_valid is not None and not still_valid():
+            return -1
+        for pend, c in zip(self._pending, copies, strict=True):
+            pend.append(c)
+        self._pending_rows += k
+        self.n = n0 + k
         return nbytes
 
+    def settle(self) -> None:
+        """Write the buffered column rows and cut a torn trailing frame: afterwards every dataset
+        of the stream has exactly :attr:`n` rows (what a flush makes visible)."""
+        if self.tensor is not None and self._extent != self.n:
+            self._extent = self.n
+            self.tensor[1].id.set_extent((self.n, *self._frame_shape))
+        if self._pending_rows:
+            n0, n1 = self._written, self._written + self._pending_rows
+            for (_, ds, _), pend in zip(self.columns, self._pending, strict=True):
+                arr = pend[0] if len(pend) == 1 else np.concatenate(pend)
+                ds.resize(n1, axis=0)
+                ds[n0:n1] = arr
+                pend.clear()
+            self._written = n1
+            self._pending_rows = 0
+
     def truncate(self, n: int) -> None:
-        """Forget rows from ``n`` on (a record found torn after it was written)."""
-        if self.tensor is not None:
-            self.tensor[1].resize(n, axis=0)
-        for _, ds, _ in self.columns:
-            ds.resize(n, axis=0)
+        """Forget rows from ``n`` on (a record found torn after it was appended)."""
+        if n >= self.n:
+            return
+        if n >= self._written:
+            keep = n - self._written
+            for i, pend in enumerate(self._pending):
+                arr = np.concatenate(pend) if pend else np.empty(0, self._col_dtype[i])
+                self._pending[i] = [arr[:keep]] if keep else []
+            self._pending_rows = keep
+        else:
+            for i, (_, ds, _) in enumerate(self.columns):
+                ds.resize(n, axis=0)
+                self._pending[i] = []
+            self._pending_rows = 0
+            self._written = n
         self.n = n
+        if self.tensor is not None:
+            self._extent = n
+            self.tensor[1].id.set_extent((n, *self._frame_shape))
 
     def close(self) -> None:
         if self.compressor is not None:
@@ -275,11 +353,11 @@ class Hdf5Sink:
     ) -> None:
         if compression not in COMPRESSIONS:
             raise ValueError(f"unknown compression {compression!r}; choose one of {COMPRESSIONS}")
-        if not streams:
-            raise ValueError("a recording needs at least one stream")
         self.path = path
         self.compression = compression
+        self.chunk_rows = chunk_rows
         self.bytes_written = 0
+        self._streams: dict[str, _StreamDatasets] = {}
         self._swmr = False
         self._closed = False
         self._file = h5py.File(path, "w", libver="latest")
@@ -316,35 +394,97 @@ class Hdf5Sink:
         self._write_tree(meta, metadata)
         instrument = entry.create_group("instrument")
         instrument.attrs["NX_class"] = "NXinstrument"
-        self._streams: dict[str, _StreamDatasets] = {}
         for spec in streams:
-            dev_name = _device_group_name(spec.device)
-            dev = instrument.require_group(dev_name)
-            if "tango_device" not in dev.attrs:
-                dev.attrs["tango_device"] = spec.device
-                dev.attrs["NX_class"] = "NXsensor"
-            if spec.is_frames():
-                dev.attrs["NX_class"] = "NXdetector"
-            self._streams[spec.name] = _StreamDatasets(
-                dev.create_group(_group_name(spec.label)), spec, self.compression, chunk_rows
-            )
+            self._create_stream(spec)
+        self._link_default_plot(f)
+
+    def _create_stream(self, spec: StreamSpec, key: str | None = None, attrs: Mapping[str, Any] | None = None) -> str:
+        """Create the dataset group of a stream (``<label>``, else ``<label>_2``, ``_3``, ...
+        when the device group already has one) and return the key to append to."""
+        instrument = self._file["entry/instrument"]
+        dev_name = _device_group_name(spec.device)
+        dev = instrument.require_group(dev_name)
+        if "tango_device" not in dev.attrs:
+            dev.attrs["tango_device"] = spec.device
+            dev.attrs["NX_class"] = "NXsensor"
+        if spec.is_frames():
+            dev.attrs["NX_class"] = "NXdetector"
+        base = _group_name(spec.label)
+        name, i = base, 1
+        while name in dev:
+            i += 1
+            name = f"{base}_{i}"
+        if key is None:
+            key, j = spec.name, 1
+            while key in self._streams:
+                j += 1
+                key = f"{spec.name}#{j}"
+        grp = dev.create_group(name)
+        try:
+            sd = _StreamDatasets(grp, spec, self.compression, self.chunk_rows)
+        except BaseException:
+            del dev[name]
+            raise
+        for k, v in (attrs or {}).items():
+            grp.attrs[k] = v
+        self._streams[key] = sd
+        return key
+
+    def _link_default_plot(self, f: h5py.File, relink: bool = False) -> None:
+        """``/entry/data`` (NXdata, the default plot): links to the first frame stream's data,
+        else to the first stream's values. Made when the first stream exists; ``relink`` (at
+        close) moves it to a frame stream that appeared after a scalar one."""
+        if not self._streams:
+            return
         primary = next((s for s in self._streams.values() if s.tensor is not None), next(iter(self._streams.values())))
+        entry = f["entry"]
+        if "data" in entry:
+            if not relink or entry["data"].attrs.get("stream") == primary.spec.name:
+                return
+            del entry["data"]
         data = entry.create_group("data")
         data.attrs.update(NX_class="NXdata", signal="data")
-        data["data"] = primary.signal
+        base = primary.group_path
+        names = [c for c, _, _ in primary.columns]
         if primary.tensor is not None:
-            cols = {c for c, _, _ in primary.columns}
-            if "frame_number" in cols:
-                data["frame_number"] = next(ds for c, ds, _ in primary.columns if c == "frame_number")
-                data.attrs["axes"] = ["frame_number"] + ["."] * (primary.tensor[1].ndim - 1)
+            data["data"] = f[f"{base}/data"]
+            if "frame_number" in names:
+                data["frame_number"] = f[f"{base}/frame_number"]
+                data.attrs["axes"] = ["frame_number"] + ["."] * len(primary._frame_shape)
                 data.attrs["frame_number_indices"] = 0
         else:
-            ts = next((ds for c, ds, t in primary.columns if t), None)
+            data["data"] = f[f"{base}/{'value' if 'value' in names else names[-1]}"]
+            ts = next((c for c, _, t in primary.columns if t), None)
             if ts is not None:
-                data["timestamp"] = ts
+                data["timestamp"] = f[f"{base}/{ts}"]
                 data.attrs["axes"] = ["timestamp"]
                 data.attrs["timestamp_indices"] = 0
         data.attrs["stream"] = primary.spec.name
+
+    def add_stream(self, spec: StreamSpec, *, attrs: Mapping[str, Any] | None = None) -> str:
+        """Add a stream during the recording (a ring that appeared, or was re-created with
+        another frame shape); returns the key for :meth:`append`. ``attrs`` go on its group
+        (e.g. why it exists). Raises ValueError for a schema that cannot be recorded.
+
+        HDF5 cannot create objects in SWMR mode, so in SWMR mode the file is flushed, closed,
+        reopened read/write, extended and switched back to SWMR (a few ms; SWMR readers keep
+        their handle and see the new group after reopening the file).
+        """
+        if not self._swmr:
+            key = self._create_stream(spec, attrs=attrs)
+            self._link_default_plot(self._file)
+            return key
+        self._settle_all()
+        self._file.close()
+        self._file = _open_read_write(self.path)
+        try:
+            for sd in self._streams.values():
+                sd.attach(self._file)
+            key = self._create_stream(spec, attrs=attrs)
+            self._link_default_plot(self._file)
+        finally:
+            self._file.swmr_mode = True
+        return key
 
     def _write_tree(self, group: h5py.Group, tree: Mapping[str, Any]) -> None:
         for key, value in tree.items():
@@ -362,6 +502,10 @@ class Hdf5Sink:
 
     def rows(self, stream: str) -> int:
         return self._streams[stream].n
+
+    def group_path(self, stream: str) -> str:
+        """HDF5 path of the dataset group a stream key appends to."""
+        return self._streams[stream].group_path
 
     def write_manifest(self, kind: str, manifest: Mapping[str, Mapping[str, Any]]) -> None:
         """Store ``{device: {attribute: {"value", "unit", "quality", "time", "error"}}}`` under
@@ -410,6 +554,16 @@ class Hdf5Sink:
         self.bytes_written += nbytes
         return n0, nbytes
 
+    def append_record(self, stream: str, batch: pa.RecordBatch, still_valid: Callable[[], bool]) -> bool:
+        """Append a batch that aliases a ring slot; ``still_valid`` (the record's seqlock check)
+        is called after its bytes were handed to HDF5. Returns False, keeping nothing of the
+        batch, when the producer overwrote the slot meanwhile."""
+        nbytes = self._streams[stream].append(batch, still_valid)
+        if nbytes < 0:
+            return False
+        self.bytes_written += nbytes
+        return True
+
     def truncate(self, stream: str, rows: int, nbytes: int = 0) -> None:
         self._streams[stream].truncate(rows)
         self.bytes_written -= nbytes
@@ -419,16 +573,21 @@ class Hdf5Sink:
 
     def flush(self) -> None:
         """Make everything appended so far visible to SWMR readers and durable against a crash."""
+        self._settle_all()
         self._file.flush()
+
+    def _settle_all(self) -> None:
+        for sd in self._streams.values():
+            sd.settle()
 
     def close(self, manifest_end: Mapping[str, Any] | None = None) -> None:
         """Finish the recording: close the SWMR session, then add end time, loss counts and the
         end manifest in ordinary read/write mode."""
         if self._closed:
             return
-        self._file.flush()
+        self.flush()
         self._release()
-        with h5py.File(self.path, "r+") as f:
+        with _open_read_write(self.path) as f:
             entry = f["entry"]
             entry.create_dataset("end_time", data=_now_iso())
             for s in self._streams.values():
@@ -437,12 +596,33 @@ class Hdf5Sink:
                 grp.attrs["records"] = s.n
             if manifest_end is not None:
                 self._write_manifest(f, "end", manifest_end)
+            self._link_default_plot(f, relink=True)
 
     def _release(self) -> None:
         self._closed = True
-        for s in self._streams.values() if hasattr(self, "_streams") else ():
+        for s in self._streams.values():
             s.close()
-        self._file.close()
+        try:
+            self._file.close()
+        except BaseException:
+            self._disarm()
+            raise
+
+    def _disarm(self) -> None:
+        """After a failed close (disk full) HDF5 has half-closed some objects; closing them again
+        when their Python wrappers are garbage collected crashes the process (H5D_close on freed
+        memory). Lock the wrappers so their deallocation leaves the HDF5 ids alone: the file's
+        handle leaks, the process survives."""
+        ids = [self._file.id]
+        for s in self._streams.values():
+            if s.tensor is not None:
+                ids.append(s.tensor[1].id)
+            ids.extend(ds.id for _, ds, _ in s.columns)
+        for oid in ids:
+            try:
+                oid.locked = True
+            except Exception:  # noqa: BLE001 - best effort on an already broken file
+                pass
 
     def abort(self) -> None:
         """Release the file after an error, keeping what was flushed; never raises."""
@@ -452,6 +632,16 @@ class Hdf5Sink:
             self._release()
         except Exception:  # the disk is full or gone: HDF5 may fail to write its last metadata
             self._closed = True
+
+
+def _open_read_write(path: str) -> h5py.File:
+    """Reopen a recording read/write. SWMR readers in other processes (a live viewer) may hold
+    a shared file lock that refuses a writer; then open without locking: those readers keep
+    their handle and see the additions once they reopen the file."""
+    try:
+        return h5py.File(path, "r+", libver="latest")
+    except BlockingIOError:
+        return h5py.File(path, "r+", libver="latest", locking=False)
 
 
 def open_recording(path: str) -> h5py.File:

@@ -6,12 +6,18 @@ global lock anyway; a second writer thread would only add contention. The thread
 1. reads the start manifest (through a callable, so this module stays free of Tango) and writes
    it while the file is still in ordinary mode, then switches the file to SWMR;
 2. loops over the readers, taking a bounded number of records from each per pass so that one
-   fast stream cannot starve the others, appends them zero-copy, and discards (truncates) any
-   record whose seqlock says the producer overwrote it while it was being written;
-3. flushes at least every ``flush_interval`` seconds and publishes :class:`RecorderStats` a few
-   times per second;
-4. on stop, drains every record committed before the stop request, reads the end manifest and
-   closes the file.
+   fast stream cannot starve the others, hands them to HDF5 straight from the ring (no copy of
+   a frame in Python), and discards any record whose seqlock says the producer overwrote it
+   while it was being written (counted as lost, never written corrupted);
+3. every ``scan_interval`` (0.2 s, never per record) follows the streams: a ring re-created by
+   its producer (camera ROI/binning change, restarted server) is drained and then followed from
+   the new ring's first record, into the same datasets if the schema is the same, else into a
+   new group ``<stream>_2`` of the same device saying why; with ``record_new_streams`` (or for
+   ``awaited_streams``) rings that appear during the recording are added from their first record;
+4. flushes every ``flush_interval`` seconds (the small metadata columns are written then, in one
+   call per column) and publishes :class:`RecorderStats` a few times per second;
+5. on stop, looks for new/replaced rings once more, drains every record committed before the
+   stop request, reads the end manifest and closes the file.
 
 An ``OSError`` (disk full, folder removed, permission lost) ends the recording: the file is
 released with what was flushed, ``error`` says why, and ``on_finished`` is called. Rings are
@@ -24,12 +30,14 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hdf5_sink import Hdf5Sink
-from .ring import RingReader
+import pyarrow as pa
+
+from .hdf5_sink import Hdf5Sink, StreamSpec, _now_iso
+from .ring import RingReader, list_streams
 
 Manifest = Mapping[str, Mapping[str, Any]]
 
@@ -64,8 +72,32 @@ class RecorderStats:
     per_stream: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+@dataclass
+class _Followed:
+    """One stream followed through the recording, across re-creations of its ring."""
+
+    name: str
+    reader: RingReader
+    key: str  # the sink's dataset group being appended to
+    schema: Any
+    records: int = 0
+    lost_retired: int = 0  # losses of readers already replaced, and records gone before we found a ring
+    reader_lost0: int = 0  # the current reader's loss counter when it was taken over
+    segment_lost0: int = 0  # self.lost when the current dataset group was started
+    segments: int = 1
+
+    @property
+    def lost(self) -> int:
+        return self.lost_retired + self.reader.lost - self.reader_lost0
+
+
 class Recorder:
-    """Owns the sink and the readers of one recording from :meth:`start` until it finishes."""
+    """Owns the sink and the readers of one recording from :meth:`start` until it finishes.
+
+    ``readers`` are the streams present at the start. ``record_new_streams`` adds every ring that
+    appears later (the DataWriter's ``Streams`` property empty); ``awaited_streams`` names rings
+    that do not exist yet and are added when they appear. Replaced rings are always followed.
+    """
 
     def __init__(
         self,
@@ -73,27 +105,35 @@ class Recorder:
         readers: Mapping[str, RingReader],
         *,
         manifest: Callable[[], Manifest] | None = None,
-        flush_interval: float = 0.5,
+        flush_interval: float = 1.0,
         stats_interval: float = 0.25,
+        scan_interval: float = 0.2,
         max_records_per_pass: int = 16,
+        record_new_streams: bool = False,
+        awaited_streams: Sequence[str] = (),
         on_stats: Callable[[RecorderStats], None] | None = None,
         on_finished: Callable[[str, BaseException | None], None] | None = None,
         thread_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.sink = sink
-        self.readers = dict(readers)
         self._manifest = manifest
         self.flush_interval = flush_interval
         self.stats_interval = stats_interval
+        self.scan_interval = scan_interval
         self.max_records_per_pass = max_records_per_pass
+        self.record_new_streams = record_new_streams
+        self._awaited = [n for n in awaited_streams if n not in readers]
         self._on_stats = on_stats
         self._on_finished = on_finished
         self._thread_context = thread_context or contextlib.nullcontext
         self._stop = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
-        self._records = dict.fromkeys(self.readers, 0)
-        self._lost0 = {n: r.lost for n, r in self.readers.items()}
+        self._followed: dict[str, _Followed] = {
+            n: _Followed(n, r, n, r.schema, reader_lost0=r.lost) for n, r in readers.items()
+        }
+        #: streams seen but not recordable (schema HDF5 cannot take): name -> reason
+        self.skipped: dict[str, str] = {}
         self._stats = RecorderStats()
         self._rate_window: list[tuple[float, int]] = []
         self.error: BaseException | None = None
@@ -102,6 +142,21 @@ class Recorder:
     @property
     def path(self) -> str:
         return self.sink.path
+
+    @property
+    def readers(self) -> dict[str, RingReader]:
+        """The current reader of every stream being recorded."""
+        return {n: f.reader for n, f in list(self._followed.items())}
+
+    @property
+    def stream_names(self) -> list[str]:
+        """Streams recorded so far (including those that appeared during the recording)."""
+        return list(self._followed)
+
+    @property
+    def awaited_streams(self) -> list[str]:
+        """Named streams that have not appeared yet."""
+        return [n for n in self._awaited if n not in self._followed]
 
     def start(self) -> None:
         self._thread.start()
@@ -136,16 +191,16 @@ class Recorder:
                 self.sink.start_swmr()
                 self._drain_loop()
                 self._publish(time.monotonic(), force=True)
-                for name, r in self.readers.items():
-                    self.sink.set_lost(name, r.lost - self._lost0[name])
+                for f in self._followed.values():
+                    self.sink.set_lost(f.key, f.lost - f.segment_lost0)
                 end = self._read_manifest() if self._manifest is not None else None
                 self.sink.close(manifest_end=end)
             except BaseException as exc:  # an OSError is the expected case; anything else is a bug, reported the same way
                 self.error = as_os_error(exc)
                 self.sink.abort()
             finally:
-                for r in self.readers.values():
-                    r.close()
+                for f in self._followed.values():
+                    f.reader.close()
                 self._done.set()
                 self._publish(time.monotonic(), force=True)
                 if self._on_finished is not None:
@@ -160,31 +215,39 @@ class Recorder:
         except Exception as exc:
             return {"manifest": {"error": f"manifest could not be read: {exc!r}"}}
 
+    def _drain(self, f: _Followed, limit: int | None, max_records: int) -> int:
+        """Write up to ``max_records`` records of one stream; returns how many were read."""
+        reader, sink, key = f.reader, self.sink, f.key
+        did = 0
+        for _ in range(max_records):
+            if limit is not None and reader.next_seq >= limit:
+                break
+            rec = reader.read_next(copy=False)
+            if rec is None:
+                break
+            did += 1
+            # torn (overwritten while HDF5 read it): nothing kept, counted in reader.lost_torn
+            if sink.append_record(key, rec.batch, rec.is_valid):
+                f.records += 1
+            del rec
+        return did
+
     def _drain_loop(self) -> None:
         sink = self.sink
         targets: dict[str, int] | None = None
-        last_flush = last_stats = time.monotonic()
+        last_flush = last_stats = last_scan = time.monotonic()
         idle_delay = 0.0
         while True:
             if targets is None and self._stop.is_set():
-                targets = {n: r.write_seq for n, r in self.readers.items()}
+                self._scan()  # a ring re-created just before the stop still gets drained
+                targets = {n: f.reader.write_seq for n, f in self._followed.items()}
             did = 0
-            for name, reader in self.readers.items():
-                limit = targets[name] if targets is not None else None
-                for _ in range(self.max_records_per_pass):
-                    if limit is not None and reader.next_seq >= limit:
-                        break
-                    rec = reader.read_next(copy=False)
-                    if rec is None:
-                        break
-                    rows_before, nbytes = sink.append(name, rec.batch)
-                    if not rec.is_valid():  # overwritten while we wrote it: undo, already counted as lost
-                        sink.truncate(name, rows_before, nbytes)
-                        continue
-                    self._records[name] += 1
-                    did += 1
-                    del rec
+            for name, f in list(self._followed.items()):
+                did += self._drain(f, targets[name] if targets is not None else None, self.max_records_per_pass)
             now = time.monotonic()
+            if targets is None and now - last_scan >= self.scan_interval:
+                self._scan()
+                last_scan = now
             if now - last_flush >= self.flush_interval:
                 sink.flush()
                 last_flush = now
@@ -192,7 +255,7 @@ class Recorder:
                 self._publish(now)
                 last_stats = now
             if targets is not None and all(
-                r.next_seq >= targets[n] or r.finished() for n, r in self.readers.items()
+                f.reader.next_seq >= targets[n] or f.reader.finished() for n, f in self._followed.items()
             ):
                 sink.flush()
                 return
@@ -203,6 +266,65 @@ class Recorder:
                 idle_delay = min(max(idle_delay * 2, 2e-4), 5e-3)
                 self._stop.wait(idle_delay)
 
+    # ------------------------------------------------------------------ following the streams
+
+    def _scan(self) -> None:
+        """Follow re-created rings and add new ones. A stat per stream and, when new streams are
+        wanted, one directory listing: run every ``scan_interval``, never per record."""
+        for f in list(self._followed.values()):
+            if f.reader.replaced():
+                self._follow_replacement(f)
+        if self.record_new_streams or self._awaited:
+            for name in list_streams():
+                if name in self._followed or name in self.skipped:
+                    continue
+                if self.record_new_streams or name in self._awaited:
+                    self._add_stream(name)
+
+    def _open_new(self, name: str) -> RingReader | None:
+        try:
+            return RingReader(name, start="oldest")
+        except (RuntimeError, OSError, ValueError):  # gone again, or not a ring: look again next scan
+            return None
+
+    def _add_stream(self, name: str) -> None:
+        reader = self._open_new(name)
+        if reader is None:
+            return
+        try:
+            key = self.sink.add_stream(
+                StreamSpec(name, reader.schema, reader.description),
+                attrs={"appeared": _now_iso(), "reason": "stream appeared during the recording"},
+            )
+        except ValueError as exc:
+            self.skipped[name] = str(exc)
+            reader.close()
+            return
+        # records the producer wrote before we found the ring and that are already overwritten
+        self._followed[name] = _Followed(name, reader, key, reader.schema, lost_retired=reader.next_seq,
+                                         reader_lost0=reader.lost)
+
+    def _follow_replacement(self, f: _Followed) -> None:
+        new = self._open_new(f.name)
+        if new is None:
+            return  # removed without a successor (yet): keep draining the old ring
+        self._drain(f, f.reader.write_seq, 1 << 30)  # everything the old ring committed
+        old = f.reader
+        f.lost_retired += old.lost - f.reader_lost0 + new.next_seq
+        f.reader, f.reader_lost0 = new, new.lost
+        old.close()
+        if new.schema.equals(f.schema, check_metadata=False):
+            return  # same layout: the same datasets go on
+        reason = _schema_change(f.name, f.schema, new.schema)
+        key = self.sink.add_stream(
+            StreamSpec(f.name, new.schema, new.description),
+            attrs={"appeared": _now_iso(), "reason": reason, "continues": self.sink.group_path(f.key)},
+        )
+        self.sink.set_lost(f.key, f.lost - new.next_seq - f.segment_lost0)
+        f.key, f.schema = key, new.schema
+        f.segment_lost0 = f.lost - new.next_seq
+        f.segments += 1
+
     def _publish(self, now: float, force: bool = False) -> None:
         total_bytes = self.sink.bytes_written
         self._rate_window.append((now, total_bytes))
@@ -211,18 +333,14 @@ class Recorder:
         t0, b0 = self._rate_window[0]
         rate = (total_bytes - b0) / (now - t0) / 1e6 if now > t0 else 0.0
         per_stream = {}
-        for name, r in self.readers.items():
+        for name, f in list(self._followed.items()):
             try:
-                backlog = r.backlog
+                backlog = f.reader.backlog
             except (AttributeError, ValueError):  # reader closed at the very end
                 backlog = 0
-            per_stream[name] = {
-                "records": self._records[name],
-                "lost": r.lost - self._lost0[name],
-                "backlog": backlog,
-            }
+            per_stream[name] = {"records": f.records, "lost": f.lost, "backlog": backlog, "segments": f.segments}
         stats = RecorderStats(
-            records_written=sum(self._records.values()),
+            records_written=sum(p["records"] for p in per_stream.values()),
             bytes_written=total_bytes,
             write_rate_mb_s=0.0 if self._done.is_set() else rate,
             backlog=sum(p["backlog"] for p in per_stream.values()),
@@ -236,3 +354,17 @@ class Recorder:
                 self._on_stats(stats)
             except Exception:  # a failing observer must not end the recording
                 pass
+
+
+def _schema_change(name: str, old: Any, new: Any) -> str:
+    """Why a re-created ring needs a new dataset group, in words."""
+    def shape(schema: Any) -> list[int] | None:
+        for fld in schema:
+            if isinstance(fld.type, pa.FixedShapeTensorType):
+                return [int(x) for x in fld.type.shape]
+        return None
+
+    a, b = shape(old), shape(new)
+    if a is not None and b is not None and a != b:
+        return f"frame shape changed from {a} to {b} when the producer re-created ring {name}"
+    return f"the columns of ring {name} changed when its producer re-created it"

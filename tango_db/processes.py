@@ -13,6 +13,8 @@ To add a process to the lab:
   level, readiness check and the condition under which the lab needs it.
 
 Levels 0-2 are the launcher's own (database, configuration, bench); Tango servers start at 3.
+Sardana's one-shot steps sit between: elements at 4.5 (Pool up, MacroServer not yet), environment
+at 5.5 (see ``sardana_steps``).
 ``tangodaq deploy`` maps a server's level to its Starter startup level (``level - 2``).
 """
 
@@ -184,4 +186,33 @@ def lab_specs(
                 )
             )
     specs.extend(tango_server_spec(si, tango_host) for si in server_instances(config))
+    specs.extend(sardana_steps(config, tango_host))
     return specs
+
+
+def sardana_steps(config: dict, tango_host: str) -> list[ProcessSpec]:
+    """When the lab runs a Pool: create its elements (after the Pool) and the MacroServer's
+    environment (after the MacroServer) from tango_db/sardana.json; see sardana_setup."""
+    from . import sardana_setup
+
+    servers = {si.server for si in server_instances(config)}
+    steps = []
+    if "Pool" in servers and sardana_setup.SARDANA_JSON.exists():
+        steps.append(
+            ProcessSpec(
+                name="sardana elements",
+                level=sardana_setup.ELEMENTS_LEVEL,
+                action=lambda: sardana_setup.create_elements(config, tango_host),
+                restart=False,
+            )
+        )
+        if "MacroServer" in servers:
+            steps.append(
+                ProcessSpec(
+                    name="sardana environment",
+                    level=sardana_setup.ENVIRONMENT_LEVEL,
+                    action=lambda: sardana_setup.set_environment(tango_host),
+                    restart=False,
+                )
+            )
+    return steps

@@ -458,6 +458,7 @@ class SerialLink:
         except (serial.SerialException, OSError, ValueError) as exc:
             self._set_down(f"cannot open {s.url}: {exc}")
             return False
+        _disable_nagle(ser)
         with self._write_lock:
             self._ser = ser
             self._port = Port(ser, s, self)
@@ -530,6 +531,24 @@ class SerialLink:
                 listener(self.health)
             except Exception:  # noqa: BLE001
                 self.log.exception("health listener failed")
+
+
+def _disable_nagle(ser: serial.SerialBase) -> None:
+    """TCP_NODELAY on socket:// and rfc2217:// ports (terminal servers).
+
+    pyserial leaves Nagle's algorithm on: a short command written while an earlier short query
+    is still unacknowledged waits until the instrument's (delayed) reply carries the ACK. On the
+    ESP300 that held a Stop or a move back by a whole reply time (4-5 ms, up to the 40 ms
+    delayed-ACK timer), which is exactly what the urgent lane exists to avoid.
+    """
+    import socket
+
+    sock = getattr(ser, "_socket", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a Unix socket): nothing to disable
+            pass
 
 
 # ---------------------------------------------------------------------- shared links

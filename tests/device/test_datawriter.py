@@ -194,7 +194,7 @@ def test_disk_full_fault_and_recovery(tiny_dir: str, streams) -> None:
         assert f[f"{group(cam.ring.description['producer_device'])}/frames/data"].shape[0] == 5
 
 
-def test_unwritable_folder_and_bad_arguments(streams) -> None:
+def test_unwritable_folder_bad_arguments_and_awaited_stream(tmp_path, streams) -> None:
     cam, _ = streams
     with DeviceTestContext(DataWriter, properties={"OutputDir": "/proc/forbidden", "Streams": [cam.name]}, process=True) as dw:
         with pytest.raises(tango.DevFailed, match="bad StartRecording"):
@@ -202,10 +202,63 @@ def test_unwritable_folder_and_bad_arguments(streams) -> None:
         with pytest.raises(tango.DevFailed, match="OutputDir"):
             dw.StartRecording("")
         assert dw.state() == DevState.FAULT and "change OutputDir" in dw.status()
-    with DeviceTestContext(DataWriter, properties={"Streams": ["no.such.stream"]}, process=True) as dw:
-        with pytest.raises(tango.DevFailed, match="no stream"):
-            dw.StartRecording("")
-        assert dw.state() == DevState.ON
+    # a named stream that does not exist yet is awaited, not an error: producers create rings late
+    awaited = f"test.dw.{uuid.uuid4().hex[:8]}.frames"
+    with DeviceTestContext(DataWriter, properties={"OutputDir": str(tmp_path), "Streams": [awaited]}, process=True) as dw:
+        path = dw.StartRecording("")
+        assert dw.state() == DevState.RUNNING and f"waiting for {awaited}" in dw.status()
+        assert list(dw.StreamNames) == [awaited]
+        dev = awaited.rsplit(".", 1)[0].replace(".", "/")
+        late = create_frame_stream(dev, height=8, width=8, slot_count=64)
+        try:
+            for i in range(12):
+                late.write(np.full((8, 8), i, np.uint16), i, time.time())
+            wait_until(lambda: dw.RecordsWritten == 12, what="the awaited stream to be recorded")
+            assert "waiting" not in dw.status()
+            dw.StopRecording()
+            wait_until(lambda: dw.state() == DevState.ON, what="ON")
+        finally:
+            late.close(unlink=True)
+    with h5py.File(path, "r") as f:
+        assert list(f[f"{group(dev)}/frames/frame_number"][:]) == list(range(12))
+
+
+def test_records_streams_that_appear_and_are_recreated(tmp_path, monkeypatch) -> None:
+    """Streams empty = record everything, also rings created after StartRecording (the camera at
+    acquisition start) and rings re-created with another frame shape (ROI change)."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setenv("TANGODAQ_SHM_DIR", str(shm))  # this device sees only this test's rings
+    dev = f"test/dwnew/{uuid.uuid4().hex[:8]}"
+    pm = create_scalar_stream(dev, "power", units="W", rows_per_record=100)
+    with DeviceTestContext(DataWriter, properties={"OutputDir": str(tmp_path)}, process=True) as dw:
+        path = dw.StartRecording('{"name": "follow"}')
+        assert "streams that appear are added" in dw.status()
+        pm.write(time.time() + np.arange(100) * 1e-4, np.ones(100))
+        cam = create_frame_stream(dev, height=16, width=24, slot_count=64)  # acquisition starts
+        for i in range(20):
+            cam.write(np.full((16, 24), i, np.uint16), i, time.time())
+        wait_until(lambda: dw.RecordsWritten == 21, what="the new ring's frames")
+        assert set(dw.StreamNames) == {pm.name, cam.name}
+        cam.close()
+        cam = create_frame_stream(dev, height=8, width=12, slot_count=64)  # ROI changed: new ring
+        for i in range(7):
+            cam.write(np.full((8, 12), 100 + i, np.uint16), i, time.time())
+        wait_until(lambda: dw.RecordsWritten == 28, what="the re-created ring's frames")
+        dw.StopRecording()
+        wait_until(lambda: dw.state() == DevState.ON, what="ON")
+        assert dw.DroppedRecords == 0
+    cam.close(unlink=True)
+    pm.close(unlink=True)
+    with h5py.File(path, "r") as f:
+        g = f[group(dev)]
+        assert g["frames/data"].shape == (20, 16, 24) and list(g["frames/frame_number"][:]) == list(range(20))
+        assert g["frames_2/data"].shape == (7, 8, 12) and list(g["frames_2/frame_number"][:]) == list(range(7))
+        assert int(g["frames_2/data"][6, 7, 11]) == 106
+        assert "frame shape changed from [16, 24] to [8, 12]" in g["frames_2"].attrs["reason"]
+        assert g["frames_2"].attrs["continues"] == g["frames"].name
+        assert g["power/value"].shape == (100,)
+        assert f["entry/data"].attrs["stream"] == cam.name
 
 
 def test_killed_writer_leaves_readable_file(tmp_path, streams) -> None:

@@ -1,0 +1,224 @@
+"""Sardana 2D controller for the Pvcam camera: one frame per start, recorded by the DataWriter.
+
+- The integration time is the camera's ``ExposureTime``; each start is a ``Snap`` (software
+  synchronisation: one frame per scan point).
+- Frames never go through Sardana: the camera writes them to its shared-memory ring, the
+  DataWriter records the ring to HDF5, and the channel's value is a *reference* to the frame in
+  that file (Sardana value referencing, enabled for the camera in the lab's measurement groups):
+  ``h5file://<file>::/entry/instrument/<camera>/frames/data#index=<i>`` where ``i`` is the frame's
+  row in that dataset. Sardana's HDF5 recorder keeps these strings (its virtual-dataset step
+  only understands one dataset per frame and leaves other references as they are).
+- If the DataWriter is not recording when an acquisition is prepared, the controller starts a
+  recording for it (named after the camera) and stops it after the last of the prepared starts,
+  or on stop/abort; a recording started by someone else (``record_start``) is used and left
+  running, and frames are then referenced by their start-of-exposure time
+  (``#timestamp_bof=<epoch s>``, the file's ``timestamp_bof`` dataset).
+- With referencing disabled, ``ReadOne`` returns the camera's ``LastImage`` preview.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+import tango
+from sardana import State
+from sardana.pool.controller import (
+    Access,
+    DataAccess,
+    DefaultValue,
+    Description,
+    Memorize,
+    Memorized,
+    Referable,
+    TwoDController,
+    Type,
+)
+
+TIMEOUT_MS = 3000
+FRAME_TIMEOUT_S = 10.0  # beyond the exposure
+
+
+def safe(name: str) -> str:
+    return name.strip("/").replace("/", "_")
+
+
+class CameraTwoDController(TwoDController, Referable):
+    """A Pvcam device as a Sardana 2D channel with frames recorded by a DataWriter."""
+
+    gender = "TwoD"
+    model = "tangodaq Pvcam"
+    organization = "tangodaq"
+
+    axis_attributes = {
+        "TangoDevice": {
+            Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized, DefaultValue: "lab/camera/1",
+            Description: "the Pvcam device",
+        },
+        "DataWriter": {
+            Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized, DefaultValue: "lab/datawriter/1",
+            Description: "the DataWriter device that records the camera's frames",
+        },
+    }
+
+    def __init__(self, inst: str, props: dict, *args: Any, **kwargs: Any) -> None:
+        super().__init__(inst, props, *args, **kwargs)
+        self.ax: dict[int, dict[str, Any]] = {}
+        self.integ_time = 0.1
+
+    # ------------------------------------------------------------------ axes
+    def AddDevice(self, axis: int) -> None:
+        self.ax[axis] = {
+            "device": "lab/camera/1", "writer": "lab/datawriter/1", "cam": None, "dw": None,
+            "ref_enabled": False, "own_recording": False, "file": "", "index": 0, "starts_left": 0,
+            "started": 0.0, "frames_before": 0, "ref": "", "error": "", "snapped": False,
+        }
+
+    def DeleteDevice(self, axis: int) -> None:
+        self.ax.pop(axis, None)
+
+    def GetAxisExtraPar(self, axis: int, name: str) -> Any:
+        a = self.ax[axis]
+        return {"tangodevice": a["device"], "datawriter": a["writer"]}[name.lower()]
+
+    def SetAxisExtraPar(self, axis: int, name: str, value: Any) -> None:
+        a = self.ax[axis]
+        key = {"tangodevice": ("device", "cam"), "datawriter": ("writer", "dw")}[name.lower()]
+        a[key[0]], a[key[1]] = str(value).strip(), None
+
+    def SetAxisPar(self, axis: int, name: str, value: Any) -> None:
+        if name.lower() == "value_ref_enabled":
+            self.ax[axis]["ref_enabled"] = bool(value)
+        # value_ref_pattern is not used: the DataWriter decides the file
+
+    def GetAxisPar(self, axis: int, name: str) -> Any:
+        if name.lower() == "shape":
+            try:
+                roi = self._cam(axis).read_attribute("Roi").value
+                binning = self._cam(axis).read_attribute("Binning").value
+                b = int(np.atleast_1d(binning)[0]) or 1
+                return [int(roi[2]) // b, int(roi[3]) // b]
+            except (tango.DevFailed, TypeError, IndexError, ValueError):
+                return [0, 0]
+        if name.lower() == "value_ref_enabled":
+            return self.ax[axis]["ref_enabled"]
+        return None
+
+    def _proxy(self, axis: int, which: str, key: str) -> tango.DeviceProxy:
+        a = self.ax[axis]
+        if a[key] is None:
+            p = tango.DeviceProxy(a[which])
+            p.set_timeout_millis(TIMEOUT_MS)
+            a[key] = p
+        return a[key]
+
+    def _cam(self, axis: int) -> tango.DeviceProxy:
+        return self._proxy(axis, "device", "cam")
+
+    def _dw(self, axis: int) -> tango.DeviceProxy:
+        return self._proxy(axis, "writer", "dw")
+
+    # ------------------------------------------------------------------ acquisition
+    def PrepareOne(self, axis: int, value: float, repetitions: int, latency: float, nb_starts: int) -> None:
+        a = self.ax[axis]
+        a["starts_left"] = max(1, int(nb_starts))
+        a["error"] = ""
+        if not a["ref_enabled"]:
+            return
+        dw = self._dw(axis)
+        if dw.read_attribute("Recording").value:
+            a["own_recording"], a["file"] = False, str(dw.read_attribute("FilePath").value)
+        else:
+            a["file"] = dw.command_inout(
+                "StartRecording", json.dumps({"name": safe(a["device"]), "metadata": {"source": "sardana"}}))
+            a["own_recording"], a["index"] = True, 0
+
+    def LoadOne(self, axis: int, value: float, repetitions: int, latency: float) -> None:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"exposure (integration time) must be > 0 s, not {value}")
+        if repetitions != 1:
+            raise ValueError("the camera takes one frame per start (software synchronisation)")
+        self.integ_time = float(value)
+        try:
+            self._cam(axis).write_attribute("ExposureTime", self.integ_time)
+        except tango.DevFailed as exc:
+            raise RuntimeError(f"{self.ax[axis]['device']}: cannot set ExposureTime {value}: "
+                               f"{exc.args[0].desc.strip()}") from None
+
+    def StartOne(self, axis: int, value: float | None = None) -> None:
+        a = self.ax[axis]
+        cam = self._cam(axis)
+        a["started"] = time.time()
+        a["ref"], a["error"], a["snapped"] = "", "", False
+        try:
+            cam.command_inout("Snap")
+        except tango.DevFailed as exc:
+            raise RuntimeError(f"{a['device']}: Snap failed: {exc.args[0].desc.strip()} "
+                               f"({cam.status().strip()})") from None
+        a["snapped"] = True
+
+    def StateOne(self, axis: int) -> tuple[Any, str]:
+        a = self.ax[axis]
+        try:
+            cam = self._cam(axis)
+            state, frames = cam.state(), int(cam.read_attribute("FramesAcquired").value or 0)
+        except tango.DevFailed as exc:
+            self.ax[axis]["cam"] = None
+            return State.Fault, f"{a['device']}: {exc.args[0].desc.strip()}"
+        if a["error"]:
+            return State.Fault, a["error"]
+        if a["snapped"]:
+            if state == tango.DevState.RUNNING or frames < 1:
+                if time.time() - a["started"] > self.integ_time + FRAME_TIMEOUT_S:
+                    a["error"] = f"{a['device']}: no frame {FRAME_TIMEOUT_S:.0f} s after the exposure ({cam.status().strip()})"
+                    self._finish(axis, aborted=True)
+                    return State.Fault, a["error"]
+                return State.Moving, f"{a['device']}: exposing {self.integ_time:g} s"
+            a["snapped"] = False
+            self._frame_done(axis)
+        if state in (tango.DevState.FAULT, tango.DevState.DISABLE):
+            return State.Fault, f"{a['device']}: {cam.status().strip()}"
+        if state == tango.DevState.ALARM:
+            return State.Alarm, f"{a['device']}: {cam.status().strip()}"
+        return State.On, f"{a['device']}: ready"
+
+    def _frame_done(self, axis: int) -> None:
+        a = self.ax[axis]
+        if a["ref_enabled"] and a["file"]:
+            dataset = f"/entry/instrument/{safe(a['device'])}/frames/data"
+            where = f"index={a['index']}" if a["own_recording"] else f"timestamp_bof={a['started']:.6f}"
+            a["ref"] = f"h5file://{a['file']}::{dataset}#{where}"
+            a["index"] += 1
+        a["starts_left"] -= 1
+        if a["starts_left"] <= 0:
+            self._finish(axis)
+
+    def _finish(self, axis: int, aborted: bool = False) -> None:
+        a = self.ax[axis]
+        if a["own_recording"]:
+            a["own_recording"] = False
+            try:
+                self._dw(axis).command_inout("StopRecording")
+            except tango.DevFailed as exc:
+                self._log.warning("%s: StopRecording failed: %s", a["writer"], exc.args[0].desc.strip())
+
+    def ReadOne(self, axis: int) -> Any:
+        return self._cam(axis).read_attribute("LastImage").value
+
+    def RefOne(self, axis: int) -> str:
+        return self.ax[axis]["ref"]
+
+    def StopOne(self, axis: int) -> None:
+        a = self.ax[axis]
+        a["snapped"] = False
+        try:
+            if self._cam(axis).state() == tango.DevState.RUNNING:
+                self._cam(axis).command_inout("StopAcquisition")
+        finally:
+            self._finish(axis, aborted=True)
+
+    def AbortOne(self, axis: int) -> None:
+        self.StopOne(axis)

@@ -1,0 +1,495 @@
+"""The lab's experiment macros (MacroServer MacroPath: this folder).
+
+Safety contract of every macro here (class ``LabMacro``): parameters are checked before anything
+moves; on stop, abort or error the laser shutter is closed if this macro opened it and the motors
+it moved are stopped. Scans are Sardana's own (``ascan``/``mesh``), so every curve is recorded by
+the configured recorders (ScanDir/ScanFile) and stop/abort work at each point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tango
+from sardana.macroserver.macro import Macro, Type
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from polarization_analysis import fit_offsets, periodicity  # noqa: E402
+
+LASER = "lab/maitai/1"
+METER = "lab/powermeter/1"
+DATAWRITER = "lab/datawriter/1"
+MOUNTS = ("hwp", "qwp", "pol")
+LAB_DEVICES = ("lab/esp300/x", "lab/esp300/y", "lab/esp300/z", "lab/ell14/hwp", "lab/ell14/pol", "lab/ell14/qwp",
+               LASER, METER, "lab/camera/1", DATAWRITER)
+#: what save_setup stores: device -> writable settings (restore writes them back and verifies)
+SETUP_ATTRIBUTES = {
+    "lab/esp300/x": ("Position", "Velocity"), "lab/esp300/y": ("Position", "Velocity"),
+    "lab/esp300/z": ("Position", "Velocity"),
+    "lab/ell14/hwp": ("Position",), "lab/ell14/pol": ("Position",), "lab/ell14/qwp": ("Position",),
+    LASER: ("Wavelength",), METER: ("Wavelength", "Range", "Filter", "Attenuator"),
+    "lab/camera/1": ("ExposureTime", "Binning"),
+}
+WARMUP_TIMEOUT_S = 600
+
+
+def proxy(name: str, timeout_ms: int = 3000) -> tango.DeviceProxy:
+    p = tango.DeviceProxy(name)
+    p.set_timeout_millis(timeout_ms)
+    return p
+
+
+class LabMacro:
+    """Mixin of the lab's macros (not a Macro itself, so not listed as one): shutter and motor safety on stop, abort and error."""
+
+    def _init_safety(self) -> None:
+        if not hasattr(self, "_moved"):
+            self._moved: list[str] = []
+            self._opened_shutter = False
+
+    def open_shutter(self) -> None:
+        self._init_safety()
+        laser = proxy(LASER)
+        if not laser.read_attribute("Shutter").value:
+            laser.command_inout("OpenShutter")
+            self._opened_shutter = True
+
+    def uses(self, *motors: str) -> None:
+        self._init_safety()
+        self._moved.extend(m for m in motors if m not in self._moved)
+
+    def make_safe(self) -> None:
+        self._init_safety()
+        for name in self._moved:
+            try:
+                self.getMoveable(name).stop()
+            except Exception as exc:  # noqa: BLE001 - keep going: the shutter matters more
+                self.warning("could not stop %s: %s", name, exc)
+        if self._opened_shutter:
+            try:
+                proxy(LASER).command_inout("CloseShutter")
+                self._opened_shutter = False
+                self.warning("laser shutter closed (this macro had opened it)")
+            except tango.DevFailed as exc:
+                self.error("COULD NOT CLOSE THE LASER SHUTTER: %s", exc.args[0].desc)
+
+    def on_abort(self) -> None:
+        self.make_safe()
+
+    def on_stop(self) -> None:
+        self.make_safe()
+
+    def guarded(self, body, *args):
+        """Run ``body``; on an error make safe and re-raise (stop/abort call the hooks)."""
+        self._init_safety()
+        try:
+            return body(*args)
+        except Exception:
+            self.make_safe()
+            raise
+
+    def check_motor_range(self, name: str, *targets: float) -> None:
+        motor = self.getMoveable(name)
+        try:
+            lo, hi = motor.getPositionObj().getLimits()
+        except Exception:  # noqa: BLE001 - pseudo motors may have none
+            return
+        for t in targets:
+            if not math.isfinite(t):
+                raise ValueError(f"{name}: {t} is not a number")
+            if lo is not None and hi is not None and not (float(lo) <= t <= float(hi)):
+                raise ValueError(f"{name}: {t} is outside its limits [{lo}, {hi}]")
+
+    def scan_columns(self, scan_macro, motor: str, channel: str = "power") -> tuple[np.ndarray, np.ndarray]:
+        """(motor positions, channel values) of a finished Sardana scan."""
+        xs, ys = [], []
+        for rec in scan_macro.data.records:
+            x = y = None
+            for key, value in rec.data.items():
+                short = str(key).rsplit("/", 1)[-1]
+                if short == motor or key == motor:
+                    x = value
+                elif (channel in str(key)) and isinstance(value, int | float):
+                    y = value
+            if x is not None and y is not None:
+                xs.append(float(x))
+                ys.append(float(y))
+        return np.array(xs), np.array(ys)
+
+    def scan(self, motor: str, start: float, end: float, intervals: int, count_time: float):
+        self.setEnv("ActiveMntGrp", "mg_power")
+        scan_macro, _ = self.createMacro("ascan", motor, start, end, intervals, count_time)
+        self.runMacro(scan_macro)
+        return scan_macro
+
+
+# ------------------------------------------------------------------------------ laser
+
+
+class laser_on(LabMacro, Macro):
+    """Start the Mai Tai safely: shutter closed, warm up (with progress), emission on."""
+
+    param_def = [["timeout", Type.Float, WARMUP_TIMEOUT_S, "seconds to wait for the warm-up"]]
+
+    def run(self, timeout):
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0 s")
+        self.guarded(self._run, timeout)
+
+    def _run(self, timeout):
+        laser = proxy(LASER)
+        if laser.read_attribute("Shutter").value:
+            laser.command_inout("CloseShutter")
+        t0 = time.monotonic()
+        last = -1.0
+        while True:
+            state = laser.state()
+            if state == tango.DevState.ON and laser.read_attribute("Emission").value:
+                break
+            if state in (tango.DevState.FAULT, tango.DevState.ALARM, tango.DevState.DISABLE):
+                raise RuntimeError(f"the laser cannot start: {laser.status().strip()}")
+            pct = float(laser.read_attribute("WarmupPercent").value or 0.0)
+            if state == tango.DevState.OFF:
+                laser.command_inout("On")  # starts the warm-up, or emission at 100 %
+            if pct != last:
+                self.output("warming up: %.0f %%", pct)
+                last = pct
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"the laser did not reach emission within {timeout:.0f} s ({laser.status().strip()})")
+            self.checkPoint()
+            time.sleep(0.2)
+        self.output("laser on: %s", laser.status().strip())
+
+
+class laser_off(LabMacro, Macro):
+    """Close the shutter (confirmed), then stop emission."""
+
+    def run(self):
+        laser = proxy(LASER)
+        laser.command_inout("CloseShutter")
+        deadline = time.monotonic() + 10
+        while laser.read_attribute("Shutter").value:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the shutter did not confirm closed within 10 s: check the laser")
+            self.checkPoint()
+            time.sleep(0.1)
+        laser.command_inout("Off")
+        self.output("laser off: %s", laser.status().strip())
+
+
+# ------------------------------------------------------------------------------ scans
+
+
+class wavelength_scan(LabMacro, Macro):
+    """Tune the laser across a range with the meter's wavelength following; averaged power per point."""
+
+    param_def = [
+        ["start", Type.Float, None, "first wavelength (nm)"],
+        ["end", Type.Float, None, "last wavelength (nm)"],
+        ["intervals", Type.Integer, None, "number of intervals"],
+        ["count_time", Type.Float, None, "averaging time per point (s)"],
+    ]
+    result_def = [["curve", Type.String, None, "JSON {wavelength_nm: [...], power_w: [...]}"]]
+
+    def run(self, start, end, intervals, count_time):
+        if intervals < 1 or count_time <= 0:
+            raise ValueError("intervals must be >= 1 and count_time > 0")
+        self.check_motor_range("wavelength", start, end)
+        self.uses("wavelength_tracked")
+        self.open_shutter()
+        m = self.guarded(self.scan, "wavelength_tracked", start, end, intervals, count_time)
+        x, y = self.scan_columns(m, "wavelength_tracked")
+        self.make_safe()
+        return json.dumps({"wavelength_nm": x.tolist(), "power_w": y.tolist()})
+
+
+class polarization_scan(LabMacro, Macro):
+    """Sweep one mount, record power, fit Malus's law: angle offset and extinction ratio."""
+
+    param_def = [
+        ["mount", Type.Moveable, None, "the rotation mount (hwp, qwp or pol)"],
+        ["start", Type.Float, 0.0, "first angle (deg)"],
+        ["end", Type.Float, 180.0, "last angle (deg)"],
+        ["intervals", Type.Integer, 36, "number of intervals"],
+        ["count_time", Type.Float, 0.2, "averaging time per point (s)"],
+    ]
+    result_def = [["fit", Type.String, None, "JSON {period_deg, angle_of_max_deg, extinction_ratio, ...}"]]
+
+    def run(self, mount, start, end, intervals, count_time):
+        name = mount.getName()
+        if intervals < 3 or count_time <= 0:
+            raise ValueError("intervals must be >= 3 and count_time > 0")
+        if abs(end - start) < 90:
+            raise ValueError("sweep at least 90 degrees to fit Malus's law")
+        self.check_motor_range(name, start, end)
+        self.uses(name)
+        self.open_shutter()
+        m = self.guarded(self.scan, name, start, end, intervals, count_time)
+        x, y = self.scan_columns(m, name)
+        self.make_safe()
+        k, f1, f2 = periodicity(x, y)
+        fit = f1 if k == 1 else f2
+        result = {"mount": name, "period_deg": 180 / k, "angle_of_max_deg": fit.theta_max_deg,
+                  "p_max_w": fit.p_max, "p_min_w": fit.p_min, "extinction_ratio": fit.extinction_ratio,
+                  "points": len(x)}
+        self.output("%s: period %.0f deg, maximum at %.2f deg, extinction ratio %.3g",
+                    name, 180 / k, fit.theta_max_deg, fit.extinction_ratio)
+        return json.dumps(result)
+
+
+class polarization_characterization(LabMacro, Macro):
+    """Find which mount holds the HWP, the QWP and the polariser, and their angle offsets.
+
+    Each mount is swept (the others at 0) at two wavelengths; the polariser is the mount whose
+    power repeats every 180°, the half-wave plate the 90°-periodic one with the deeper
+    modulation, the quarter-wave plate the other. The offsets come from a Jones-model fit of all
+    sweeps (two wavelengths lift the half-wave plate's rotation ambiguity)."""
+
+    param_def = [
+        ["step", Type.Float, 15.0, "angle step (deg)"],
+        ["count_time", Type.Float, 0.2, "averaging time per point (s)"],
+        ["second_wavelength", Type.Float, 700.0, "the wavelength besides 800 nm (nm)"],
+    ]
+    result_def = [["report", Type.String, None, "JSON {roles: {mount: role}, offsets_deg: {...}}"]]
+
+    def run(self, step, count_time, second_wavelength):
+        if not 1 <= step <= 30 or count_time <= 0:
+            raise ValueError("step must be within 1..30 degrees and count_time > 0")
+        self.check_motor_range("wavelength", 800.0, second_wavelength)
+        self.uses(*MOUNTS, "wavelength_tracked")
+        self.open_shutter()
+        return self.guarded(self._run, step, count_time, second_wavelength)
+
+    def _run(self, step, count_time, second_wavelength):
+        intervals = int(round(180 / step))
+        cols: dict[str, list[float]] = {"hwp": [], "qwp": [], "pol": [], "wl": [], "p": []}
+        kinds: dict[str, tuple[int, float]] = {}
+        for wl in (800.0, second_wavelength):
+            self.execMacro("mv", "wavelength_tracked", wl)
+            for mount in MOUNTS:
+                self.execMacro("mv", *[x for m in MOUNTS for x in (m, 0.0)])
+                scan = self.scan(mount, 0.0, 180.0 - 180.0 / intervals, intervals - 1, count_time)
+                x, y = self.scan_columns(scan, mount)
+                if wl == 800.0:
+                    k, f1, f2 = periodicity(x, y)
+                    kinds[mount] = (k, (f1 if k == 1 else f2).contrast)
+                for a, p in zip(x, y, strict=True):
+                    for m in MOUNTS:
+                        cols[m].append(a if m == mount else 0.0)
+                    cols["wl"].append(wl)
+                    cols["p"].append(p)
+        polarisers = [m for m, (k, _) in kinds.items() if k == 1]
+        plates = sorted((m for m, (k, _) in kinds.items() if k == 2), key=lambda m: -kinds[m][1])
+        if len(polarisers) != 1 or len(plates) != 2:
+            raise RuntimeError(f"cannot tell the elements apart from their periodicity: {kinds}")
+        roles = {polarisers[0]: "polariser", plates[0]: "half-wave plate", plates[1]: "quarter-wave plate"}
+        by_role = {r: m for m, r in roles.items()}
+        offsets, rms = fit_offsets(cols[by_role["half-wave plate"]], cols[by_role["quarter-wave plate"]],
+                                   cols[by_role["polariser"]], cols["wl"], cols["p"])
+        report = {"roles": roles, "offsets_deg": {by_role["half-wave plate"]: offsets["hwp"],
+                                                   by_role["quarter-wave plate"]: offsets["qwp"],
+                                                   by_role["polariser"]: offsets["pol"]},
+                  "input_power_w": offsets["scale"], "fit_rms": rms}
+        for m in MOUNTS:
+            self.output("%-4s %-20s offset %+.2f deg", m, roles[m], report["offsets_deg"][m])
+        self.make_safe()
+        return json.dumps(report)
+
+
+class waveplate_calibration(LabMacro, Macro):
+    """The long sweep wavelength × polariser × HWP × QWP, resumable after a stop or abort.
+
+    Progress is kept in the environment variable ``WaveplateCalibrationProgress`` (the index of
+    the next point and the output file); ``waveplate_calibration ... resume`` continues there."""
+
+    param_def = [
+        ["wl_start", Type.Float, 750.0, "nm"], ["wl_end", Type.Float, 850.0, "nm"],
+        ["wl_intervals", Type.Integer, 2, ""], ["angle_step", Type.Float, 45.0, "deg (pol, hwp, qwp)"],
+        ["count_time", Type.Float, 0.1, "s per point"],
+        ["resume", Type.Boolean, False, "continue the last interrupted calibration"],
+    ]
+    result_def = [["path", Type.String, None, "JSON lines file with every point"]]
+
+    def run(self, wl_start, wl_end, wl_intervals, angle_step, count_time, resume):
+        if wl_intervals < 0 or not 1 <= angle_step <= 90 or count_time <= 0:
+            raise ValueError("wl_intervals >= 0, angle_step within 1..90 deg, count_time > 0")
+        self.check_motor_range("wavelength", wl_start, wl_end)
+        wls = np.linspace(wl_start, wl_end, wl_intervals + 1)
+        angles = np.arange(0.0, 180.0, angle_step)
+        points = [(w, p, h, q) for w in wls for p in angles for h in angles for q in angles]
+        state = self.getEnv("WaveplateCalibrationProgress") if resume else None
+        if resume and not state:
+            raise ValueError("nothing to resume: no interrupted calibration")
+        if state:
+            path, first = state["path"], int(state["next"])
+        else:
+            folder = Path(self.getEnv("ScanDir"))
+            folder.mkdir(parents=True, exist_ok=True)
+            path, first = str(folder / f"waveplate_calibration_{time.strftime('%Y%m%d-%H%M%S')}.jsonl"), 0
+        per_point = count_time + 0.5  # motion of the mounts dominates at small steps
+        self.output("%d points, about %.0f min (%d done)", len(points), (len(points) - first) * per_point / 60, first)
+        self.uses("wavelength_tracked", *MOUNTS)
+        self.open_shutter()
+        mg = self.getMeasurementGroup("mg_power")
+        t0 = time.monotonic()
+
+        def body():
+            with open(path, "a") as out:
+                for i in range(first, len(points)):
+                    w, p, h, q = points[i]
+                    self.setEnv("WaveplateCalibrationProgress", {"path": path, "next": i})
+                    self.execMacro("mv", "wavelength_tracked", w, "pol", p, "hwp", h, "qwp", q)
+                    _, values = mg.count(count_time)
+                    power = next(v for k, v in values.items() if "power" in str(k))
+                    out.write(json.dumps({"wavelength_nm": w, "pol": p, "hwp": h, "qwp": q, "power_w": power}) + "\n")
+                    out.flush()
+                    done = i + 1 - first
+                    left = (time.monotonic() - t0) / done * (len(points) - i - 1)
+                    self.output("point %d/%d, %.0f s left", i + 1, len(points), left)
+                    self.checkPoint()
+        self.guarded(body)
+        self.unsetEnv("WaveplateCalibrationProgress")
+        self.make_safe()
+        return path
+
+
+class stage_camera_raster(LabMacro, Macro):
+    """A stage mesh with one camera frame per point, frames recorded by the DataWriter."""
+
+    param_def = [
+        ["x_start", Type.Float, None, "mm"], ["x_end", Type.Float, None, "mm"], ["x_intervals", Type.Integer, None, ""],
+        ["y_start", Type.Float, None, "mm"], ["y_end", Type.Float, None, "mm"], ["y_intervals", Type.Integer, None, ""],
+        ["exposure", Type.Float, None, "s"],
+    ]
+
+    def run(self, x0, x1, nx, y0, y1, ny, exposure):
+        if nx < 1 or ny < 1 or exposure <= 0:
+            raise ValueError("intervals must be >= 1 and exposure > 0")
+        self.check_motor_range("stage_x", x0, x1)
+        self.check_motor_range("stage_y", y0, y1)
+        self.uses("stage_x", "stage_y")
+        self.setEnv("ActiveMntGrp", "mg_camera")
+        try:
+            self.guarded(self.execMacro, "mesh", "stage_x", x0, x1, nx, "stage_y", y0, y1, ny, exposure)
+        finally:
+            self.setEnv("ActiveMntGrp", "mg_power")
+
+
+# ------------------------------------------------------------------------------ recording, status, setups
+
+
+class record_start(Macro):
+    """Start a DataWriter recording of the lab's streams."""
+
+    param_def = [["name", Type.String, "recording", "recording name"],
+                 ["pre_trigger_s", Type.Float, 0.0, "seconds of history to include"]]
+    result_def = [["path", Type.String, None, "file path"]]
+
+    def run(self, name, pre_trigger_s):
+        if pre_trigger_s < 0:
+            raise ValueError("pre_trigger_s must be >= 0")
+        path = proxy(DATAWRITER).command_inout(
+            "StartRecording", json.dumps({"name": name, "pre_trigger_s": pre_trigger_s}))
+        self.output("recording to %s", path)
+        return path
+
+
+class record_stop(Macro):
+    """Stop the DataWriter recording."""
+
+    result_def = [["path", Type.String, None, "file path"]]
+
+    def run(self):
+        path = proxy(DATAWRITER).command_inout("StopRecording")
+        self.output("recording stopped: %s", path)
+        return path
+
+
+class lab_status(Macro):
+    """A table of every lab device, its state and status."""
+
+    def run(self):
+        rows = [("DEVICE", "STATE", "STATUS")]
+        for dev in LAB_DEVICES + ("pool/lab/1", "macroserver/lab/1", "door/lab/1"):
+            try:
+                p = proxy(dev, 1500)
+                state, status = str(p.state()), p.status().strip().splitlines()[0]
+            except tango.DevFailed as exc:
+                state, status = "DOWN", exc.args[0].desc.strip().splitlines()[0]
+            rows.append((dev, state, status[:70]))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            self.output("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def _setups_dir(macro: Macro) -> Path:
+    folder = Path(macro.getEnv("ScanDir")) / "setups"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class save_setup(Macro):
+    """Save every writable setting of the lab under a name."""
+
+    param_def = [["name", Type.String, None, "setup name"]]
+
+    def run(self, name):
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("a setup name is letters, digits, - and _")
+        setup: dict[str, dict] = {}
+        for dev, attrs in SETUP_ATTRIBUTES.items():
+            try:
+                p = proxy(dev)
+                values = p.read_attributes(list(attrs))
+            except tango.DevFailed:
+                self.warning("%s is not reachable: not saved", dev)
+                continue
+            setup[dev] = {a: v.value for a, v in zip(attrs, values, strict=True) if not v.has_failed}
+            setup[dev] = {a: (x.tolist() if hasattr(x, "tolist") else x) for a, x in setup[dev].items()}
+        path = _setups_dir(self) / f"{name}.json"
+        path.write_text(json.dumps(setup, indent=2))
+        self.output("setup %s saved (%d devices) to %s", name, len(setup), path)
+
+
+class restore_setup(LabMacro, Macro):
+    """Write a saved setup back, wait for the motion to end and verify every value."""
+
+    param_def = [["name", Type.String, None, "setup name"]]
+
+    def run(self, name):
+        path = _setups_dir(self) / f"{name}.json"
+        if not path.exists():
+            raise ValueError(f"no setup {name!r} (saved setups: {sorted(p.stem for p in path.parent.glob('*.json'))})")
+        setup = json.loads(path.read_text())
+        self.guarded(self._restore, setup)
+
+    def _restore(self, setup):
+        proxies = {}
+        for dev, values in setup.items():
+            p = proxies[dev] = proxy(dev)
+            for attr, value in values.items():
+                p.write_attribute(attr, value)
+        deadline = time.monotonic() + 120
+        while any(p.state() == tango.DevState.MOVING for p in proxies.values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("motion did not end within 120 s")
+            self.checkPoint()
+            time.sleep(0.1)
+        wrong = []
+        for dev, values in setup.items():
+            for attr, value in values.items():
+                got = proxies[dev].read_attribute(attr).value
+                ok = (abs(float(got) - float(value)) <= 0.05 * max(1.0, abs(float(value)) * 0.01)
+                      if isinstance(value, float) else np.array_equal(np.asarray(got), np.asarray(value)))
+                if not ok:
+                    wrong.append(f"{dev}/{attr} = {got} (wanted {value})")
+        if wrong:
+            raise RuntimeError("restore not verified: " + "; ".join(wrong))
+        self.output("setup restored and verified (%d devices)", len(setup))
+

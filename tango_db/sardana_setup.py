@@ -1,0 +1,171 @@
+"""Create the Pool's elements and the MacroServer's environment from ``tango_db/sardana.json``.
+
+Why through the Pool's own commands (``CreateController``, ``CreateElement``,
+``CreateMeasurementGroup``) and not by writing devices into the database: the Pool checks every
+request (library found, class implements the type, roles filled) and registers the element in
+the database itself, exactly as spock's ``defctrl`` / ``defelem`` / ``defmeas`` do; sardana's
+YAML tool (``sardana-config``) is not a dependency of this project.
+
+Both steps are idempotent: what exists is left alone (axis attributes are rewritten only when
+they differ; environment variables only set when undefined, so a user's ``senv`` survives a
+restart). ``tangodaq up`` runs them as one-shot steps: elements after the Pool answers and before
+the MacroServer starts (so the MacroServer sees them at once), the environment after the
+MacroServer answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import server_instances, substitutions
+
+SARDANA_JSON = Path(__file__).with_name("sardana.json")
+ELEMENTS_LEVEL = 4.5  # after the Pool (4), before the MacroServer (5)
+ENVIRONMENT_LEVEL = 5.5  # after the MacroServer
+
+
+def load_sardana_config(path: str | Path | None = None) -> dict:
+    with open(path or SARDANA_JSON) as f:
+        text = f.read()
+    for key, value in substitutions().items():
+        text = text.replace(f"${{{key}}}", value)
+    return json.loads(text)
+
+
+def lab_devices(config: dict) -> set[str]:
+    return {dev.lower() for si in server_instances(config) for dev in si.devices}
+
+
+def _proxy(name: str, tango_host: str, timeout_ms: int = 10000):
+    import tango
+
+    proxy = tango.DeviceProxy(f"tango://{tango_host}/{name}")
+    proxy.set_timeout_millis(timeout_ms)
+    return proxy
+
+
+def _existing(pool) -> set[str]:
+    names: set[str] = set()
+    for attr in ("ControllerList", "MotorList", "ExpChannelList", "MeasurementGroupList"):
+        for item in pool.read_attribute(attr).value or ():
+            names.add(json.loads(item)["name"].lower())
+    return names
+
+
+def plan(sardana: dict, devices: set[str]) -> tuple[list[dict], list[dict], list[str]]:
+    """(controllers, measurement groups, notes) restricted to the devices the lab runs."""
+    notes: list[str] = []
+    absent: list[str] = []
+    controllers: list[dict] = []
+    present: set[str] = set()
+    for ctrl in sardana.get("controllers", []):
+        if "roles" in ctrl:
+            controllers.append(ctrl)  # pseudo: decided below, once the physical motors are known
+            continue
+        kept = []
+        for elem in ctrl.get("elements", []):
+            dev = elem.get("attributes", {}).get("TangoDevice", "").lower()
+            if dev and dev not in devices:
+                absent.append(elem["name"])
+                continue
+            kept.append(elem)
+            present.add(elem["name"].lower())
+        if kept:
+            controllers.append({**ctrl, "elements": kept})
+    declared = {e["name"].lower() for c in sardana.get("controllers", []) for e in c.get("elements", [])}
+    final = []
+    for ctrl in controllers:
+        if "roles" in ctrl:
+            physical = [m for m in ctrl["roles"].values() if m.lower() in declared]
+            missing = [m for m in physical if m.lower() not in present]
+            if missing:
+                absent.extend(m for m in ctrl["roles"].values() if m not in physical)
+                continue
+            present.update(m.lower() for m in ctrl["roles"].values())
+        final.append(ctrl)
+    groups = []
+    for mg in sardana.get("measurement_groups", []):
+        if any(c.lower() not in present for c in mg["channels"]):
+            absent.append(mg["name"])
+            continue
+        groups.append(mg)
+    if absent:
+        notes.append("skipped (their devices are not in the lab's configuration): " + ", ".join(absent))
+    return final, groups, notes
+
+
+def create_elements(config: dict, tango_host: str, sardana: dict | None = None) -> str:
+    """The one-shot step: create what is missing in the Pool; returns a one-line summary."""
+    sardana = sardana or load_sardana_config()
+    pool = _proxy(sardana["pool"], tango_host)
+    controllers, groups, notes = plan(sardana, lab_devices(config))
+    existing = _existing(pool)
+    created: list[str] = []
+    for ctrl in controllers:
+        name = ctrl["name"]
+        if name.lower() not in existing:
+            args = [ctrl["type"], ctrl["library"], ctrl["klass"], name]
+            args += [f"{role}={motor}" for role, motor in ctrl.get("roles", {}).items()]
+            for prop, value in ctrl.get("properties", {}).items():
+                args += [prop, str(value)]
+            pool.command_inout("CreateController", args)
+            created.append(name)
+            if "roles" in ctrl:
+                created.extend(m for m in ctrl["roles"].values() if m.lower() not in existing)
+        for elem in ctrl.get("elements", []):
+            if elem["name"].lower() not in existing:
+                pool.command_inout("CreateElement", [ctrl["type"], name, str(elem["axis"]), elem["name"]])
+                created.append(elem["name"])
+            _write_attributes(elem["name"], elem.get("attributes", {}), tango_host)
+    for mg in groups:
+        if mg["name"].lower() not in existing:
+            pool.command_inout("CreateMeasurementGroup", [mg["name"], *mg["channels"]])
+            created.append(mg["name"])
+        if mg.get("value_ref"):
+            _enable_value_ref(mg["name"], mg["value_ref"], tango_host)
+    summary = f"created {', '.join(created)}" if created else "all elements exist"
+    return summary + ("; " + "; ".join(notes) if notes else "")
+
+
+def _write_attributes(element: str, attributes: dict[str, Any], tango_host: str) -> None:
+    proxy = _proxy(element, tango_host)
+    for attr, value in attributes.items():
+        if proxy.read_attribute(attr).value != value:
+            proxy.write_attribute(attr, value)
+
+
+def _enable_value_ref(group: str, channels: list[str], tango_host: str) -> None:
+    mg = _proxy(group, tango_host)
+    conf = json.loads(mg.read_attribute("Configuration").value)
+    wanted = {c.lower() for c in channels}
+    changed = False
+    for ctrl in conf.get("controllers", {}).values():
+        for ch in ctrl.get("channels", {}).values():
+            if ch.get("name", "").lower() in wanted and not ch.get("value_ref_enabled"):
+                ch["value_ref_enabled"] = True
+                changed = True
+    if changed:
+        mg.write_attribute("Configuration", json.dumps(conf))
+
+
+def set_environment(tango_host: str, sardana: dict | None = None) -> str:
+    """The second step: define the MacroServer environment variables that are not defined yet."""
+    from taurus.core.util.codecs import CodecFactory
+
+    sardana = sardana or load_sardana_config()
+    wanted = sardana.get("environment", {})
+    if not wanted:
+        return "nothing to set"
+    ms = _proxy(sardana["macroserver"], tango_host)
+    codec = CodecFactory().getCodec("pickle")
+    current = codec.decode(ms.read_attribute("Environment").value)[1].get("new", {})
+    new = {k: v for k, v in wanted.items() if k not in current}
+    if not new:
+        return "environment already set"
+    scan_dir = new.get("ScanDir")
+    if scan_dir:
+        Path(scan_dir).mkdir(parents=True, exist_ok=True)
+    ms.write_attribute("Environment", codec.encode(("", {"new": new})))
+    return "set " + ", ".join(f"{k}={v}" for k, v in new.items())

@@ -1,0 +1,70 @@
+"""The macros' polarisation maths against the bench's own optics model (its offsets are the truth)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deviceservers.bench.optics import OpticsModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "macros"))
+from polarization_analysis import fit_malus, fit_offsets, periodicity  # noqa: E402
+
+MOUNTS = ("hwp", "qwp", "pol")
+
+
+def sweeps(model: OpticsModel, wavelengths, step=15.0, noise=0.0, seed=1):
+    rng = np.random.default_rng(seed)
+    cols = {m: [] for m in (*MOUNTS, "wl", "p")}
+    for wl in wavelengths:
+        for swept in MOUNTS:
+            for a in np.arange(0.0, 180.0, step):
+                pos = {m: (a if m == swept else 0.0) for m in MOUNTS}
+                p = model.transmitted_power(1.0, wl, pos["hwp"], pos["qwp"], pos["pol"])
+                for m in MOUNTS:
+                    cols[m].append(pos[m])
+                cols["wl"].append(wl)
+                cols["p"].append(p * (1 + noise * rng.standard_normal()))
+    return cols
+
+
+def test_malus_fit_recovers_angle_and_extinction():
+    angles = np.arange(0, 181, 5.0)
+    power = 1e-3 * np.cos(np.radians(angles - 37.0)) ** 2 + 1e-6
+    fit = fit_malus(angles, power, k=1)
+    assert fit.theta_max_deg == pytest.approx(37.0, abs=1e-6)
+    assert fit.extinction_ratio == pytest.approx((1e-3 + 1e-6) / 1e-6, rel=1e-6)
+
+
+def test_periodicity_tells_polariser_from_plates():
+    model = OpticsModel()
+    angles = np.arange(0, 180, 10.0)
+    kinds = {}
+    for swept in MOUNTS:
+        p = [model.transmitted_power(1.0, 800, *(a if m == swept else 0.0 for m in MOUNTS)) for a in angles]
+        k, f1, f2 = periodicity(angles, np.array(p))
+        kinds[swept] = (k, (f1 if k == 1 else f2).contrast)
+    assert kinds["pol"][0] == 1 and kinds["hwp"][0] == 2 and kinds["qwp"][0] == 2
+    assert kinds["hwp"][1] > kinds["qwp"][1]  # the half-wave plate modulates deeper
+
+
+def test_one_wavelength_cannot_fix_the_half_wave_plate():
+    """At the design wavelength only qwp - 2*hwp and pol - 2*hwp are observable."""
+    model = OpticsModel()
+    c = sweeps(model, [800.0], step=20.0)
+    offsets, rms = fit_offsets(c["hwp"], c["qwp"], c["pol"], c["wl"], c["p"], starts=2)
+    assert rms < 1e-3
+    assert (offsets["qwp"] - 2 * offsets["hwp"] - (-1.7 - 6.4) + 90) % 180 - 90 == pytest.approx(0, abs=0.2)
+
+
+def test_two_wavelengths_recover_the_configured_offsets_with_noise():
+    model = OpticsModel()
+    c = sweeps(model, [800.0, 700.0], step=15.0, noise=0.005)
+    offsets, rms = fit_offsets(c["hwp"], c["qwp"], c["pol"], c["wl"], c["p"])
+    assert offsets["hwp"] == pytest.approx(model.hwp.offset_deg, abs=0.7)
+    assert offsets["qwp"] == pytest.approx(model.qwp.offset_deg, abs=1.0)
+    assert offsets["pol"] == pytest.approx(model.pol.offset_deg, abs=1.0)
+    assert rms < 0.02
