@@ -133,13 +133,19 @@ def start_meter_stream(say: Say, nm: float) -> tango.DeviceProxy:
     return meter
 
 
-def averaged_power(reader: Any, seconds: float) -> float:
-    """Mean of the streamed samples taken in the next ``seconds`` (NaN samples left out)."""
+def averaged_power(reader: Any, seconds: float, min_samples: int = 3) -> float:
+    """Mean of the samples streamed from now on, over ``seconds`` and at least ``min_samples``.
+
+    On the real meter (one reading per ~0.3 s) the window grows until it holds enough samples;
+    at the simulator's kHz rates it is exactly ``seconds`` long. NaN samples (OVER, SAT) are left
+    out, and if nothing valid arrives the error says why.
+    """
     t_start = time.time_ns()
     t_end = t_start + int(seconds * 1e9)
     values: list[np.ndarray] = []
+    count = 0
     reader.seek_latest()
-    deadline = time.monotonic() + seconds + 5
+    deadline = time.monotonic() + seconds + 10
     while time.monotonic() < deadline:
         rec = reader.read_next()
         if rec is None:
@@ -147,14 +153,16 @@ def averaged_power(reader: Any, seconds: float) -> float:
             continue
         ts = rec.batch.column("timestamp").cast("int64").to_numpy()
         v = rec.batch.column("value").to_numpy()
-        keep = (ts >= t_start) & (ts <= t_end)
+        keep = ts >= t_start
         values.append(v[keep])
-        if ts[-1] >= t_end:
+        count += int(np.isfinite(v[keep]).sum())
+        if ts[-1] >= t_end and count >= min_samples:
             break
     samples = np.concatenate(values) if values else np.array([])
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
-        raise ExperimentError("no valid power samples: is the meter saturated or the stream stopped?")
+        raise ExperimentError("no valid power samples: is the meter saturated or its stream stopped? "
+                              "(see `tangodaq status`)")
     return float(samples.mean())
 
 

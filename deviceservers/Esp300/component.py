@@ -426,6 +426,9 @@ class Esp300AxisComponent(Component):
         self._urgent(driver.abort_command())
         self._drain_due = True
         for comp in self.controller.siblings() if self.controller else [self]:
+            # Known at once: the Status must say why the motors are off from the first OFF on,
+            # not only after the error queue has been drained.
+            comp._stopped_by = "an emergency stop (Abort) switched the motors off"
             comp._settings_due = True
             comp.request_poll()
 

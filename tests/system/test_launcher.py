@@ -31,8 +31,9 @@ def test_client_reads_the_power_meter_through_the_database(lab):
     db = tango.Database(*lab.tango_host.split(":"))
     info = db.get_device_info("lab/powermeter/1")
     assert info.ds_full_name == "Newport1830C/lab"
+    # lab.json's ${PORT+4}: the bench's 1830-C just above the database port
     assert list(db.get_device_property("lab/powermeter/1", "SerialURL")["SerialURL"]) == [
-        "sim://newport1830c"
+        f"socket://127.0.0.1:{lab.port + 4}"
     ]
 
     pm = lab.proxy("lab/powermeter/1")

@@ -63,9 +63,11 @@ def _camera(dev: str, steps, done) -> None:  # noqa: ANN001
 _VIEWER = """
 import sys, h5py
 with h5py.File(sys.argv[1], "r", libver="latest", swmr=True) as f:
+    # A live plot holds its dataset and refreshes it; looking a path up again after the writer
+    # changed the file's structure is not something SWMR supports (reopen the file for that).
+    ds = next(iter(f["entry/instrument"].values()))["frames/data"]
     print("open", flush=True)
     sys.stdin.readline()
-    ds = next(iter(f["entry/instrument"].values()))["frames/data"]
     ds.refresh()
     print(ds.shape[0], flush=True)
 """
