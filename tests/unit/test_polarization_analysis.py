@@ -16,14 +16,19 @@ from polarization_analysis import fit_malus, fit_offsets, periodicity  # noqa: E
 MOUNTS = ("hwp", "qwp", "pol")
 
 
-def sweeps(model: OpticsModel, wavelengths, step=15.0, noise=0.0, seed=1):
+def mai_tai_gain(nm: float) -> float:
+    """The laser's output vs wavelength, as deviceservers/MaiTai/simulator.py models it."""
+    return float(np.exp(-0.5 * ((nm - 800.0) / 120.0) ** 2))
+
+
+def sweeps(model: OpticsModel, wavelengths, step=15.0, noise=0.0, seed=1, laser_w=lambda nm: 1.0):
     rng = np.random.default_rng(seed)
     cols = {m: [] for m in (*MOUNTS, "wl", "p")}
     for wl in wavelengths:
         for swept in MOUNTS:
             for a in np.arange(0.0, 180.0, step):
                 pos = {m: (a if m == swept else 0.0) for m in MOUNTS}
-                p = model.transmitted_power(1.0, wl, pos["hwp"], pos["qwp"], pos["pol"])
+                p = model.transmitted_power(laser_w(wl), wl, pos["hwp"], pos["qwp"], pos["pol"])
                 for m in MOUNTS:
                     cols[m].append(pos[m])
                 cols["wl"].append(wl)
@@ -67,4 +72,17 @@ def test_two_wavelengths_recover_the_configured_offsets_with_noise():
     assert offsets["hwp"] == pytest.approx(model.hwp.offset_deg, abs=0.7)
     assert offsets["qwp"] == pytest.approx(model.qwp.offset_deg, abs=1.0)
     assert offsets["pol"] == pytest.approx(model.pol.offset_deg, abs=1.0)
+    assert rms < 0.02
+
+
+def test_offsets_survive_a_laser_power_that_changes_with_wavelength():
+    """A tunable laser gives less power away from its gain peak: each wavelength has its own
+    input power, which must not leak into the offsets."""
+    model = OpticsModel()
+    c = sweeps(model, [800.0, 700.0], step=20.0, noise=0.005, laser_w=mai_tai_gain)
+    offsets, rms = fit_offsets(c["hwp"], c["qwp"], c["pol"], c["wl"], c["p"])
+    assert offsets["hwp"] == pytest.approx(model.hwp.offset_deg, abs=0.7)
+    assert offsets["qwp"] == pytest.approx(model.qwp.offset_deg, abs=1.0)
+    assert offsets["pol"] == pytest.approx(model.pol.offset_deg, abs=1.0)
+    assert offsets["scales"][700.0] / offsets["scales"][800.0] == pytest.approx(mai_tai_gain(700.0), rel=0.02)
     assert rms < 0.02
