@@ -40,6 +40,7 @@ from sardana.pool.controller import (
 
 TIMEOUT_MS = 3000
 FRAME_TIMEOUT_S = 10.0  # beyond the exposure
+FILE_CLOSE_TIMEOUT_S = 30.0  # for the DataWriter to write its backlog and close the file
 
 
 def safe(name: str) -> str:
@@ -201,7 +202,16 @@ class CameraTwoDController(TwoDController, Referable):
         if a["own_recording"]:
             a["own_recording"] = False
             try:
-                self._dw(axis).command_inout("StopRecording")
+                dw = self._dw(axis)
+                dw.command_inout("StopRecording")
+                # StopRecording may return while the DataWriter still writes the rings' backlog;
+                # the references must point at a complete, closed file when the count ends
+                deadline = time.monotonic() + FILE_CLOSE_TIMEOUT_S
+                while dw.read_attribute("Recording").value and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if dw.read_attribute("Recording").value:
+                    self._log.warning("%s: still finishing %s after %.0f s", a["writer"], a["file"],
+                                      FILE_CLOSE_TIMEOUT_S)
             except tango.DevFailed as exc:
                 self._log.warning("%s: StopRecording failed: %s", a["writer"], exc.args[0].desc.strip())
 

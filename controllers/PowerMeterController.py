@@ -7,7 +7,8 @@ Two sources, chosen per acquisition:
 
 - ``ring``: when the meter streams (``Streaming`` = True), every sample is in the shared-memory
   ring ``lab.powermeter.1.power`` (datawriter.ring); the average is over the ring rows whose
-  timestamp falls in the count window;
+  timestamp falls in the count window (the ring stays open when streaming stops, so the
+  device's ``Streaming`` decides, and a ring that brings nothing falls back to Tango);
 - ``tango``: otherwise, the device's ``Power`` attribute (refreshed by the server's polling,
   ``PollPeriodMs``) is sampled and each distinct reading (by its timestamp) in the window is
   averaged. When the window is shorter than the meter's poll period the count goes on until the
@@ -42,6 +43,7 @@ from sardana.pool.controller import (
 TIMEOUT_MS = 2000
 SAMPLE_PERIOD_S = 0.02  # how often the Tango attribute is re-read (its value changes at PollPeriodMs)
 FRESH_WAIT_MAX_S = 5.0  # longest wait for a first reading after the window, beyond the count time
+RING_GRACE_S = 1.0  # a streaming meter writes a sample every ~10 ms: none a second after the window = stopped
 
 
 def default_stream(device: str) -> str:
@@ -79,12 +81,24 @@ class Count:
     def _run(self) -> None:
         with tango.EnsureOmniThread():
             try:
-                if not self._from_ring():
+                if not (self._streaming() and self._from_ring()):
                     self._from_tango()
             except Exception as exc:  # noqa: BLE001 - reported through StateOne/ReadOne
                 self.error = f"{self.device}: {exc}"
 
+    def _streaming(self) -> bool:
+        """Is the meter streaming now? Its ring stays open (producer alive) when it is not, so
+        the ring alone cannot tell. A device without ``Streaming`` lets the ring decide."""
+        try:
+            proxy = tango.DeviceProxy(self.device)
+            proxy.set_timeout_millis(TIMEOUT_MS)
+            return bool(proxy.read_attribute("Streaming").value)
+        except tango.DevFailed:
+            return True
+
     def _from_ring(self) -> bool:
+        """Average the ring's samples of the window; False (use Tango) if none came: the meter
+        stopped streaming."""
         try:
             from datawriter.ring import RingError, open_reader
         except ImportError:
@@ -99,7 +113,7 @@ class Count:
             self.source = "ring"
             t_end_ns = int((self.t0 + self.integ_time) * 1e9)
             t0_ns = int(self.t0 * 1e9)
-            deadline = self.t0 + self.integ_time + FRESH_WAIT_MAX_S
+            deadline = self.t0 + self.integ_time + RING_GRACE_S
             while not self._stop.is_set() and time.time() < deadline:
                 rec = reader.read_next()
                 if rec is None:
@@ -117,6 +131,9 @@ class Count:
                     if later:
                         self.samples.append(later[0])
                         break
+            if not self.samples and not self._stop.is_set():
+                self.source = ""
+                return False
             return True
 
     def _from_tango(self) -> None:

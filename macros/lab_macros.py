@@ -8,6 +8,7 @@ the configured recorders (ScanDir/ScanFile) and stop/abort work at each point.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -20,6 +21,9 @@ import tango
 from sardana.macroserver.macro import Macro, Type
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import polarization_analysis  # noqa: E402
+
+importlib.reload(polarization_analysis)  # so that `relmaclib lab_macros` also picks up the maths
 from polarization_analysis import fit_offsets, periodicity  # noqa: E402
 
 LASER = "lab/maitai/1"
@@ -295,18 +299,41 @@ class polarization_characterization(LabMacro, Macro):
         report = {"roles": roles, "offsets_deg": {by_role["half-wave plate"]: offsets["hwp"],
                                                    by_role["quarter-wave plate"]: offsets["qwp"],
                                                    by_role["polariser"]: offsets["pol"]},
-                  "input_power_w": offsets["scale"], "fit_rms": rms}
+                  "input_power_w": {f"{wl:g}": w for wl, w in offsets["scales"].items()}, "fit_rms": rms}
         for m in MOUNTS:
             self.output("%-4s %-20s offset %+.2f deg", m, roles[m], report["offsets_deg"][m])
         self.make_safe()
         return json.dumps(report)
 
 
+PROGRESS_ENV = "WaveplateCalibrationProgress"
+
+
+def complete_lines(path: str) -> int:
+    """Points already in a calibration file: its complete lines (a partial last line, from an
+    abort in the middle of a write, is cut off so the resumed run rewrites that point)."""
+    file = Path(path)
+    if not file.exists():
+        return 0
+    data = file.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        file.write_bytes(keep)
+    return keep.count(b"\n")
+
+
+def format_duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 class waveplate_calibration(LabMacro, Macro):
     """The long sweep wavelength × polariser × HWP × QWP, resumable after a stop or abort.
 
-    Progress is kept in the environment variable ``WaveplateCalibrationProgress`` (the index of
-    the next point and the output file); ``waveplate_calibration ... resume`` continues there."""
+    Every point is one line of a JSON-lines file in ScanDir, written as soon as it is measured.
+    The environment variable ``WaveplateCalibrationProgress`` holds that file and the sweep's
+    parameters until the sweep completes; ``waveplate_calibration resume=True`` (any other
+    parameters are then ignored) continues with the first point not in the file, so nothing is
+    measured twice and nothing is skipped, whatever the moment of the interruption."""
 
     param_def = [
         ["wl_start", Type.Float, 750.0, "nm"], ["wl_end", Type.Float, 850.0, "nm"],
@@ -316,51 +343,65 @@ class waveplate_calibration(LabMacro, Macro):
     ]
     result_def = [["path", Type.String, None, "JSON lines file with every point"]]
 
+    MOTION_S_PER_POINT = 0.5  # first estimate of the mounts' motion per point (then measured)
+
     def run(self, wl_start, wl_end, wl_intervals, angle_step, count_time, resume):
+        if resume:
+            try:
+                state = self.getEnv(PROGRESS_ENV)
+            except Exception:  # noqa: BLE001 - sardana's UnknownEnv: never started or completed
+                state = None
+            if not state:
+                raise ValueError("nothing to resume: no interrupted calibration")
+            path = state["path"]
+            wl_start, wl_end, wl_intervals, angle_step, count_time = state["params"]
         if wl_intervals < 0 or not 1 <= angle_step <= 90 or count_time <= 0:
             raise ValueError("wl_intervals >= 0, angle_step within 1..90 deg, count_time > 0")
         self.check_motor_range("wavelength", wl_start, wl_end)
         wls = np.linspace(wl_start, wl_end, wl_intervals + 1)
         angles = np.arange(0.0, 180.0, angle_step)
-        points = [(w, p, h, q) for w in wls for p in angles for h in angles for q in angles]
-        state = self.getEnv("WaveplateCalibrationProgress") if resume else None
-        if resume and not state:
-            raise ValueError("nothing to resume: no interrupted calibration")
-        if state:
-            path, first = state["path"], int(state["next"])
+        points = [(float(w), float(p), float(h), float(q)) for w in wls for p in angles for h in angles for q in angles]
+        if resume:
+            first = complete_lines(path)
+            self.output("resuming %s at point %d/%d", path, first + 1, len(points))
         else:
             folder = Path(self.getEnv("ScanDir"))
             folder.mkdir(parents=True, exist_ok=True)
             path, first = str(folder / f"waveplate_calibration_{time.strftime('%Y%m%d-%H%M%S')}.jsonl"), 0
-        per_point = count_time + 0.5  # motion of the mounts dominates at small steps
-        self.output("%d points, about %.0f min (%d done)", len(points), (len(points) - first) * per_point / 60, first)
+            Path(path).write_text("")
+            self.setEnv(PROGRESS_ENV, {"path": path,
+                                       "params": [wl_start, wl_end, wl_intervals, angle_step, count_time]})
+        estimate = (len(points) - first) * (count_time + self.MOTION_S_PER_POINT)
+        self.output("%d points to measure, about %s", len(points) - first, format_duration(estimate))
         self.uses("wavelength_tracked", *MOUNTS)
         self.open_shutter()
         mg = self.getMeasurementGroup("mg_power")
-        t0 = time.monotonic()
 
         def body():
+            t0 = time.monotonic()
             with open(path, "a") as out:
                 for i in range(first, len(points)):
                     w, p, h, q = points[i]
-                    self.setEnv("WaveplateCalibrationProgress", {"path": path, "next": i})
                     self.execMacro("mv", "wavelength_tracked", w, "pol", p, "hwp", h, "qwp", q)
                     _, values = mg.count(count_time)
                     power = next(v for k, v in values.items() if "power" in str(k))
-                    out.write(json.dumps({"wavelength_nm": w, "pol": p, "hwp": h, "qwp": q, "power_w": power}) + "\n")
+                    out.write(json.dumps({"point": i, "wavelength_nm": w, "pol": p, "hwp": h, "qwp": q,
+                                          "power_w": power}) + "\n")
                     out.flush()
-                    done = i + 1 - first
-                    left = (time.monotonic() - t0) / done * (len(points) - i - 1)
-                    self.output("point %d/%d, %.0f s left", i + 1, len(points), left)
+                    left = (time.monotonic() - t0) / (i + 1 - first) * (len(points) - i - 1)
+                    self.output("point %d/%d, %s left", i + 1, len(points), format_duration(left))
                     self.checkPoint()
+
         self.guarded(body)
-        self.unsetEnv("WaveplateCalibrationProgress")
+        self.unsetEnv(PROGRESS_ENV)
         self.make_safe()
+        self.output("calibration complete: %s", path)
         return path
 
 
 class stage_camera_raster(LabMacro, Macro):
-    """A stage mesh with one camera frame per point, frames recorded by the DataWriter."""
+    """A stage mesh with one camera frame per point (laser shutter open), frames recorded by the
+    DataWriter; Sardana's scan file holds a reference to each frame (mg_camera)."""
 
     param_def = [
         ["x_start", Type.Float, None, "mm"], ["x_end", Type.Float, None, "mm"], ["x_intervals", Type.Integer, None, ""],
@@ -374,11 +415,13 @@ class stage_camera_raster(LabMacro, Macro):
         self.check_motor_range("stage_x", x0, x1)
         self.check_motor_range("stage_y", y0, y1)
         self.uses("stage_x", "stage_y")
+        self.open_shutter()  # the spot is the laser's: no light, no spot
         self.setEnv("ActiveMntGrp", "mg_camera")
         try:
             self.guarded(self.execMacro, "mesh", "stage_x", x0, x1, nx, "stage_y", y0, y1, ny, exposure)
         finally:
             self.setEnv("ActiveMntGrp", "mg_power")
+        self.make_safe()
 
 
 # ------------------------------------------------------------------------------ recording, status, setups
@@ -401,12 +444,19 @@ class record_start(Macro):
 
 
 class record_stop(Macro):
-    """Stop the DataWriter recording."""
+    """Stop the DataWriter recording; returns once the file is complete and closed."""
 
     result_def = [["path", Type.String, None, "file path"]]
 
     def run(self):
-        path = proxy(DATAWRITER).command_inout("StopRecording")
+        writer = proxy(DATAWRITER)
+        path = writer.command_inout("StopRecording")
+        deadline = time.monotonic() + 60
+        while writer.read_attribute("Recording").value:  # still writing the rings' backlog
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the DataWriter is still finishing {path} after 60 s: {writer.status().strip()}")
+            self.checkPoint()
+            time.sleep(0.05)
         self.output("recording stopped: %s", path)
         return path
 

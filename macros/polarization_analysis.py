@@ -95,28 +95,38 @@ def model_power(hwp_deg, qwp_deg, pol_deg, wavelength_nm, hwp_off: float, qwp_of
     return scale * out
 
 
-def fit_offsets(hwp_deg, qwp_deg, pol_deg, wavelength_nm, power, starts: int = 6) -> tuple[dict[str, float], float]:
+def fit_offsets(hwp_deg, qwp_deg, pol_deg, wavelength_nm, power, starts: int = 6) -> tuple[dict, float]:
     """Offsets (degrees) of the three elements and the input power from any set of measurements,
     by Levenberg-Marquardt on the Jones model from several starting points. Returns
-    ({"hwp": .., "qwp": .., "pol": .., "scale": ..}, relative rms residual).
+    ({"hwp": .., "qwp": .., "pol": .., "scale": .., "scales": {nm: ..}}, relative rms residual).
 
     Why two wavelengths are needed: at the design wavelength a half-wave plate turned by δ is
     indistinguishable from everything after it turned by 2δ (only qwp − 2·hwp and pol − 2·hwp
     are observable). Away from it the plate is no longer exactly half-wave and the ambiguity
     goes: include sweeps at a second wavelength (e.g. 700 nm besides 800 nm).
 
+    The input power is one free scale *per wavelength*: a tunable laser's output follows its gain
+    curve (the Mai Tai gives ~30 % less at 700 nm than at 800 nm), so one scale for all would
+    bend the offsets to absorb it. ``scale`` is the one at the first wavelength.
+
     Offsets are defined modulo 180° (90° for the HWP, whose effect repeats every 90°); they are
     returned in (-90, 90] (HWP: (-45, 45])."""
     h, q, p, wl, y = (np.asarray(v, float) for v in (hwp_deg, qwp_deg, pol_deg, wavelength_nm, power))
     norm = float(np.max(np.abs(y))) or 1.0
     y = y / norm
+    wavelengths, which = np.unique(wl, return_inverse=True)
+    if len(wavelengths) > 1:  # keep the first wavelength given first
+        order = list(dict.fromkeys(wl.tolist()))
+        wavelengths = np.array(order)
+        which = np.array([order.index(v) for v in wl.tolist()])
 
     def residual(x: np.ndarray) -> np.ndarray:
-        return model_power(h, q, p, wl, x[0], x[1], x[2], x[3]) - y
+        return model_power(h, q, p, wl, x[0], x[1], x[2], 1.0) * x[3:][which] - y
 
     best: tuple[float, np.ndarray] | None = None
     rng = np.random.default_rng(0)
-    grid = [np.array([a, b, c, 1.0]) for a in (-30.0, 0.0, 30.0) for b in (-40.0, 0.0, 40.0) for c in (-60.0, 0.0, 60.0)]
+    ones = [1.0] * len(wavelengths)
+    grid = [np.array([a, b, c, *ones]) for a in (-30.0, 0.0, 30.0) for b in (-40.0, 0.0, 40.0) for c in (-60.0, 0.0, 60.0)]
     rng.shuffle(grid)
     for x0 in grid[: max(starts, 1) * 4]:
         x = _levenberg_marquardt(residual, x0)
@@ -131,8 +141,9 @@ def fit_offsets(hwp_deg, qwp_deg, pol_deg, wavelength_nm, power, starts: int = 6
         v = (v + period / 2) % period - period / 2
         return period / 2 if math.isclose(v, -period / 2) else v
 
+    scales = {float(w): float(s * norm) for w, s in zip(wavelengths, x[3:], strict=True)}
     return {"hwp": wrap(x[0], 90.0), "qwp": wrap(x[1], 180.0), "pol": wrap(x[2], 180.0),
-            "scale": float(x[3] * norm)}, rms
+            "scale": scales[float(wavelengths[0])], "scales": scales}, rms
 
 
 def _levenberg_marquardt(residual, x0: np.ndarray, iterations: int = 60) -> np.ndarray:

@@ -16,6 +16,7 @@ MacroServer answers.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,54 @@ def lab_devices(config: dict) -> set[str]:
     return {dev.lower() for si in server_instances(config) for dev in si.devices}
 
 
-def _proxy(name: str, tango_host: str, timeout_ms: int = 10000):
+ANSWER_TIMEOUT_S = 30.0  # how long an element device may take to be exported by a (re)starting Pool
+
+
+def _proxy(name: str, tango_host: str, timeout_ms: int = 10000, wait_s: float = ANSWER_TIMEOUT_S):
+    """A proxy to a device that answers, waiting up to ``wait_s`` for it to be exported.
+
+    Why wait: on a restart the Pool answers before it has exported every element it re-creates
+    from the database (stage_x may still be "not exported" for a second), and a DeviceProxy that
+    failed once refuses to reconnect for 1 s ("The connection request was delayed"): so each
+    attempt uses a fresh proxy."""
     import tango
 
-    proxy = tango.DeviceProxy(f"tango://{tango_host}/{name}")
-    proxy.set_timeout_millis(timeout_ms)
-    return proxy
+    deadline = time.monotonic() + wait_s
+    while True:
+        proxy = tango.DeviceProxy(f"tango://{tango_host}/{name}")
+        proxy.set_timeout_millis(timeout_ms)
+        try:
+            proxy.ping()
+            return proxy
+        except tango.DevFailed as exc:
+            if time.monotonic() > deadline:
+                desc = exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
+                raise RuntimeError(f"{name} does not answer after {wait_s:.0f} s: {desc}") from None
+            time.sleep(0.3)
 
 
-def _existing(pool) -> set[str]:
+def _existing(pool, tango_host: str) -> set[str]:
+    """Names of the Pool's elements, once every one of them answers.
+
+    Why not just the Pool's ``ControllerList``/``MotorList``: on a restart the Pool answers
+    before it has re-created (and exported) all the elements it keeps in the database, so those
+    lists can be incomplete for a moment. The database is the truth: every device of the Pool's
+    server but the Pool itself is an element, known by its alias; we wait until each answers."""
+    import tango
+
+    db = tango.Database(*tango_host.split(":"))
+    server = db.get_device_info(pool.name()).ds_full_name
+    listing = list(db.get_device_class_list(server).value_string)
     names: set[str] = set()
+    for device, klass in zip(listing[::2], listing[1::2], strict=True):
+        if klass in ("DServer", "Pool"):
+            continue
+        try:
+            alias = db.get_alias_from_device(device)
+        except tango.DevFailed:
+            continue
+        _proxy(alias, tango_host)  # wait until exported
+        names.add(alias.lower())
     for attr in ("ControllerList", "MotorList", "ExpChannelList", "MeasurementGroupList"):
         for item in pool.read_attribute(attr).value or ():
             names.add(json.loads(item)["name"].lower())
@@ -101,7 +140,8 @@ def create_elements(config: dict, tango_host: str, sardana: dict | None = None) 
     sardana = sardana or load_sardana_config()
     pool = _proxy(sardana["pool"], tango_host)
     controllers, groups, notes = plan(sardana, lab_devices(config))
-    existing = _existing(pool)
+    declared = {e["name"].lower() for c in controllers for e in c.get("elements", [])}
+    existing = _existing(pool, tango_host)
     created: list[str] = []
     for ctrl in controllers:
         name = ctrl["name"]
@@ -112,8 +152,8 @@ def create_elements(config: dict, tango_host: str, sardana: dict | None = None) 
                 args += [prop, str(value)]
             pool.command_inout("CreateController", args)
             created.append(name)
-            if "roles" in ctrl:
-                created.extend(m for m in ctrl["roles"].values() if m.lower() not in existing)
+            if "roles" in ctrl:  # the pseudo motors it created (the physical roles exist already)
+                created.extend(m for m in ctrl["roles"].values() if m.lower() not in existing | declared)
         for elem in ctrl.get("elements", []):
             if elem["name"].lower() not in existing:
                 pool.command_inout("CreateElement", [ctrl["type"], name, str(elem["axis"]), elem["name"]])

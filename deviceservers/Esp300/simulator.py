@@ -37,39 +37,14 @@ from dataclasses import dataclass, field
 
 from deviceservers.common.simulator import SimConnection, Simulator
 
+from . import driver
+
 FIRMWARE = "ESP300 Version 3.04 07/27/01"
 
-GENERAL_ERRORS = {
-    0: "NO ERROR DETECTED",
-    1: "PCI COMMUNICATION TIME-OUT",
-    2: "RS-232 COMMUNICATION TIME-OUT",
-    4: "EMERGENCY STOP ACTIVATED",
-    6: "COMMAND DOES NOT EXIST",
-    7: "PARAMETER OUT OF RANGE",
-    8: "CABLE INTERLOCK ERROR",
-    9: "AXIS NUMBER OUT OF RANGE",
-    27: "COMMAND NOT ALLOWED",
-    37: "AXIS NUMBER MISSING",
-    38: "COMMAND PARAMETER MISSING",
-}
-AXIS_ERRORS = {
-    0: "MOTOR TYPE NOT DEFINED",
-    1: "PARAMETER OUT OF RANGE",
-    2: "AMPLIFIER FAULT DETECTED",
-    3: "FOLLOWING ERROR THRESHOLD EXCEEDED",
-    4: "POSITIVE HARDWARE LIMIT DETECTED",
-    5: "NEGATIVE HARDWARE LIMIT DETECTED",
-    6: "POSITIVE SOFTWARE LIMIT DETECTED",
-    7: "NEGATIVE SOFTWARE LIMIT DETECTED",
-    8: "MOTOR / STAGE NOT CONNECTED",
-    9: "FEEDBACK SIGNAL FAULT DETECTED",
-    10: "MAXIMUM VELOCITY EXCEEDED",
-    11: "MAXIMUM ACCELERATION EXCEEDED",
-    13: "MOTOR NOT ENABLED",
-    20: "HOMING ABORTED",
-    24: "SPEED OUT OF RANGE",
-    26: "PARAMETER CHANGE NOT ALLOWED",
-}
+# The manual's error messages, in one place (the driver's table): code 0 is what TB? says when
+# the queue is empty.
+GENERAL_ERRORS = {0: "NO ERROR DETECTED", **driver.GENERAL_ERRORS}
+AXIS_ERRORS = driver.AXIS_ERRORS
 
 #: SN unit code -> size of one unit in millimetres (linear units the simulated stages accept)
 UNIT_MM = {2: 1.0, 3: 1e-3, 4: 25.4, 5: 25.4e-3, 6: 25.4e-6}
