@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from deviceservers.common.component import DeviceState, StateListener
+from deviceservers.common.component import DeviceState, StateReporter
 from deviceservers.common.parameter import Parameter, ParameterError, ParameterSet
 
 from .backend import (
@@ -68,7 +68,7 @@ class NullSink:
         pass
 
 
-class PvcamComponent:
+class PvcamComponent(StateReporter):
     """A PVCAM camera: settings as Parameters, acquisition into a frame sink, a rate-limited preview."""
 
     label = "PVCAM camera"
@@ -99,10 +99,7 @@ class PvcamComponent:
         self.stall_timeout_s = stall_timeout_s
         self.backend: CameraBackend | None = None
         self.parameters = ParameterSet()
-        self._state = DeviceState.INIT
-        self._status = "Opening the camera"
-        self._state_lock = threading.RLock()
-        self._state_listeners: list[StateListener] = []
+        StateReporter.__init__(self, DeviceState.INIT, "Opening the camera")
         self._open_error = ""
         self._alarm = ""
         self._error_count = 0
@@ -531,19 +528,6 @@ class PvcamComponent:
         self.frame_rate.publish(round(self._fps, 3))
 
     # ------------------------------------------------------------------ state
-    @property
-    def state(self) -> DeviceState:
-        with self._state_lock:
-            return self._state
-
-    @property
-    def status(self) -> str:
-        with self._state_lock:
-            return self._status
-
-    def add_state_listener(self, listener: StateListener) -> None:
-        self._state_listeners.append(listener)
-
     def evaluate_state(self) -> tuple[DeviceState, str]:
         if self.backend is None:
             return DeviceState.FAULT, (
@@ -561,15 +545,7 @@ class PvcamComponent:
             state, status = self.evaluate_state()
         except Exception as exc:  # noqa: BLE001
             state, status = DeviceState.UNKNOWN, f"cannot evaluate the state: {exc}"
-        with self._state_lock:
-            if (state, status) == (self._state, self._status):
-                return
-            self._state, self._status = state, status
-        for listener in list(self._state_listeners):
-            try:
-                listener(state, status)
-            except Exception:  # noqa: BLE001
-                self.log.exception("state listener failed")
+        self._set_state(state, status)
 
     # ------------------------------------------------------------------ capabilities
     def set_exposure(self, seconds: float) -> None:

@@ -50,7 +50,47 @@ class DeviceState(enum.Enum):
 StateListener = Callable[[DeviceState, str], None]
 
 
-class Component:
+class StateReporter:
+    """State and Status with listeners, for any component (serial or not, e.g. the camera).
+
+    Subclasses derive (state, status) from what they know and hand it to :meth:`_set_state`;
+    listeners (the Tango device) hear only real changes.
+    """
+
+    log: logging.Logger
+
+    def __init__(self, state: DeviceState, status: str) -> None:
+        self._state = state
+        self._status = status
+        self._state_lock = threading.RLock()
+        self._state_listeners: list[StateListener] = []
+
+    @property
+    def state(self) -> DeviceState:
+        with self._state_lock:
+            return self._state
+
+    @property
+    def status(self) -> str:
+        with self._state_lock:
+            return self._status
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def _set_state(self, state: DeviceState, status: str) -> None:
+        with self._state_lock:
+            if (state, status) == (self._state, self._status):
+                return
+            self._state, self._status = state, status
+        for listener in list(self._state_listeners):
+            try:
+                listener(state, status)
+            except Exception:  # noqa: BLE001 - one bad listener must not silence the others
+                self.log.exception("state listener failed")
+
+
+class Component(StateReporter):
     """Base of every serial instrument's component.
 
     Subclasses declare Parameters in ``__init__`` (through :meth:`add`), and override:
@@ -66,15 +106,12 @@ class Component:
     label = "instrument"
 
     def __init__(self, settings: LinkSettings, poll_period_s: float = 0.5, logger: logging.Logger | None = None) -> None:
+        super().__init__(DeviceState.INIT, f"Connecting to {settings.url}")
         self.settings = settings
         self.log = logger or logging.getLogger(f"tangodaq.{type(self).__name__}")
         self.parameters = ParameterSet()
         self.poll_period_s = poll_period_s
         self.link: SerialLink | None = None
-        self._state = DeviceState.INIT
-        self._status = f"Connecting to {settings.url}"
-        self._state_lock = threading.RLock()
-        self._state_listeners: list[StateListener] = []
         self._stop = threading.Event()
         self._poll_now = threading.Event()
         self._poll_thread: threading.Thread | None = None
@@ -178,19 +215,6 @@ class Component:
         self.log.warning("%s: %s", self.label, message)
 
     # ------------------------------------------------------------------ state
-    @property
-    def state(self) -> DeviceState:
-        with self._state_lock:
-            return self._state
-
-    @property
-    def status(self) -> str:
-        with self._state_lock:
-            return self._status
-
-    def add_state_listener(self, listener: StateListener) -> None:
-        self._state_listeners.append(listener)
-
     def _refresh_state(self) -> None:
         link = self.link
         if link is None or not link.connected or not self._ready:
@@ -206,15 +230,7 @@ class Component:
             except Exception as exc:  # noqa: BLE001 - a bug here must not kill polling
                 self.log.exception("evaluate_state failed")
                 state, status = DeviceState.UNKNOWN, f"cannot evaluate the state: {exc}"
-        with self._state_lock:
-            if (state, status) == (self._state, self._status):
-                return
-            self._state, self._status = state, status
-        for listener in list(self._state_listeners):
-            try:
-                listener(state, status)
-            except Exception:  # noqa: BLE001
-                self.log.exception("state listener failed")
+        self._set_state(state, status)
 
     def update_state(self) -> None:
         """Re-derive the state now (after a command or a published value)."""
