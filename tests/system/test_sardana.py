@@ -171,15 +171,16 @@ def test_ascan_is_recorded_by_sardanas_hdf5_recorder(lab, door):
     assert len(data["power"]) == 5 and np.all(np.isfinite(data["power"]))  # dark noise when the laser is off
 
 
-def _mid_scan(lab) -> None:
+def _start_scan_and_wait_mid_way(lab, door) -> None:
+    door.run("mv", "meter_wavelength", 900)
+    door.start("ascan", "meter_wavelength", "700", "900", "20", "0.3")
     meter = lab.proxy("lab/powermeter/1")
     # the scan starts at 700 nm (the meter may be elsewhere before): past its second point
     wait_until(lambda: 710 <= meter.read_attribute("Wavelength").value <= 880, 15, what="the scan to pass 710 nm")
 
 
 def test_stop_mid_scan_leaves_the_motors_still(lab, door):
-    door.start("ascan", "meter_wavelength", "700", "900", "20", "0.3")
-    _mid_scan(lab)
+    _start_scan_and_wait_mid_way(lab, door)
     door.proxy.StopMacro()
     door.wait_done(15)
     assert str(lab.proxy("meter_wavelength").state()) == "ON"
@@ -189,11 +190,13 @@ def test_stop_mid_scan_leaves_the_motors_still(lab, door):
 
 
 def test_abort_mid_scan_leaves_the_motors_still(lab, door):
-    door.start("ascan", "meter_wavelength", "700", "900", "20", "0.3")
-    _mid_scan(lab)
+    _start_scan_and_wait_mid_way(lab, door)
     door.proxy.AbortMacro()
     door.wait_done(15)
     assert str(lab.proxy("meter_wavelength").state()) == "ON"
+    data = last_entry(scan_file(lab))
+    assert data["title"].startswith("ascan meter_wavelength 700.0 900.0 20")
+    assert len(data["power"]) < 21  # aborted part way
 
 
 def test_a_client_disconnecting_mid_macro_does_not_stop_it(lab, door):

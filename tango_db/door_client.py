@@ -1,0 +1,165 @@
+"""Run a Sardana macro through a Door, as spock does, from plain PyTango (no Taurus needed).
+
+Why events and not reads: the Door publishes a macro's output lines and its result only as
+change events (``Output``, ``Info``, ``Warning``, ``Error``, ``Result``); reading ``Result``
+always returns an empty list (sardana's ``Door.read_Result``), and reading ``Output`` returns
+a buffer cleared at each ``RunMacro``. So, like spock's Door, we subscribe before starting the
+macro. The end is the Door's ``State`` event leaving RUNNING: the MacroServer sends it after the
+result (the ``MacroStatus`` "finish" comes *before* the result, so it cannot be the end); the
+last ``MacroStatus`` of *our* macro (its id comes back from ``RunMacro``) tells a normal end from
+a stop or an abort, and the Door's ALARM an error.
+
+    from tango_db.door_client import run_macro
+    fit = json.loads(run_macro("door/lab/1", "polarization_scan", "hwp", 0, 180, 36, 0.2, say=print))
+
+Ctrl-C while waiting stops the macro (``StopMacro``: the macro's ``on_stop`` closes the shutter)
+and re-raises ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from xml.etree import ElementTree
+
+import tango
+
+LOG_STREAMS = ("Error", "Warning", "Info", "Output")
+END_STATES = {"finish", "stop", "abort", "exception"}
+START_TIMEOUT_S = 10.0  # from RunMacro to the macro's first status event
+
+
+class MacroFailed(RuntimeError):
+    """The macro ended in an error, or was stopped or aborted (``how``: exception, stop, abort)."""
+
+    def __init__(self, name: str, how: str, lines: list[str]) -> None:
+        self.name, self.how, self.lines = name, how, lines
+        detail = ("\n" + "\n".join(lines)) if lines else ""
+        super().__init__(f"macro {name} ended with {how}{detail}")
+
+
+@dataclass
+class _Run:
+    """What the Door's events told about one run (filled by the event thread)."""
+
+    say: Callable[[str], None]
+    macro_id: str | None = None
+    result: list[str] | None = None
+    errors: list[str] = field(default_factory=list)
+    statuses: dict[str, str] = field(default_factory=dict)  # macro id -> its last end-like status
+    states: queue.Queue = field(default_factory=queue.Queue)  # the Door's State events
+    armed: bool = False  # events delivered while subscribing (the current values) are not ours
+
+    def on_log(self, event: tango.EventData) -> None:
+        if not self.armed or event.err or event.attr_value is None:
+            return
+        stream = event.attr_name.rsplit("/", 1)[-1].lower()
+        lines = [str(line) for line in (event.attr_value.value or ())]
+        if stream == "error":
+            self.errors.extend(lines)
+        for line in lines:
+            self.say(line)
+
+    def on_result(self, event: tango.EventData) -> None:
+        if self.armed and not event.err and event.attr_value is not None:
+            self.result = [str(v) for v in (event.attr_value.value or ())]
+
+    def on_state(self, event: tango.EventData) -> None:
+        if self.armed and not event.err and event.attr_value is not None:
+            self.states.put(event.attr_value.value)
+
+    def on_status(self, event: tango.EventData) -> None:
+        if not self.armed or event.err or event.attr_value is None or event.attr_value.value is None:
+            return
+        _fmt, data = event.attr_value.value
+        try:
+            statuses = json.loads(data) if data else []
+        except (TypeError, ValueError):
+            return
+        for status in statuses if isinstance(statuses, list) else [statuses]:
+            if isinstance(status, dict) and status.get("state") in END_STATES:
+                self.statuses[str(status.get("id"))] = status["state"]
+
+
+def _top_macro_id(xml_text: str) -> str | None:
+    root = ElementTree.fromstring(xml_text)
+    node = root if root.tag == "macro" else root.find("macro")
+    return None if node is None else node.get("id")
+
+
+def run_macro(door_name: str, name: str, *args: object, say: Callable[[str], None] = print,
+              timeout: float | None = None) -> str | list[str] | None:
+    """Run macro ``name`` with ``args`` on the Door and wait for its end, printing its output
+    lines through ``say`` as they come.
+
+    Returns the macro's result: the one string for a macro with one result (our macros return
+    JSON), a list for several, None for a macro without a result. Raises ``MacroFailed`` if it
+    ends in an error (the Door's error lines attached) or is stopped/aborted by someone else,
+    ``TimeoutError`` after ``timeout`` seconds (the macro is then stopped)."""
+    door = tango.DeviceProxy(door_name)
+    door.set_timeout_millis(10000)
+    run = _Run(say=say)
+    subscriptions = [(stream, run.on_log) for stream in LOG_STREAMS]
+    subscriptions += [("Result", run.on_result), ("MacroStatus", run.on_status), ("State", run.on_state)]
+    event_ids = []
+    try:
+        for attr, callback in subscriptions:
+            event_ids.append(door.subscribe_event(attr, tango.EventType.CHANGE_EVENT, callback))
+        run.armed = True
+        try:
+            reply = door.command_inout("RunMacro", [name, *(str(a) for a in args)])
+        except tango.DevFailed as exc:  # unknown macro, wrong parameters, door busy
+            raise MacroFailed(name, "refused", [e.desc.strip() for e in exc.args[:1]]) from None
+        run.macro_id = _top_macro_id(reply[0]) if reply else None
+        how = _wait_end(door, run, name, timeout)
+    finally:
+        for eid in event_ids:
+            try:
+                door.unsubscribe_event(eid)
+            except tango.DevFailed:
+                pass
+    if how != "finish":
+        raise MacroFailed(name, how, run.errors)
+    if not run.result:
+        return None
+    return run.result[0] if len(run.result) == 1 else run.result
+
+
+def _wait_end(door: tango.DeviceProxy, run: _Run, name: str, timeout: float | None) -> str:
+    """Wait for the Door to go RUNNING and back; how our macro ended: finish, stop, abort or
+    exception."""
+    t0 = time.monotonic()
+    running = False
+    try:
+        while True:
+            try:
+                state = run.states.get(timeout=0.5)
+            except queue.Empty:
+                state = None
+                if not running and time.monotonic() - t0 > START_TIMEOUT_S:
+                    state = door.state()  # no event: follow the state by reading it
+            if state == tango.DevState.RUNNING:
+                running = True
+            elif state is not None and (running or time.monotonic() - t0 > START_TIMEOUT_S) and state in (
+                    tango.DevState.ON, tango.DevState.ALARM):
+                if state == tango.DevState.ALARM:
+                    return "exception"
+                return run.statuses.get(str(run.macro_id), "finish")
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                door.command_inout("StopMacro")
+                _wait_idle(door)
+                raise TimeoutError(f"macro {name} did not end within {timeout:.0f} s: stopped")
+    except KeyboardInterrupt:
+        run.say(f"stopping {name} …")
+        door.command_inout("StopMacro")
+        _wait_idle(door)
+        raise
+
+
+def _wait_idle(door: tango.DeviceProxy, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while door.state() in (tango.DevState.RUNNING, tango.DevState.STANDBY) and time.monotonic() < deadline:
+        time.sleep(0.05)
