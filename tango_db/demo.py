@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 import tango
 
 POWER_METER = "lab/powermeter/1"
@@ -116,6 +117,7 @@ def _settled_power(pm: tango.DeviceProxy) -> float | None:
 
 
 def run_demo(say: Say = print) -> int:
+    from .door_client import MacroFailed
     from .experiment import ExperimentError, laser_on, run_experiment
 
     t0 = time.monotonic()
@@ -125,7 +127,7 @@ def run_demo(say: Say = print) -> int:
         laser_on(say)
         ok = power_meter_demo(say)
         res = run_experiment(say)
-    except (ExperimentError, tango.DevFailed) as exc:
+    except (ExperimentError, MacroFailed, tango.DevFailed) as exc:
         msg = exc.args[0].desc if isinstance(exc, tango.DevFailed) else str(exc)
         say(f"\nthe experiment stopped: {msg}\n(`tangodaq status` shows every device's state)")
         return 1
@@ -139,13 +141,16 @@ def run_demo(say: Say = print) -> int:
     say(f"   file            {res.file}")
     say(f"   plot            {res.plot}")
     say(f"   Malus fit       maximum at {res.fit['max_angle_deg']:.2f}° of the HWP, extinction ratio "
-        f"{res.fit['extinction_ratio']:.2e}, {len(res.angles)} angles")
-    say(f"   beam spot       {res.px_per_mm:.1f} px/mm over {len(res.stage_mm)} stage positions")
+        f"{res.fit['extinction_ratio']:.0f}:1, {len(res.angles)} angles")
+    say(f"   beam spot       {res.px_per_mm:.1f} px/mm over {len(res.stage_mm)} stage positions (one frame each)")
     say(f"   in the file     {s['frames']} camera frames {tuple(s.get('frame_shape', []))}, "
         f"{s['samples']} power samples, manifest of {s['manifest_devices']} devices")
     lost = s["lost_records"] + s["camera"]["lost"]
     say(f"   lost            {lost} ({s['lost_records']} ring records, {s['camera']['lost']} camera frames)")
-    ok &= s["frames"] > 0 and s["samples"] > 0 and lost == 0 and s.get("frame_numbers_contiguous", False)
+    # One Snap per raster point: PVCAM numbers the frames of each acquisition from 1, so what must
+    # hold is one recorded frame per point, a spot in each, and nothing lost.
+    ok &= (s["frames"] == len(res.stage_mm) > 0 and s["samples"] > 0 and lost == 0
+           and all(np.isfinite(res.spot_px)))
     say(f"\n{'demo finished' if ok else 'demo finished WITH PROBLEMS (see above)'} in {time.monotonic() - t0:.1f} s; "
         "the lab keeps running: `tangodaq status`, `tangodaq down`")
     return 0 if ok else 1

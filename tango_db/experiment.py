@@ -1,20 +1,22 @@
-"""The demo experiment on the virtual bench, through Tango, as a scientist would run it.
+"""The demo experiment on the virtual bench, run as a scientist would: Sardana macros through
+the Door (as spock does), with Tango for the rest.
 
-1. warm the laser and switch it on safely (progress while it warms), tune it, open the shutter;
+1. ``laser_on`` (warm-up with progress, emission) and open the shutter;
 2. set the power meter to the laser's wavelength and stream it into its ring;
 3. record everything with the DataWriter;
-4. sweep the half-wave plate, average the streamed power at each angle, fit Malus's law;
-5. image the beam spot with the camera while the stage moves, and measure how far it moved;
+4. ``polarization_scan hwp``: sweep the half-wave plate, average the streamed power at each angle
+   (Sardana's ``power`` channel reads the ring), fit Malus's law;
+5. ``stage_camera_raster``: a stage mesh with a camera frame per point, recorded by the DataWriter;
+   the spot's displacement per mm is measured from the recorded frames;
 6. close the shutter (whatever happened), stop the recording, and print what the file holds;
 7. save a PNG plot next to the HDF5 file.
 
-Every number printed is read back from the instruments or from the file, never assumed.
+Every number printed is read back from the instruments or from the files, never assumed.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,9 +32,9 @@ LASER, METER, CAMERA, WRITER = "lab/maitai/1", "lab/powermeter/1", "lab/camera/1
 HWP, POL, QWP = "lab/ell14/hwp", "lab/ell14/pol", "lab/ell14/qwp"
 STAGE_X, STAGE_Y = "lab/esp300/x", "lab/esp300/y"
 WAVELENGTH_NM = 800.0
-HWP_ANGLES = np.arange(0.0, 181.0, 7.5)
-STAGE_POSITIONS_MM = [0.0, 0.5, 1.0, 1.5, 2.0]
-AVERAGE_S = 0.2
+DOOR = "door/lab/1"
+HWP_SCAN = ("hwp", 0, 180, 24, 0.2)  # mount, start, end, intervals, integration time (s)
+RASTER = (0, 2, 4, 0, 0.5, 1, 0.02)  # x start, end, intervals; y start, end, intervals; exposure (s)
 
 
 class ExperimentError(RuntimeError):
@@ -45,6 +47,7 @@ class Results:
     powers: list[float] = field(default_factory=list)
     fit: dict[str, float] = field(default_factory=dict)
     stage_mm: list[float] = field(default_factory=list)
+    stage_y_mm: list[float] = field(default_factory=list)
     spot_px: list[float] = field(default_factory=list)
     px_per_mm: float = float("nan")
     file: str = ""
@@ -77,28 +80,14 @@ def move(proxy: tango.DeviceProxy, position: float, timeout: float = 30.0) -> fl
 
 # ---------------------------------------------------------------------- steps
 def laser_on(say: Say) -> tango.DeviceProxy:
+    """The ``laser_on`` macro (safe start, warm-up progress printed live), then the shutter."""
+    from .door_client import run_macro
+
     laser = tango.DeviceProxy(LASER)
     if laser.State() == tango.DevState.FAULT:
         raise ExperimentError(f"the laser is in FAULT: {laser.Status()}")
     if not laser.Emission:
-        if laser.WarmupPercent < 100:
-            if laser.WarmupPercent == 0:
-                laser.On()  # at 0 % this starts the warm-up (the diode stabilises first)
-            say("   laser warming up …")
-            last = -1
-            t0 = time.monotonic()
-            while laser.WarmupPercent < 100:
-                pct = int(laser.WarmupPercent)
-                if pct // 10 != last // 10:
-                    say(f"   warm-up {pct:3d} % ({time.monotonic() - t0:.0f} s)")
-                    last = pct
-                if time.monotonic() - t0 > 300:
-                    raise ExperimentError("the laser did not warm up in 5 minutes: check it and run again")
-                time.sleep(0.25)
-            say("   warm-up 100 %")
-        laser.Wavelength = WAVELENGTH_NM  # safe start: tune before emission
-        laser.On()
-        wait_for("emission", lambda: laser.Emission, 10)
+        run_macro(DOOR, "laser_on", say=lambda line: say(f"   {line}"))
     laser.Wavelength = WAVELENGTH_NM
     wait_for("the end of tuning", lambda: not laser.Tuning and laser.State() != tango.DevState.MOVING, 60)
     laser.OpenShutter()
@@ -133,118 +122,76 @@ def start_meter_stream(say: Say, nm: float) -> tango.DeviceProxy:
     return meter
 
 
-def averaged_power(reader: Any, seconds: float, min_samples: int = 3) -> float:
-    """Mean of the samples streamed from now on, over ``seconds`` and at least ``min_samples``.
+def last_scan_entry() -> dict[str, np.ndarray]:
+    """The columns of the newest scan in Sardana's HDF5 file (ScanDir/ScanFile of the lab)."""
+    import h5py
 
-    On the real meter (one reading per ~0.3 s) the window grows until it holds enough samples;
-    at the simulator's kHz rates it is exactly ``seconds`` long. NaN samples (OVER, SAT) are left
-    out, and if nothing valid arrives the error says why.
-    """
-    t_start = time.time_ns()
-    t_end = t_start + int(seconds * 1e9)
-    values: list[np.ndarray] = []
-    count = 0
-    reader.seek_latest()
-    deadline = time.monotonic() + seconds + 10
-    while time.monotonic() < deadline:
-        rec = reader.read_next()
-        if rec is None:
-            reader.wait(0.1)
-            continue
-        ts = rec.batch.column("timestamp").cast("int64").to_numpy()
-        v = rec.batch.column("value").to_numpy()
-        keep = ts >= t_start
-        values.append(v[keep])
-        count += int(np.isfinite(v[keep]).sum())
-        if ts[-1] >= t_end and count >= min_samples:
-            break
-    samples = np.concatenate(values) if values else np.array([])
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        raise ExperimentError("no valid power samples: is the meter saturated or its stream stopped? "
-                              "(see `tangodaq status`)")
-    return float(samples.mean())
+    from . import paths
 
-
-def fit_malus(angles_deg: np.ndarray, power: np.ndarray) -> dict[str, float]:
-    """Least squares of P(θ) = a + b·cos 4θ + c·sin 4θ: a half-wave plate before a polariser."""
-    t = np.radians(angles_deg)
-    design = np.column_stack([np.ones_like(t), np.cos(4 * t), np.sin(4 * t)])
-    (a, b, c), *_ = np.linalg.lstsq(design, power, rcond=None)
-    amplitude = math.hypot(b, c)
-    max_angle = (math.degrees(math.atan2(c, b)) / 4.0) % 90.0
-    p_max, p_min = a + amplitude, a - amplitude
-    residual = float(np.sqrt(np.mean((design @ np.array([a, b, c]) - power) ** 2)))
-    return {
-        "max_angle_deg": max_angle,
-        "p_max_w": p_max,
-        "p_min_w": p_min,
-        "extinction_ratio": p_min / p_max if p_max > 0 else float("nan"),
-        "rms_residual_w": residual,
-    }
+    path = paths.data_dir() / "scans" / "scans.h5"
+    with h5py.File(path, "r", locking=False) as f:
+        name = max(f, key=lambda n: int(n.removeprefix("entry")) if n.startswith("entry") else -1)
+        m = f[name]["measurement"]
+        return {k: m[k][()] for k in m if k != "pre_scan_snapshot"}
 
 
 def hwp_sweep(say: Say, res: Results) -> None:
-    import datawriter
+    """``polarization_scan`` through the Door; its points come back from Sardana's scan file."""
+    from .door_client import run_macro
 
-    hwp = tango.DeviceProxy(HWP)
-    reader = datawriter.open_reader(datawriter.stream_name(METER, "power"))
-    t0 = time.monotonic()
-    for i, angle in enumerate(HWP_ANGLES):
-        actual = move(hwp, float(angle))
-        res.angles.append(actual)
-        res.powers.append(averaged_power(reader, AVERAGE_S))
-        if i % 6 == 0 or i == len(HWP_ANGLES) - 1:
-            say(f"   HWP {actual:6.2f}°  {res.powers[-1] * 1e3:8.4f} mW   ({i + 1}/{len(HWP_ANGLES)}, "
-                f"{time.monotonic() - t0:.0f} s)")
-    reader.close()
-    res.fit = fit_malus(np.array(res.angles), np.array(res.powers))
+    out = run_macro(DOOR, "polarization_scan", *HWP_SCAN, say=lambda line: say(f"   {line}"))
+    fit = json.loads(str(out))
+    entry = last_scan_entry()
+    res.angles = [float(a) for a in entry["hwp"]]
+    res.powers = [float(p) for p in entry["power"]]
+    res.fit = {
+        "max_angle_deg": float(fit["angle_of_max_deg"]),
+        "period_deg": float(fit["period_deg"]),
+        "p_max_w": float(fit["p_max_w"]),
+        "p_min_w": float(fit["p_min_w"]),
+        "extinction_ratio": float(fit["extinction_ratio"]),
+    }
     f = res.fit
-    say(f"   Malus fit: maximum at HWP {f['max_angle_deg']:.2f}° (mod 90°), P max {f['p_max_w'] * 1e3:.4f} mW, "
-        f"extinction ratio {f['extinction_ratio']:.2e}, rms residual {f['rms_residual_w'] * 1e6:.3f} µW")
-    move(hwp, f["max_angle_deg"])  # leave the most light on for the camera
+    say(f"   Malus fit: period {f['period_deg']:.0f}°, maximum at HWP {f['max_angle_deg']:.2f}°, "
+        f"P max {f['p_max_w'] * 1e3:.4f} mW, extinction ratio {f['extinction_ratio']:.0f}:1")
 
 
-def spot_centroid(image: np.ndarray, roi: np.ndarray, binning: int) -> float:
-    """Column of the spot in sensor pixels (background-subtracted centroid)."""
+def spot_column(image: np.ndarray) -> float:
+    """Column of the spot in the frame's pixels (background-subtracted centroid), NaN if none."""
     img = image.astype(np.float64)
     img -= np.median(img)
     img[img < 5 * max(img.std(), 1.0)] = 0.0
     if img.sum() <= 0:
         return float("nan")
     cols = np.arange(img.shape[1])
-    return float(roi[0] + binning * ((img.sum(axis=0) * (cols + 0.5)).sum() / img.sum()))
+    return float((img.sum(axis=0) * (cols + 0.5)).sum() / img.sum())
 
 
-def camera_raster(say: Say, res: Results) -> dict[str, int]:
-    cam = tango.DeviceProxy(CAMERA)
-    stage = tango.DeviceProxy(STAGE_X)
-    cam.Roi = [768, 768, 512, 512]
-    cam.Binning = 2
-    cam.ExposureTime = 0.02
-    cam.NbFrames = 0
-    before = cam.FramesAcquired
-    cam.StartAcquisition()
-    try:
-        wait_for("the camera to run", lambda: cam.State() == tango.DevState.RUNNING, 10)
-        for x in STAGE_POSITIONS_MM:
-            actual = move(stage, x)
-            t_arrived = time.time()
-            wait_for("a camera frame taken after the stage stopped",
-                     lambda t=t_arrived: cam.read_attribute("LastImage").time.totime() > t + 0.05, 10)
-            roi, binning = np.asarray(cam.Roi), int(cam.Binning)
-            res.stage_mm.append(actual)
-            res.spot_px.append(spot_centroid(cam.LastImage, roi, binning))
-        say("   spot column vs stage x: " + ", ".join(f"{x:.1f} mm → {p:.1f} px" for x, p in zip(res.stage_mm, res.spot_px, strict=True)))
-    finally:
-        cam.StopAcquisition()
-        move(stage, 0.0)
-    good = np.isfinite(res.spot_px)
-    if good.sum() >= 2:
-        res.px_per_mm = float(np.polyfit(np.array(res.stage_mm)[good], np.array(res.spot_px)[good], 1)[0])
-    say(f"   the spot moves {res.px_per_mm:.1f} px per mm of stage travel; camera frames: "
-        f"{cam.FramesAcquired - before} acquired, {cam.FramesLost} lost")
-    return {"acquired": int(cam.FramesAcquired - before), "lost": int(cam.FramesLost)}
+def camera_raster(say: Say, res: Results) -> None:
+    """``stage_camera_raster`` through the Door: one frame per point, into the running recording."""
+    from .door_client import run_macro
+
+    run_macro(DOOR, "stage_camera_raster", *RASTER, say=lambda line: say(f"   {line}"))
+    entry = last_scan_entry()
+    res.stage_mm = [float(x) for x in entry["stage_x"]]
+    res.stage_y_mm = [float(y) for y in entry["stage_y"]]
+
+
+def measure_spots(res: Results) -> None:
+    """The spot's column in each raster frame of the DataWriter file, and px per mm of stage x."""
+    import datawriter
+
+    with datawriter.open_recording(res.file) as f:
+        cam = f["entry/instrument/lab_camera_1"]
+        frames = [g["data"] for g in cam.values() if hasattr(g, "keys") and "data" in g and g["data"].ndim == 3]
+        stack = [frames_ds[i] for frames_ds in frames for i in range(frames_ds.shape[0])]
+    n = len(res.stage_mm)
+    res.spot_px = [spot_column(img) for img in stack[-n:]] if len(stack) >= n else []
+    good = [(x, p) for x, y, p in zip(res.stage_mm, res.stage_y_mm, res.spot_px, strict=False)
+            if np.isfinite(p) and y == res.stage_y_mm[0]]
+    if len(good) >= 2:
+        xs, ps = zip(*good, strict=True)
+        res.px_per_mm = float(np.polyfit(xs, ps, 1)[0])
 
 
 def summarise_file(path: str) -> dict[str, Any]:
@@ -281,20 +228,24 @@ def save_plot(res: Results, path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     a = np.array(res.angles)
-    ax1.plot(a, np.array(res.powers) * 1e3, "o", label="measured (streamed, averaged)")
+    ax1.plot(a, np.array(res.powers) * 1e3, "o", label="polarization_scan (Sardana, ring-averaged power)")
     fine = np.linspace(0, 180, 721)
     f = res.fit
     mean, amp = (f["p_max_w"] + f["p_min_w"]) / 2, (f["p_max_w"] - f["p_min_w"]) / 2
     ax1.plot(fine, (mean + amp * np.cos(np.radians(4 * (fine - f["max_angle_deg"])))) * 1e3, "-",
-             label=f"fit: max at {f['max_angle_deg']:.2f}°, extinction {f['extinction_ratio']:.1e}")
+             label=f"Malus fit: max at {f['max_angle_deg']:.2f}°, extinction {f['extinction_ratio']:.0f}:1")
     ax1.set_xlabel("half-wave plate angle (°)")
     ax1.set_ylabel("transmitted power (mW)")
     ax1.set_title("Power after the polariser")
     ax1.legend(fontsize=8)
-    ax2.plot(res.stage_mm, res.spot_px, "s-")
+    for y in sorted(set(res.stage_y_mm)):
+        pts = [(x, p) for x, yy, p in zip(res.stage_mm, res.stage_y_mm, res.spot_px, strict=False) if yy == y]
+        if pts:
+            ax2.plot(*zip(*pts, strict=True), "s-", label=f"stage y = {y:g} mm")
+    ax2.legend(fontsize=8)
     ax2.set_xlabel("stage x (mm)")
-    ax2.set_ylabel("spot column on the camera (px)")
-    ax2.set_title(f"Beam spot: {res.px_per_mm:.1f} px/mm")
+    ax2.set_ylabel("spot column in the recorded frame (px)")
+    ax2.set_title(f"stage_camera_raster: spot moves {res.px_per_mm:.1f} px/mm")
     fig.suptitle(Path(res.file).name)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -323,11 +274,13 @@ def run_experiment(say: Say) -> Results:
         }))
         recording = True
         say(f"   DataWriter → {res.file}")
-        say("\n== half-wave plate sweep")
+        say("\n== half-wave plate sweep: polarization_scan " + " ".join(map(str, HWP_SCAN)))
         hwp_sweep(say, res)
-        say("\n== camera: beam spot while the stage moves")
-        camera = camera_raster(say, res)
-        res.summary["camera"] = camera
+        say("\n== camera raster: stage_camera_raster " + " ".join(map(str, RASTER)))
+        cam = tango.DeviceProxy(CAMERA)
+        lost_before = cam.FramesLost
+        camera_raster(say, res)
+        res.summary["camera"] = {"lost": int(cam.FramesLost - lost_before)}
     finally:
         if laser is not None:
             try:
@@ -341,6 +294,10 @@ def run_experiment(say: Say) -> Results:
             res.file = writer.StopRecording()
             wait_for("the file to be closed", lambda: not writer.Recording, 30)
     res.summary.update(summarise_file(res.file))
+    measure_spots(res)
+    say("   spot column vs stage x (from the recorded frames): " + ", ".join(
+        f"{x:.1f} mm → {p:.1f} px" for x, y, p in zip(res.stage_mm, res.stage_y_mm, res.spot_px, strict=False)
+        if y == res.stage_y_mm[0]))
     png = Path(res.file).with_suffix(".png")
     save_plot(res, png)
     res.plot = str(png)
