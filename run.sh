@@ -26,6 +26,24 @@ setup() {
     fi
 }
 
+# Shared libraries the PyQt5 wheel needs to render offscreen (the GUI tests); Debian only.
+QT_DEBS="libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0"
+
+system_packages() {
+    missing=""
+    for pkg in $QT_DEBS; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+    done
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing Debian packages for Qt offscreen:$missing"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+        echo "!! the GUI tests need these Debian packages:$missing (sudo apt-get install$missing)" >&2
+    fi
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -34,6 +52,7 @@ case "$cmd" in
         exec "$VENV/bin/tangodaq" demo "$@"
         ;;
     test)
+        system_packages
         setup
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

@@ -370,6 +370,20 @@ def cmd_demo(args) -> int:
     return run_demo(say=_say)
 
 
+# --- gui ----------------------------------------------------------------------------------------
+
+
+def cmd_gui(args) -> int:
+    """Open the Taurus GUI on the running lab (its TANGO_HOST from the state file if not set)."""
+    state = running_state()
+    argv = list(args.args)
+    if state and "--tango-host" not in argv and not os.environ.get("TANGO_HOST"):
+        argv = ["--tango-host", state["tango_host"], *argv]
+    from taurus_gui import main as gui_main
+
+    return gui_main(argv) or 0
+
+
 # --- bench --------------------------------------------------------------------------------------
 
 
@@ -433,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--write", action="store_true", help="apply the changes (default: show them)")
     deploy.set_defaults(func=cmd_deploy)
+
+    gui = sub.add_parser("gui", help="the lab's Taurus GUI (attaches to the running lab)")
+    gui.add_argument("args", nargs=argparse.REMAINDER, help="--tab Camera, --tango-host HOST:PORT")
+    gui.set_defaults(func=cmd_gui)
 
     bench = sub.add_parser("bench", help="serve the instrument simulators on TCP ports")
     bench.add_argument("args", nargs=argparse.REMAINDER)

@@ -15,7 +15,9 @@ def test_demo_runs_the_experiment_and_the_file_holds_what_it_says(lab):
     result = lab.tangodaq("demo", timeout=400)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out + lab.logs()
-    assert "5 Power change events" in out and "warm-up 100 %" in out
+    events = re.search(r"(\d+) Power change events", out)
+    assert events and int(events.group(1)) >= 5, out
+    assert "laser on:" in out or "laser: emission on" in out, out
     watts = re.search(r"Power = [^(]*\(([0-9.e+-]+) W, quality ATTR_VALID\)", out)
     assert watts and 1e-6 < float(watts.group(1)) < 2e-3, out
     # the experiment ran as Sardana macros through the Door

@@ -62,10 +62,22 @@ def _camera(dev: str, steps, done) -> None:  # noqa: ANN001
 # interpreter, not a fork: a forked child would share this process's HDF5 state.
 _VIEWER = """
 import sys, h5py
-with h5py.File(sys.argv[1], "r", libver="latest", swmr=True) as f:
-    # A live plot holds its dataset and refreshes it; looking a path up again after the writer
-    # changed the file's structure is not something SWMR supports (reopen the file for that).
-    ds = next(iter(f["entry/instrument"].values()))["frames/data"]
+import time
+# A live plot opens the file, waits until the stream's group is there (the writer adds it and
+# flushes), then holds its dataset and refreshes it. Looking a path up again after the writer
+# changed the file's structure is not something SWMR supports (reopen the file for that).
+deadline = time.monotonic() + 20
+while True:
+    f = h5py.File(sys.argv[1], "r", libver="latest", swmr=True)
+    try:
+        ds = next(iter(f["entry/instrument"].values()))["frames/data"]
+        break
+    except (KeyError, StopIteration):
+        f.close()
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
+with f:
     print("open", flush=True)
     sys.stdin.readline()
     ds.refresh()
