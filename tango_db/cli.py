@@ -460,7 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    finally:
+        if "tango" in sys.modules:
+            # Close the Tango client layer before the interpreter tears down the proxies it
+            # still holds (PyTango#390: otherwise an occasional crash at exit).
+            sys.modules["tango"].ApiUtil.cleanup()
 
 
 if __name__ == "__main__":

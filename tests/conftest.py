@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 
 import pytest
+import tango
 
 from deviceservers.common import protocol_sim
 
@@ -15,6 +17,12 @@ from deviceservers.common import protocol_sim
 _SHM = f"/dev/shm/tangodaq-tests-{os.getpid()}"
 os.environ["TANGODAQ_SHM_DIR"] = _SHM
 os.makedirs(_SHM, exist_ok=True)
+
+
+# The test process holds DeviceProxies and event subscriptions until it exits; letting the
+# interpreter tear them down after cppTango's client layer can crash at exit (PyTango#390, the
+# same hook Sardana's tests use). Shut the Tango client API down first; calling it twice is safe.
+atexit.register(tango.ApiUtil.cleanup)
 
 
 def pytest_sessionfinish(session, exitstatus):
