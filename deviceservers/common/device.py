@@ -219,6 +219,10 @@ class ParameterDevice(Device):
     def _read_parameter(self, attr: tango.Attribute) -> Any:
         p = self.component.parameters[attr.get_name()]
         r = p.reading()
+        if p.writable and p.shape is None:
+            setpoint = p.setpoint
+            if setpoint is not None:
+                attr.set_write_value(setpoint)  # GUIs show the real set point, not a stale write
         return self._value_for_tango(p, r.value), r.timestamp, _QUALITY[r.quality]
 
     def _write_parameter(self, attr: tango.WAttribute) -> None:

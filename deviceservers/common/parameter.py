@@ -238,6 +238,10 @@ class Parameter(Generic[T]):
         with self._lock:
             changed = force or quality != self._quality or not _same(self._value, value)
             self._value = value
+            if self.writable and self.publish_on_write and value is not None and quality is not Quality.INVALID:
+                # A setting's set point is what the instrument holds (the front panel may have
+                # changed it); only setpoint-style values (positions) keep the client's target.
+                self._setpoint = value
             self._quality = quality
             self._timestamp = now
             if not changed:

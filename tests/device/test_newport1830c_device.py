@@ -164,8 +164,9 @@ def test_init_reconnects(meter, sim):
 
 
 def test_streaming_fills_the_ring_and_reports_its_rate(meter, sim):
-    import datawriter
     import numpy as np
+
+    import datawriter
 
     name = datawriter.stream_name(meter.dev_name(), "power")
     sim.reading_delay_s = 0.0  # as fast as the link allows (the real meter needs ~0.5 s a reading)
@@ -190,3 +191,10 @@ def test_streaming_fills_the_ring_and_reports_its_rate(meter, sim):
         meter.Streaming = False
     wait_state(meter, tango.DevState.ON)
     assert meter.SampleRate == 0.0
+
+
+def test_front_panel_change_shows_in_value_and_set_point(meter, sim):
+    meter.Filter = 0
+    sim.filter = 2  # somebody pressed FILTER on the meter: MEDIUM
+    wait_until(lambda: meter.read_attribute("Filter").value == 1, 10, what="Filter re-read from the meter")
+    assert meter.read_attribute("Filter").w_value == 1  # a GUI's write widget shows the real setting

@@ -115,3 +115,14 @@ def test_concurrent_listeners_and_publishers_are_safe():
     for t in threads:
         t.join()
     assert count[0] >= 1999  # every publish of a new value notified (values are distinct per thread)
+
+
+def test_a_settings_set_point_follows_the_instrument_but_a_targets_does_not():
+    setting = Parameter("Filter", int, choices=("SLOW", "MEDIUM", "FAST"), writable=True)
+    setting.set(0)
+    setting.publish(2)  # changed on the front panel
+    assert setting.setpoint == 2
+    target = Parameter("Position", float, writable=True, publish_on_write=False)
+    target.set(10.0)
+    target.publish(3.5)  # on its way
+    assert target.setpoint == 10.0 and target.value == 3.5
