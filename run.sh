@@ -54,6 +54,7 @@ case "$cmd" in
     test)
         system_packages
         setup
+        export PYTHONFAULTHANDLER=1  # a crash in a C extension prints the Python stacks
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     *)

@@ -70,7 +70,7 @@ deadline = time.monotonic() + 20
 while True:
     f = h5py.File(sys.argv[1], "r", libver="latest", swmr=True)
     try:
-        ds = next(iter(f["entry/instrument"].values()))["frames/data"]
+        ds = f[sys.argv[2]]
         break
     except (KeyError, StopIteration):
         f.close()
@@ -102,7 +102,8 @@ def test_follows_rings_created_and_recreated_during_the_recording(tmp_path, devi
             assert f[f"entry/instrument/{device.replace('/', '_')}/frames/data"].shape[0] == 30
         steps[1].set()
         wait_until(lambda: frames() == 40, what="the same-shape re-created ring")
-        viewer = subprocess.Popen([sys.executable, "-c", _VIEWER, path], stdin=subprocess.PIPE,
+        frames_path = f"entry/instrument/{device.replace('/', '_')}/frames/data"
+        viewer = subprocess.Popen([sys.executable, "-c", _VIEWER, path, frames_path], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
         assert viewer.stdout.readline().strip() == "open"
         steps[2].set()  # a new group while another process holds the file open for SWMR reading
