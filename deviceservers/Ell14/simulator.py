@@ -177,19 +177,15 @@ class Ell14BusSimulator(Simulator):
     # ------------------------------------------------------------------ output
     def reply(self, conn: SimConnection, text: str | bytes, delay: float | None = None, *, terminate: bool = True
               ) -> tuple[float, bytes] | None:
-        """Queue a reply by its due time (see the module docstring); returns the queued entry."""
-        if self.faults.mute:
+        """Queue a reply by its due time (see the module docstring); returns the queued entry.
+
+        Unlike one instrument on a line, mounts on a bus answer independently: a PO due in 2 s
+        must not hold back another mount's answer due now, so replies are ordered by due time.
+        """
+        data = self.render_reply(text, terminate)
+        if data is None:
             return None
-        data = text.encode(self.encoding) if isinstance(text, str) else bytes(text)
-        if terminate:
-            data += self.reply_terminator
-        if self.faults.garble_next > 0:
-            self.faults.garble_next -= 1
-            data = bytes(self.rng.choice(b"#@!?\xff\x00~") for _ in range(max(3, len(data) - 2))) + self.reply_terminator
-        if self.faults.truncate_next > 0:
-            self.faults.truncate_next -= 1
-            data = data[: max(1, len(data) // 2)]
-        due = time.monotonic() + (self.reply_delay_s if delay is None else delay) + self.faults.extra_delay_s
+        due = self.reply_due(delay)
         entry = (due, data)
         with self._cond:
             keys = [t for t, _ in conn.out]

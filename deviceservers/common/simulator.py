@@ -165,9 +165,19 @@ class Simulator(abc.ABC):
 
     # ------------------------------------------------------------------ output
     def reply(self, conn: SimConnection, text: str | bytes, delay: float | None = None, *, terminate: bool = True) -> None:
-        """Queue a reply for ``conn`` after the reply delay (plus injected faults)."""
-        if self.faults.mute:
+        """Queue a reply for ``conn`` after the reply delay (plus injected faults), in order:
+        one instrument on one serial line never reorders its replies."""
+        data = self.render_reply(text, terminate)
+        if data is None:
             return
+        with self._cond:
+            conn.out.append((self.reply_due(delay), data))
+            self._cond.notify_all()
+
+    def render_reply(self, text: str | bytes, terminate: bool = True) -> bytes | None:
+        """The bytes of a reply after the injected faults; None while the instrument is mute."""
+        if self.faults.mute:
+            return None
         data = text.encode(self.encoding) if isinstance(text, str) else bytes(text)
         if terminate:
             data += self.reply_terminator
@@ -177,10 +187,11 @@ class Simulator(abc.ABC):
         if self.faults.truncate_next > 0:
             self.faults.truncate_next -= 1
             data = data[: max(1, len(data) // 2)]
-        d = (self.reply_delay_s if delay is None else delay) + self.faults.extra_delay_s
-        with self._cond:
-            conn.out.append((time.monotonic() + d, data))
-            self._cond.notify_all()
+        return data
+
+    def reply_due(self, delay: float | None = None) -> float:
+        """When a reply queued now is on the wire: the reply delay plus any injected delay."""
+        return time.monotonic() + (self.reply_delay_s if delay is None else delay) + self.faults.extra_delay_s
 
     def _ready_bytes(self, conn: SimConnection) -> int:
         with self._cond:
