@@ -274,7 +274,8 @@ _TEXT_FLAGS = {"ERR": FLAG_INVALID, "UNDER": FLAG_INVALID, "SAT": FLAG_INVALID |
 def sample_burst(port: Port, max_samples: int, max_seconds: float) -> tuple[list[float], list[float], list[int]]:
     """Read ``D?`` back to back for up to ``max_samples`` or ``max_seconds``.
 
-    Returns (timestamps in s, watts, flags); a text reading becomes NaN with its flag set, so a
+    Returns (timestamps in s: when each reading was asked for, watts, flags); a text reading
+    becomes NaN with its flag set, so a
     stream never silently drops or invents a sample. Bounded in time so other requests on the
     link (settings, status) get their turn between bursts.
     """
@@ -285,8 +286,12 @@ def sample_burst(port: Port, max_samples: int, max_seconds: float) -> tuple[list
     flags: list[int] = []
     deadline = time.monotonic() + max_seconds
     while len(ts) < max_samples and time.monotonic() < deadline:
+        # The meter takes the reading when it receives D?; the reply comes up to ~0.5 s later.
+        # Stamp the query time, or a sample measured during a move would look like one taken
+        # after it (a scan's count window starts when the motors arrive).
+        asked = time.time()
         reading = read_power(port)
-        ts.append(time.time())
+        ts.append(asked)
         if reading.watts is None:
             values.append(math.nan)
             flags.append(_TEXT_FLAGS.get(reading.text, FLAG_INVALID))
