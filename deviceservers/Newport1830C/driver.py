@@ -275,9 +275,8 @@ def sample_burst(port: Port, max_samples: int, max_seconds: float) -> tuple[list
     """Read ``D?`` back to back for up to ``max_samples`` or ``max_seconds``.
 
     Returns (timestamps in s: when each reading was asked for, watts, flags); a text reading
-    becomes NaN with its flag set, so a
-    stream never silently drops or invents a sample. Bounded in time so other requests on the
-    link (settings, status) get their turn between bursts.
+    becomes NaN with its flag set, so a stream never silently drops or invents a sample. Bounded
+    in time so other requests on the link (settings, status) get their turn between bursts.
     """
     import time
 
