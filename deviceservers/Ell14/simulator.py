@@ -171,8 +171,10 @@ class Ell14BusSimulator(Simulator):
                 text = "\x00"
             self._command(conn, mount, cmd, text, now)
 
-    def handle(self, command: str, now: float) -> str | None:  # pragma: no cover - framing is by length
-        raise NotImplementedError("the ELL14 bus frames commands by length, see on_bytes")
+    def handle(self, command: str, now: float) -> str | None:  # pragma: no cover - never called
+        """Unused: the bus has no line terminator; :meth:`on_bytes` frames packets by length and
+        answers through ``_command``. A stray line-based call answers nothing, as a mount would."""
+        return None
 
     # ------------------------------------------------------------------ output
     def reply(self, conn: SimConnection, text: str | bytes, delay: float | None = None, *, terminate: bool = True
