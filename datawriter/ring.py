@@ -66,9 +66,7 @@ def shm_dir() -> str:
     if explicit:
         return explicit
     port = os.environ.get("TANGO_HOST", "").split(",")[0].rpartition(":")[2].strip()
-    folder = os.path.join("/dev/shm", f"tangodaq-{port if port.isdigit() else 10000}")
-    os.makedirs(folder, exist_ok=True)
-    return folder
+    return os.path.join("/dev/shm", f"tangodaq-{port if port.isdigit() else 10000}")
 
 
 def stream_name(device: str, stream: str) -> str:
@@ -163,6 +161,7 @@ class RingWriter:
         self.geometry = rf.RingGeometry(
             rf.header_size_for(self._schema_stream, desc_bytes), slot_count, rf.slot_size_for(payload_capacity)
         )
+        os.makedirs(shm_dir(), exist_ok=True)  # only producers create the folder; readers just look
         tmp = os.path.join(shm_dir(), f".{RING_PREFIX}{name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
