@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 
 import pytest
 import tango
@@ -56,3 +57,35 @@ def fresh_simulators():
     protocol_sim.forget_simulators()
     yield
     protocol_sim.forget_simulators()
+
+
+@pytest.fixture
+def ring_device() -> Iterator[str]:
+    """A unique producer device name; every ring it produced is removed afterwards."""
+    import uuid
+
+    import datawriter
+
+    dev = f"test/ring/{uuid.uuid4().hex[:10]}"
+    yield dev
+    prefix = dev.replace("/", ".") + "."
+    for name in datawriter.list_streams():
+        if name.startswith(prefix):
+            datawriter.remove_stream(name)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path) -> Iterator[str]:
+    """A 3 MB tmpfs: a really full disk, no simulation. Mounting needs root (CI runs as root)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("a really full disk needs a tmpfs mount, which needs root: run the suite as root (CI does)")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True)
+    assert res.returncode == 0, f"cannot mount a tmpfs as root: {res.stderr.decode().strip()}"
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

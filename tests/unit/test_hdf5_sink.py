@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 
 import h5py
 import numpy as np
 import pytest
 
-import datawriter
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec, open_recording
 from datawriter.recorder import Recorder
 from datawriter.ring import RingReader, create_frame_stream, create_scalar_stream
 
 
 @pytest.fixture
-def device() -> Iterator[str]:
-    dev = f"test/h5/{uuid.uuid4().hex[:10]}"
-    yield dev
-    prefix = dev.replace("/", ".") + "."
-    for name in datawriter.list_streams():
-        if name.startswith(prefix):
-            datawriter.remove_stream(name)
+def device(ring_device: str) -> str:
+    return ring_device
 
 
 def _specs(*readers: RingReader) -> list[StreamSpec]:
@@ -93,20 +84,6 @@ def test_unsupported_layout_and_unwritable_folder(tmp_path, device: str) -> None
         Hdf5Sink(str(tmp_path / "x.h5"), _specs(r), compression="magic")
     with pytest.raises(OSError):
         Hdf5Sink("/proc/no/such/dir/x.h5", _specs(r))
-
-
-@pytest.fixture
-def tiny_fs(tmp_path) -> Iterator[str]:
-    """A 3 MB tmpfs: a real disk-full, no simulation."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
-        yield str(mnt)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_recorder_disk_full_keeps_flushed_data(tiny_fs: str, device: str) -> None:

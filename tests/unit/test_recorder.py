@@ -7,8 +7,6 @@ import multiprocessing as mp
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -18,28 +16,14 @@ import datawriter
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec, open_recording
 from datawriter.recorder import Recorder
 from datawriter.ring import RingReader, create_frame_stream, create_scalar_stream
+from tests.waiting import wait_until
 
 CTX = mp.get_context("fork")
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    delay = 1e-3
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
 @pytest.fixture
-def device() -> Iterator[str]:
-    dev = f"test/rec/{uuid.uuid4().hex[:10]}"
-    yield dev
-    prefix = dev.replace("/", ".") + "."
-    for name in datawriter.list_streams():
-        if name.startswith(prefix):
-            datawriter.remove_stream(name)
+def device(ring_device: str) -> str:
+    return ring_device
 
 
 def _camera(dev: str, steps, done) -> None:  # noqa: ANN001

@@ -6,8 +6,6 @@ import multiprocessing as mp
 import os
 import signal
 import time
-import uuid
-from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -16,29 +14,14 @@ import pytest
 import datawriter
 from datawriter import ring_format as rf
 from datawriter.ring import RingError, RingInUseError, RingReader, create_frame_stream, create_scalar_stream
+from tests.waiting import wait_until
 
 CTX = mp.get_context("fork")
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    delay = 1e-3
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
 @pytest.fixture
-def device() -> Iterator[str]:
-    """A unique producer device name; every ring it produced is removed afterwards."""
-    dev = f"test/ring/{uuid.uuid4().hex[:10]}"
-    yield dev
-    prefix = dev.replace("/", ".") + "."
-    for name in datawriter.list_streams():
-        if name.startswith(prefix):
-            datawriter.remove_stream(name)
+def device(ring_device: str) -> str:
+    return ring_device
 
 
 def frame(value: int, h: int = 32, w: int = 48) -> np.ndarray:
