@@ -149,17 +149,38 @@ def _wait_end(door: tango.DeviceProxy, run: _Run, name: str, timeout: float | No
                     return "exception"
                 return run.statuses.get(str(run.macro_id), "finish")
             if timeout is not None and time.monotonic() - t0 > timeout:
-                door.command_inout("StopMacro")
-                _wait_idle(door)
-                raise TimeoutError(f"macro {name} did not end within {timeout:.0f} s: stopped")
+                how = stop_macro(door)
+                raise TimeoutError(f"macro {name} did not end within {timeout:.0f} s: {how}")
     except KeyboardInterrupt:
         run.say(f"stopping {name} …")
-        door.command_inout("StopMacro")
-        _wait_idle(door)
+        stop_macro(door, say=run.say)
         raise
 
 
-def _wait_idle(door: tango.DeviceProxy, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while door.state() in (tango.DevState.RUNNING, tango.DevState.STANDBY) and time.monotonic() < deadline:
-        time.sleep(0.05)
+BUSY = (tango.DevState.RUNNING, tango.DevState.STANDBY)  # STANDBY: paused
+
+
+def stop_macro(door: tango.DeviceProxy, abort_after: float = 10.0, timeout: float = 30.0,
+               say: Callable[[str], None] | None = None) -> str:
+    """Stop the Door's macro the way spock does, and make sure it happened.
+
+    ``StopMacro`` first (the macro's ``on_stop`` runs: our macros close the shutter), re-sent
+    every second while the Door stays busy, because Sardana ignores a Stop (and an Abort) that
+    arrives before the macro has really started. After ``abort_after`` seconds without an end,
+    ``AbortMacro``, re-sent the same way. Returns "stopped", "aborted" or "still running"
+    (after ``timeout``; then ``ReleaseMacro`` or a MacroServer restart is the next step)."""
+    t0 = time.monotonic()
+    command, sent_at = "StopMacro", -1.0
+    while time.monotonic() - t0 < timeout:
+        if door.state() not in BUSY:
+            return "stopped" if command == "StopMacro" else "aborted"
+        now = time.monotonic() - t0
+        if command == "StopMacro" and now > abort_after:
+            command, sent_at = "AbortMacro", -1.0
+            if say:
+                say(f"the macro did not stop within {abort_after:.0f} s: aborting it")
+        if now - sent_at >= 1.0:
+            door.command_inout(command)
+            sent_at = now
+        time.sleep(0.05)  # polling the Door's state between (re-)sends
+    return "still running"

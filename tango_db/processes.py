@@ -147,11 +147,23 @@ def tango_ready(tango_host: str, devices: list[str]) -> Callable[[], tuple[bool,
     return check
 
 
+# Servers started through a wrapper of ours instead of their own script (same Tango server name).
+WRAPPED = {
+    # Sardana's MacroServer with its abort races closed: see tango_db.sardana_servers
+    "MacroServer": [sys.executable, "-m", "tango_db.sardana_servers", "MacroServer"],
+}
+
+
+def server_argv(server: str, instance: str) -> list[str]:
+    """The command line that starts Tango server ``server`` as ``instance``."""
+    return [*WRAPPED.get(server, [find_executable(server)]), instance]
+
+
 def tango_server_spec(si: ServerInstance, tango_host: str) -> ProcessSpec:
     return ProcessSpec(
         name=si.name,
         level=LEVELS.get(si.server, DEFAULT_LEVEL),
-        argv=[find_executable(si.server), si.instance],
+        argv=server_argv(si.server, si.instance),
         ready=tango_ready(tango_host, list(si.devices)),
         devices=dict(si.devices),
     )

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port_block
+
 TANGODAQ = str(Path(sys.executable).parent / "tangodaq")
 UP_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_with_env(key: str, value: str) -> list[int]:
@@ -58,7 +53,7 @@ class Lab:
 
     def __init__(self, home: Path, port: int | None = None, lab_file: str | None = None) -> None:
         self.home = Path(home)
-        self.port = port or free_port()
+        self.port = port or free_port_block()
         self.tango_host = f"127.0.0.1:{self.port}"
         self.lab_file = lab_file
         self.env = {**os.environ, "TANGODAQ_HOME": str(self.home), "TANGO_HOST": self.tango_host,

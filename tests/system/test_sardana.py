@@ -20,7 +20,7 @@ import pytest
 from deviceservers.bench.control import BenchClient
 from deviceservers.bench.optics import OpticsModel, Polariser, WavePlate
 from tango_db.config import load_config, server_instances
-from tango_db.door_client import MacroFailed, run_macro
+from tango_db.door_client import MacroFailed, run_macro, stop_macro
 from tests.waiting import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "macros"))
@@ -196,6 +196,14 @@ def test_abort_mid_scan_leaves_the_motors_still(lab, door):
     data = last_entry(scan_file(lab))
     assert data["title"].startswith("ascan meter_wavelength 700.0 900.0 20")
     assert len(data["power"]) < 21  # aborted part way
+
+
+def test_a_stop_sent_as_the_macro_starts_is_not_lost(lab, door):
+    """Sardana ignores a Stop that arrives before the macro runs; stop_macro re-sends it."""
+    door.proxy.RunMacro(["ascan", "meter_wavelength", "700", "900", "40", "0.05"])
+    assert stop_macro(door.proxy, abort_after=20) == "stopped"
+    assert str(door.proxy.state()) == "ON"
+    assert str(lab.proxy("meter_wavelength").state()) == "ON"
 
 
 def test_a_client_disconnecting_mid_macro_does_not_stop_it(lab, door):
