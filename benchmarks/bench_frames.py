@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import multiprocessing as mp
 import os
 import subprocess
@@ -81,12 +82,13 @@ def run_pipeline(folder: str, fps: float, seconds: float, ring_mb: int, compress
     (ta, wa), (tb, wb) = warm[0], warm[-1]
     sustained = (wb - wa) / (tb - ta) if tb > ta else 0.0
     size = os.path.getsize(path)
+    frame_io = getattr(rec.sink, "frame_io", "write_direct_chunk (buffered)")  # a --baseline datawriter may predate it
     os.unlink(path)
     remove_stream(name)
     return {"produced": total.value, "written": st.records_written, "lost": st.dropped_records,
             "fps": sustained, "MB/s": sustained * FRAME_BYTES / 1e6, "overall_fps": st.records_written / (t_closed - t0),
             "backlog_at_end": backlog_at_end, "drain_s": t_closed - t_end,
-            "file_MB": size / 1e6, "error": repr(rec.error) if rec.error else None}
+            "file_MB": size / 1e6, "error": repr(rec.error) if rec.error else None, "frame_io": frame_io}
 
 
 def run_phases(a: argparse.Namespace, secs: float) -> tuple[dict, dict]:
@@ -105,20 +107,27 @@ def run_baseline(rev: str, a: argparse.Namespace, secs: float) -> tuple[dict, di
         env = dict(os.environ, PYTHONPATH=tmp + os.pathsep + os.environ.get("PYTHONPATH", ""))
         cmd = [sys.executable, os.path.abspath(__file__), "--phases-json", "--duration", str(secs), "--dir", a.dir,
                "--fps", str(a.fps), "--ring-mb", str(a.ring_mb), "--compression", a.compression]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the baseline run of {rev} failed:\n{done.stderr}")
+        out = done.stdout
         result = json.loads(out.strip().splitlines()[-1])
         assert result["datawriter"].startswith(tmp), f"baseline ran {result['datawriter']}, not revision {rev}"
         return result["paced"], result["full"]
 
 
-def raw_disk(folder: str, nbytes: int) -> float:
-    buf = np.random.default_rng(0).integers(0, 4096, FRAME_BYTES // 2, dtype=np.uint16).tobytes()
+def raw_disk(folder: str, nbytes: int, direct: bool) -> float:
+    """Sequential 8 MiB writes of ``nbytes``: buffered (page cache, fsync at the end) or O_DIRECT
+    (from a page-aligned buffer); MB/s. Both are printed: which one is the disk's real bandwidth
+    depends on the disk and on how much of the run fits the kernel's dirty-page allowance."""
+    mem = mmap.mmap(-1, FRAME_BYTES)  # page aligned, as O_DIRECT needs
+    mem.write(np.random.default_rng(0).integers(0, 4096, FRAME_BYTES // 2, dtype=np.uint16).tobytes())
     path = os.path.join(folder, "raw.bin")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0))
     t0 = time.monotonic()
     written = 0
     while written < nbytes:
-        written += os.write(fd, buf)
+        written += os.pwrite(fd, mem, written)
     os.fsync(fd)
     dt = time.monotonic() - t0
     os.close(fd)
@@ -168,7 +177,10 @@ def main() -> None:
     print(f"frames {H}x{W} uint16 ({FRAME_BYTES / 2**20:.0f} MiB), {secs:.0f} s per phase, disk folder {a.dir}")
     base = run_baseline(a.baseline, a, secs) if a.baseline else None
     paced, full = run_phases(a, secs)
-    raw = raw_disk(a.dir, int(min(max(full["MB/s"], 500) * secs, 4000) * 1e6))
+    raw_bytes = int(min(1000 * secs, 8000) * 1e6)  # past the dirty-page allowance on a long run
+    raw_buffered = raw_disk(a.dir, raw_bytes, direct=False)
+    raw_direct = raw_disk(a.dir, raw_bytes, direct=True)
+    raw = max(raw_buffered, raw_direct)
     naive = naive_h5py(a.dir, min(secs, 5.0))
     rows = [("paced " + str(a.fps), paced), ("full speed", full)]
     if base is not None:
@@ -176,11 +188,14 @@ def main() -> None:
                [("now " + label, r) for label, r in rows]
     for label, r in rows:
         print(_line(label, r))
-    print(f"{'raw disk':>22}: {raw:7.1f} MB/s sequential (8 MiB os.write + fsync)")
+    print(f"{'frames written':>22}: {full['frame_io']}")
+    print(f"{'raw disk':>22}: {raw_buffered:7.1f} MB/s buffered (8 MiB pwrite + fsync), "
+          f"{raw_direct:7.1f} MB/s O_DIRECT, {raw_bytes / 1e9:.0f} GB each; the ratio uses the better")
     print(f"{'naive h5py':>22}: {naive:7.1f} fps ({naive * FRAME_BYTES / 1e6:.1f} MB/s) with ds[i] = frame")
     print(f"ratios: ring->HDF5 / raw disk = {full['MB/s'] / raw:.2f} (target >= 0.5); "
           f"ring->HDF5 / naive h5py = {full['fps'] / naive:.2f}x; "
-          f"paced phase: {paced['fps']:.1f} fps, loss = {paced['lost']} (target >= {a.fps:.0f} fps, 0 lost)")
+          f"paced phase: producer {paced['produced'] / secs:.1f} fps, writer {paced['fps']:.1f} fps sustained, "
+          f"{paced['written']} of {paced['produced']} written, {paced['lost']} lost (target >= {a.fps:.0f} fps, 0 lost)")
     if base is not None:
         print(f"after/before ({a.baseline}): full speed fps x{full['fps'] / max(base[1]['fps'], 1e-9):.2f}, "
               f"paced fps x{paced['fps'] / max(base[0]['fps'], 1e-9):.2f}, "

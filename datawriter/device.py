@@ -279,11 +279,17 @@ class DataWriter(Device):
 
     def _on_finished(self, path: str, error: BaseException | None) -> None:
         rec = self._recorder
+        frame_io = ""
         if rec is not None:
             self._stats = rec.stats()
+            frame_io = rec.sink.frame_io
+            self.info_stream(f"{path} closed; frames written {frame_io}")
         if error is None:
             self.set_state(DevState.ON)
-            self.set_status(f"Idle. Last recording: {path} ({self._stats.records_written} records, {self._stats.dropped_records} lost)")
+            self.set_status(
+                f"Idle. Last recording: {path} ({self._stats.records_written} records, "
+                f"{self._stats.dropped_records} lost; frames written {frame_io})"
+            )
         else:
             self._fault(f"recording to {path} failed: {error}", path)
         try:

@@ -23,18 +23,22 @@ the SWMR session is closed, by reopening the file in ordinary read/write mode, a
 during the recording (:meth:`Hdf5Sink.add_stream`) briefly closes the SWMR session the same way. A file whose writer was killed still opens
 with ``h5py.File(path, "r", swmr=True)`` (or after ``h5clear -s``) up to the last flush.
 
-Frames are written with ``write_direct_chunk``: one frame per chunk, raw bytes straight from the
-ring's memory (or the bytes compressed by an hdf5plugin filter), bypassing HDF5's selection and
-filter machinery, which is what makes per-frame writing about 10x faster than ``ds[i] = frame``.
+Frames are written one per chunk, raw bytes straight from the ring's memory, bypassing HDF5's
+selection and filter machinery (what makes per-frame writing about 10x faster than
+``ds[i] = frame``): uncompressed frames of 64 KiB and more with ``O_DIRECT`` into chunk space
+HDF5 reserved for them (:mod:`datawriter.direct_io`, which says why), others and compressed ones
+(the bytes an hdf5plugin filter would store) with ``write_direct_chunk``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import getpass
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +46,8 @@ from typing import Any
 import h5py
 import numpy as np
 import pyarrow as pa
+
+from . import direct_io
 
 COMPRESSIONS = ("none", "bitshuffle-lz4", "lz4", "zstd")
 
@@ -149,8 +155,10 @@ class _StreamDatasets:
     file to add a stream (HDF5 cannot create objects in SWMR mode).
     """
 
-    def __init__(self, group: h5py.Group, spec: StreamSpec, compression: str, chunk_rows: int) -> None:
+    def __init__(self, group: h5py.Group, spec: StreamSpec, compression: str, chunk_rows: int,
+                 direct: direct_io.DirectChunkWriter | None = None) -> None:
         self.spec = spec
+        self.direct: direct_io.DirectChunkWriter | None = None  # set for frames written with O_DIRECT
         self.group_path = group.name
         self.n = 0  # rows appended and kept (the frame dataset may temporarily hold one torn chunk more)
         self.lost = 0
@@ -179,6 +187,9 @@ class _StreamDatasets:
                     raise ValueError(f"stream {spec.name!r}: only one tensor column is supported")
                 shape = tuple(int(x) for x in f.type.shape)
                 dtype = np.dtype(f.type.value_type.to_pandas_dtype())
+                raw = compression in ("none", "", None)
+                if raw and direct is not None and direct.available and direct_io.suits(int(np.prod(shape)) * dtype.itemsize):
+                    self.direct = direct
                 ds = group.create_dataset(
                     "data",
                     shape=(0, *shape),
@@ -186,6 +197,7 @@ class _StreamDatasets:
                     chunks=(1, *shape),
                     dtype=dtype,
                     **_filter_kwargs(compression),
+                    **(_reserve_chunks() if self.direct is not None else {}),
                 )
                 ds.attrs["column"] = f.name
                 self.tensor = (f.name, ds)
@@ -254,10 +266,13 @@ class _StreamDatasets:
             buf = values.buffers()[1]
             zeros = (0,) * len(self._frame_shape)
             for i in range(k):
-                chunk: Any = buf.slice(base + i * fb, fb)  # zero-copy: HDF5 reads the ring slot
+                chunk: Any = buf.slice(base + i * fb, fb)  # zero-copy: the ring slot's pixels
                 if self.compressor is not None:
                     frame = np.frombuffer(chunk, self._frame_dtype).reshape(self._frame_shape)
                     chunk = self.compressor.compress(frame)
+                elif self.direct is not None and self._write_direct(ds_id, (n0 + i, *zeros), chunk):
+                    nbytes += fb
+                    continue
                 ds_id.write_direct_chunk((n0 + i, *zeros), chunk)
                 nbytes += len(chunk)
         copies = []
@@ -273,6 +288,19 @@ class _StreamDatasets:
         self._pending_rows += k
         self.n = n0 + k
         return nbytes
+
+    def _write_direct(self, ds_id: h5py.h5d.DatasetID, coord: tuple[int, ...], chunk: Any) -> bool:
+        """Write one frame with O_DIRECT into the chunk space HDF5 reserved for it; False
+        (nothing written) when that is not possible, for the caller to write it buffered."""
+        assert self.direct is not None
+        info = ds_id.get_chunk_info_by_coord(coord)
+        offset = info.byte_offset
+        if offset is None or info.size != self._frame_bytes or offset % direct_io.BLOCK:
+            return False
+        if self.direct.write(offset, chunk):
+            return True
+        self.direct = None  # the file system refused O_DIRECT after all: buffered from now on
+        return False
 
     def settle(self) -> None:
         """Write the buffered column rows and cut a torn trailing frame: afterwards every dataset
@@ -315,6 +343,59 @@ class _StreamDatasets:
         if self.compressor is not None:
             self.compressor.close()
             self.compressor = None
+
+
+class DiskNearlyFull(OSError):
+    """Raised by :class:`SpaceGuard` before the disk is full: the file is intact and can still
+    be closed normally, with everything appended so far."""
+
+
+class SpaceGuard:
+    """Ends a recording shortly before its file system is full, so the file still closes cleanly.
+
+    When the disk fills in the middle of HDF5's metadata flush, the file is left half-written
+    and HDF5's handles in this process half-closed. Stopping while :attr:`reserve` plus twice
+    the next record are still free leaves room for the final flush (which may allocate one new
+    chunk per scalar column), the end time, loss counts and the end manifest. Free space is asked of the file system (``statvfs``) once a second
+    and whenever the running estimate gets close to the limit, so other writers on the same
+    disk are noticed too.
+    """
+
+    RESERVE_BYTES = 1024 * 1024  # metadata, manifest and slack; the sink adds its column chunks
+
+    def __init__(self, path: str) -> None:
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self.reserve = self.RESERVE_BYTES
+        self._free = self._ask()
+        self._asked = time.monotonic()
+
+    def _ask(self) -> int:
+        st = os.statvfs(self.folder)
+        return st.f_bavail * st.f_frsize
+
+    def take(self, nbytes: int) -> None:
+        """Account for ``nbytes`` about to be written; raises ``OSError(ENOSPC)`` instead if that
+        would leave less than the reserve."""
+        needed = self.reserve + 2 * nbytes
+        if self._free < 4 * needed or time.monotonic() - self._asked > 1.0:
+            self._free = self._ask()
+            self._asked = time.monotonic()
+        if self._free < needed:
+            raise DiskNearlyFull(
+                errno.ENOSPC,
+                f"No space left on device: the recording stopped with {self._free / 2**20:.1f} MiB free in "
+                f"{self.folder} so that its file closes cleanly; free space there (or choose another "
+                f"OutputDir) and start a new recording",
+            )
+        self._free -= nbytes
+
+
+def _reserve_chunks() -> dict[str, Any]:
+    """Dataset creation keywords that make HDF5 reserve a chunk's file space when the dataset
+    grows, without writing fill values: the frames are then written there with O_DIRECT."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return {"dcpl": dcpl, "fill_time": "never"}
 
 
 def _store_value(group: h5py.Group, name: str, value: Any) -> h5py.Dataset:
@@ -360,8 +441,12 @@ class Hdf5Sink:
         self._streams: dict[str, _StreamDatasets] = {}
         self._swmr = False
         self._closed = False
-        self._file = h5py.File(path, "w", libver="latest")
+        self._direct: direct_io.DirectChunkWriter | None = None
+        self._space = SpaceGuard(path)
+        self._file = h5py.File(path, "w", libver="latest", **direct_io.FILE_ALIGNMENT)
         try:
+            if compression == "none":
+                self._direct = direct_io.DirectChunkWriter(path)
             self._build(streams, title, dict(metadata or {}), chunk_rows)
         except BaseException:
             self.abort()
@@ -421,13 +506,16 @@ class Hdf5Sink:
                 key = f"{spec.name}#{j}"
         grp = dev.create_group(name)
         try:
-            sd = _StreamDatasets(grp, spec, self.compression, self.chunk_rows)
+            sd = _StreamDatasets(grp, spec, self.compression, self.chunk_rows, self._direct)
         except BaseException:
             del dev[name]
             raise
         for k, v in (attrs or {}).items():
             grp.attrs[k] = v
         self._streams[key] = sd
+        self._space.reserve = SpaceGuard.RESERVE_BYTES + sum(
+            ds.chunks[0] * ds.dtype.itemsize for st in self._streams.values() for _, ds, _ in st.columns
+        )
         return key
 
     def _link_default_plot(self, f: h5py.File, relink: bool = False) -> None:
@@ -497,6 +585,18 @@ class Hdf5Sink:
                 _store_value(group, name, value)
 
     @property
+    def frame_io(self) -> str:
+        """How frames reach the disk: "O_DIRECT (n frames, ...)", "buffered (reason)" or
+        "compressed (filter)"."""
+        if self.compression != "none":
+            return f"compressed ({self.compression}, write_direct_chunk)"
+        if self._direct is None:
+            return "buffered"
+        if self._direct.available and not any(sd.direct is not None for sd in self._streams.values()):
+            return "buffered (no frames of whole 4 KiB blocks, 64 KiB or more)"
+        return self._direct.describe()
+
+    @property
     def stream_names(self) -> list[str]:
         return list(self._streams)
 
@@ -550,6 +650,7 @@ class Hdf5Sink:
         record torn afterwards can undo it with :meth:`truncate`."""
         s = self._streams[stream]
         n0 = s.n
+        self._space.take(batch.nbytes)
         nbytes = s.append(batch)
         self.bytes_written += nbytes
         return n0, nbytes
@@ -558,6 +659,7 @@ class Hdf5Sink:
         """Append a batch that aliases a ring slot; ``still_valid`` (the record's seqlock check)
         is called after its bytes were handed to HDF5. Returns False, keeping nothing of the
         batch, when the producer overwrote the slot meanwhile."""
+        self._space.take(batch.nbytes)
         nbytes = self._streams[stream].append(batch, still_valid)
         if nbytes < 0:
             return False
@@ -602,6 +704,8 @@ class Hdf5Sink:
         self._closed = True
         for s in self._streams.values():
             s.close()
+        if self._direct is not None:
+            self._direct.close()
         try:
             self._file.close()
         except BaseException:
@@ -639,9 +743,9 @@ def _open_read_write(path: str) -> h5py.File:
     a shared file lock that refuses a writer; then open without locking: those readers keep
     their handle and see the additions once they reopen the file."""
     try:
-        return h5py.File(path, "r+", libver="latest")
+        return h5py.File(path, "r+", libver="latest", **direct_io.FILE_ALIGNMENT)
     except BlockingIOError:
-        return h5py.File(path, "r+", libver="latest", locking=False)
+        return h5py.File(path, "r+", libver="latest", locking=False, **direct_io.FILE_ALIGNMENT)
 
 
 def open_recording(path: str) -> h5py.File:

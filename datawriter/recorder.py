@@ -36,7 +36,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .hdf5_sink import Hdf5Sink, StreamSpec, _now_iso
+from .hdf5_sink import DiskNearlyFull, Hdf5Sink, StreamSpec, _now_iso
 from .ring import RingReader, list_streams
 
 Manifest = Mapping[str, Mapping[str, Any]]
@@ -195,6 +195,9 @@ class Recorder:
                     self.sink.set_lost(f.key, f.lost - f.segment_lost0)
                 end = self._read_manifest() if self._manifest is not None else None
                 self.sink.close(manifest_end=end)
+            except DiskNearlyFull as exc:  # stopped with room to spare: close the file properly
+                self.error = exc
+                self._close_after_error()
             except BaseException as exc:  # an OSError is the expected case; anything else is a bug, reported the same way
                 self.error = as_os_error(exc)
                 self.sink.abort()
@@ -205,6 +208,16 @@ class Recorder:
                 self._publish(time.monotonic(), force=True)
                 if self._on_finished is not None:
                     self._on_finished(self.sink.path, self.error)
+
+    def _close_after_error(self) -> None:
+        """Close the file with everything appended so far, its loss counts and end time (no
+        end manifest: reading devices is not worth risking the file); abort if that fails."""
+        try:
+            for f in self._followed.values():
+                self.sink.set_lost(f.key, f.lost - f.segment_lost0)
+            self.sink.close(manifest_end=None)
+        except BaseException:  # noqa: BLE001 - keep what was flushed
+            self.sink.abort()
 
     def _read_manifest(self) -> Manifest:
         """The manifest, or a record of why it could not be read: a manifest problem is
@@ -222,7 +235,7 @@ class Recorder:
         for _ in range(max_records):
             if limit is not None and reader.next_seq >= limit:
                 break
-            rec = reader.read_next(copy=False)
+            rec = reader.read_next(copy=False, min_headroom=reader.slot_count // 8)
             if rec is None:
                 break
             did += 1

@@ -142,7 +142,11 @@ class RingWriter:
         slot_count: int,
         payload_capacity: int,
         description: Mapping[str, Any] | None = None,
+        align_last_buffer: bool = False,
     ) -> None:
+        """``align_last_buffer``: pad each slot's stream so that the last body buffer (a frame
+        ring's pixels) starts on a page boundary; ``payload_capacity`` must then include a
+        page of slack."""
         if slot_count < 2:
             raise ValueError("a ring needs at least 2 slots")
         self.name = name
@@ -175,14 +179,29 @@ class RingWriter:
         rf.write_header(self._mm, self.geometry, self._schema_stream, desc_bytes, os.getpid(), time.time_ns())
         self._hdr = rf.header_view(self._mm)
         self._slots = rf.slot_headers_view(self._mm, self.geometry)
-        self._payloads = [
-            pa.py_buffer(memoryview(self._mm)[self.geometry.payload_offset(i) : self.geometry.payload_offset(i + 1) - rf.SLOT_HEADER_BYTES])
+        self._payload_views = [
+            memoryview(self._mm)[self.geometry.payload_offset(i) : self.geometry.payload_offset(i + 1) - rf.SLOT_HEADER_BYTES]
             for i in range(slot_count)
         ]
+        self._payloads = [pa.py_buffer(v) for v in self._payload_views]
         self._hdr[rf.H_STATE] = rf.STATE_OPEN
         os.replace(tmp, self.path)
         self._seq = 0
         self._closed = False
+        self._align = align_last_buffer
+        self._pads: dict[int, int] = {}  # rows per record -> stream offset that page-aligns the pixels
+
+    def _aligning_pad(self, payload: pa.Buffer, pad: int) -> int:
+        """From the record just written at ``pad``: the stream offset that puts the last body
+        buffer of a record with as many rows on a page boundary. The IPC layout of a record
+        depends only on its row count (buffer lengths, not values, are in the metadata) and
+        every payload starts at the same offset within its page, so this is computed once per
+        row count."""
+        batch = pa.ipc.read_record_batch(pa.ipc.read_message(payload.slice(pad + self._batch_offset)), self.schema)
+        # Array.buffers() includes the children's buffers (a tensor column's storage and values)
+        addresses = [b.address for col in batch.columns for b in col.buffers() if b is not None and b.size]
+        last = max(addresses) - payload.address - pad  # offset of the last buffer in the stream
+        return (-(payload.address + last)) % rf.PAGE
 
     def _check_owner(self) -> None:
         try:
@@ -221,6 +240,9 @@ class RingWriter:
         if not batch.schema.equals(self.schema):
             raise ValueError(f"batch schema does not match ring {self.name!r}:\n{batch.schema}\n!=\n{self.schema}")
         size = len(self._schema_stream) + pa.ipc.get_record_batch_size(batch)
+        pad = self._pads.get(batch.num_rows, 0) if self._align else 0
+        if size + pad > self.geometry.payload_capacity:
+            pad = 0
         if size > self.geometry.payload_capacity:
             raise ValueError(
                 f"record of {size} bytes does not fit the {self.geometry.payload_capacity}-byte slots of ring {self.name!r}"
@@ -230,11 +252,15 @@ class RingWriter:
         idx = s % self.geometry.slot_count
         slot = self._slots[idx]
         slot[rf.S_LOCK] = 2 * s + 1  # odd: readers treat the slot as being written
-        sink = pa.FixedSizeBufferWriter(self._payloads[idx])
+        payload = self._payloads[idx]
+        sink = pa.FixedSizeBufferWriter(pa.py_buffer(self._payload_views[idx][pad:]) if pad else payload)
         with pa.ipc.new_stream(sink, self.schema) as w:
             w.write_batch(batch)
+        slot[rf.S_STREAM_OFFSET] = pad
         slot[rf.S_PAYLOAD_LEN] = sink.tell()
         slot[rf.S_BATCH_OFFSET] = self._batch_offset
+        if self._align and batch.num_rows not in self._pads:
+            self._pads[batch.num_rows] = self._aligning_pad(payload, pad)
         slot[rf.S_T_FIRST_NS] = np.int64(now if t_first_ns is None else t_first_ns).view(np.uint64)
         slot[rf.S_T_LAST_NS] = np.int64(now if t_last_ns is None else t_last_ns).view(np.uint64)
         slot[rf.S_N_ROWS] = batch.num_rows
@@ -256,7 +282,7 @@ class RingWriter:
         # the buffer export after construction), so an explicit unmap would leave any surviving
         # view (a Record's seqlock word, a test's slot view) dangling -> segfault. Dropping our
         # references unmaps when the last view is garbage collected.
-        del self._hdr, self._slots, self._payloads
+        del self._hdr, self._slots, self._payloads, self._payload_views
         self._mm = None  # type: ignore[assignment]
 
     def _unlink_if_ours(self) -> None:
@@ -348,8 +374,12 @@ class RingReader:
         self._view = memoryview(self._mm)
         self.slot_count = self.geometry.slot_count
         # after an overrun, resume this many records ahead of the oldest surviving one so the
-        # reader is not immediately lapped again by a producer that is faster than it
-        self.resume_margin = max(1, min(self.slot_count // 8, self.slot_count - 1))
+        # reader is not immediately lapped again by a producer that is faster than it: half the
+        # ring. Resuming near the oldest record instead makes a slow consumer (the DataWriter,
+        # ~5 ms per 8 MiB frame) read slots the producer is about to overwrite, and every such
+        # torn read wastes a whole frame's write (measured: 45 % of the disk writes of a 30 s
+        # full-speed run with 1/8 of the ring; benchmarks/bench_frames.py)
+        self.resume_margin = max(1, min(self.slot_count // 2, self.slot_count - 1))
         self.lost_overrun = 0
         self.lost_torn = 0
         self.records_read = 0
@@ -431,16 +461,22 @@ class RingReader:
         msg = pa.ipc.read_message(buf.slice(batch_offset))
         return pa.ipc.read_record_batch(msg, self.schema)
 
-    def read_next(self, copy: bool = True) -> Record | None:
-        """The next record, or None if the producer has not committed one yet. Never blocks."""
+    def read_next(self, copy: bool = True, min_headroom: int = 0) -> Record | None:
+        """The next record, or None if the producer has not committed one yet. Never blocks.
+
+        ``min_headroom``: treat a record as already lost when the producer will overwrite it
+        within that many records. A consumer that spends milliseconds on each record (a
+        zero-copy write to disk) passes a few slots, so it skips ahead instead of spending a
+        write on a record that is torn by the time the write ends."""
         n = self.slot_count
+        limit = max(1, n - min_headroom)
         while True:
             ws = self.write_seq
             s = self._next
             if s >= ws:
                 return None
-            if ws - s > n:  # overrun: records s .. ws-n were overwritten before we got to them
-                resume = ws - n + self.resume_margin
+            if ws - s > limit:  # overrun: records s .. ws-n were (or are about to be) overwritten
+                resume = max(s + 1, ws - n + min(max(self.resume_margin, min_headroom), n - 1))
                 self.lost_overrun += resume - s
                 self._next = s = resume
             idx = s % n
@@ -454,11 +490,12 @@ class RingReader:
                 return None
             plen = int(slot[rf.S_PAYLOAD_LEN])
             boff = int(slot[rf.S_BATCH_OFFSET])
+            soff = int(slot[rf.S_STREAM_OFFSET])
             t0 = int(slot[rf.S_T_FIRST_NS].view(np.int64))
             t1 = int(slot[rf.S_T_LAST_NS].view(np.int64))
             rows = int(slot[rf.S_N_ROWS])
-            start = self.geometry.payload_offset(idx)
-            if plen > self.geometry.payload_capacity or boff >= plen:
+            start = self.geometry.payload_offset(idx) + soff
+            if soff + plen > self.geometry.payload_capacity or boff >= plen:
                 valid = False
             elif copy:
                 data = self._mm[start : start + plen]  # one memcpy out of the ring
@@ -711,7 +748,8 @@ def create_frame_stream(
         ],
         schema=schema,
     )
-    capacity = len(rf.serialize_schema(schema)) + pa.ipc.get_record_batch_size(sample_batch) + 256
+    # + a page: the stream is padded so the pixels start page aligned (RingWriter.align_last_buffer)
+    capacity = len(rf.serialize_schema(schema)) + pa.ipc.get_record_batch_size(sample_batch) + 256 + rf.PAGE
     if slot_count is None:
         slot_count = max(4, int(ring_size_mb * 1024 * 1024) // rf.slot_size_for(capacity))
     name = stream_name(device, stream)
@@ -725,7 +763,8 @@ def create_frame_stream(
         "description": description,
         **dict(extra or {}),
     }
-    ring = RingWriter(name, schema, slot_count=slot_count, payload_capacity=capacity, description=desc)
+    ring = RingWriter(name, schema, slot_count=slot_count, payload_capacity=capacity, description=desc,
+                      align_last_buffer=True)
     return FrameStreamWriter(ring, height, width, dt)
 
 

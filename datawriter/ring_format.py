@@ -11,12 +11,16 @@ A ring file (``/dev/shm/tangodaq.<stream>``) is::
     | description: UTF-8 JSON (producer device, stream, units, ...) |  H_DESC_OFFSET
     +--------------------------------------------------------------+  header_size (page aligned)
     | slot 0: 8 uint64 words of slot header, then payload          |
+    |   payload: [padding][Arrow IPC stream]                        |
     | slot 1 ...                                                    |  header_size + i * slot_size
     +--------------------------------------------------------------+
 
-Every slot payload is a complete Arrow IPC *stream* (schema message, one record batch message,
-end-of-stream marker), so a slot can be decoded on its own; ``S_BATCH_OFFSET`` says where the
-record batch message starts so readers can skip re-parsing the schema.
+Every slot holds a complete Arrow IPC *stream* (schema message, one record batch message,
+end-of-stream marker), so a slot can be decoded on its own. It starts ``S_STREAM_OFFSET`` bytes
+into the payload: a frame ring pads the stream so that the frame pixels (the last body buffer)
+start on a page boundary, which lets the DataWriter hand them to an ``O_DIRECT`` write
+straight from the ring. ``S_PAYLOAD_LEN`` is the stream's length and ``S_BATCH_OFFSET`` where
+the record batch message starts within the stream, so readers can skip re-parsing the schema.
 
 Concurrency protocol (one writer, any number of read-only readers, no locks, no syscalls):
 
@@ -48,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 
 MAGIC = b"TDQRING\x01"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: S_STREAM_OFFSET (page-aligned frame pixels)
 PAGE = 4096
 
 #: Header word indices (uint64 each).
@@ -81,6 +85,7 @@ S_T_FIRST_NS = 3
 S_T_LAST_NS = 4
 S_N_ROWS = 5
 S_COMMIT_NS = 6
+S_STREAM_OFFSET = 7
 S_WORDS = 8
 SLOT_HEADER_BYTES = S_WORDS * 8
 

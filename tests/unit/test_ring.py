@@ -48,13 +48,42 @@ def test_frame_roundtrip_schema_description_and_listing(device: str) -> None:
     assert r.read_next() is None
     # a slot is a complete Arrow IPC stream on its own
     with open(r.path, "rb") as f:
-        f.seek(r.geometry.payload_offset(0))
+        f.seek(r.geometry.payload_offset(0) + int(r._slots[0, rf.S_STREAM_OFFSET]))
         payload = f.read(int(r._slots[0, rf.S_PAYLOAD_LEN]))
     assert pa.ipc.open_stream(payload).read_all().num_rows == 1
     with pytest.raises(ValueError):
         w.write(np.zeros((10, 10), np.uint16), 8, 2.0)
     with pytest.raises(RingError, match="no stream"):
         datawriter.open_reader(w.name + "x")
+
+
+def test_frame_pixels_sit_on_page_boundaries_in_the_ring(device: str) -> None:
+    """What lets the DataWriter write frames with O_DIRECT straight from the ring."""
+    w = create_frame_stream(device, height=100, width=130, slot_count=6, frames_per_record=2)
+    r = RingReader(w.name, start="oldest")
+    for i in range(4):
+        w.write(frame(i, 100, 130), i, float(i))
+    w.write_many(np.stack([frame(7, 100, 130), frame(8, 100, 130)]), [7, 8], [7.0, 8.0])
+    w.write_many(np.stack([frame(9, 100, 130), frame(10, 100, 130)]), [9, 10], [9.0, 10.0])
+    records = list(iter(lambda: r.read_next(copy=False), None))
+    pixels = [rec.batch.column("frame").storage.values.buffers()[1] for rec in records]
+    # the first record of each size is written unpadded and teaches the writer the padding
+    aligned = [p.address % rf.PAGE == 0 for p in pixels]
+    assert aligned[1:4] == [True] * 3 and aligned[5], aligned
+    values = [rec.batch.column("frame").to_numpy_ndarray()[:, 50, 60].tolist() for rec in records]
+    assert values == [[0], [1], [2], [3], [7, 8], [9, 10]] and r.lost == 0
+
+
+def test_a_slow_consumer_skips_records_about_to_be_overwritten(device: str) -> None:
+    w = create_frame_stream(device, height=8, width=8, slot_count=16)
+    for i in range(15):  # record 0 is one write away from being overwritten
+        w.write(frame(i, 8, 8), i, float(i))
+    plain = RingReader(w.name, start="oldest")
+    assert plain.read_next(copy=False).seq == 0 and plain.lost == 0
+    slow = RingReader(w.name, start="oldest")
+    rec = slow.read_next(copy=False, min_headroom=4)
+    assert rec.seq == 7 and slow.lost_overrun == 7, "skips to half the ring, counting the skipped as lost"
+    assert [r.seq for r in iter(lambda: slow.read_next(copy=False, min_headroom=4), None)] == list(range(8, 15))
 
 
 def test_wrap_and_overrun_counting(device: str) -> None:
