@@ -65,6 +65,10 @@ class Ell14Component(Component):
         self._polls = 0
         self._motor_status = driver.STATUS_OK
         self.move: MoveTicket | None = None
+        # a move that ended without its final PO (stopped: the mount answers GS00 only) leaves
+        # the last polled position stale; until a `gp` sent after the end answers, the mount
+        # still counts as moving, so State ON always comes with the final Position
+        self._settling_since: float | None = None
         self._move_error = ""  # the last move's failure, until a move succeeds
         self._target_deg: float | None = None
 
@@ -182,9 +186,15 @@ class Ell14Component(Component):
         def status_and_position(port: Port, b: Ell14Bus) -> tuple[int, int]:
             return driver.get_status(port, a, b), driver.get_position(port, a, b)
 
+        asked = time.monotonic()
         status, pulses = bus.run(status_and_position, description=f"{a}gs {a}gp")
+        settled = self._settling_since is not None and asked >= self._settling_since and self.move is None
+        if settled:
+            self._settling_since = None
         self._publish_status(status)
         self._publish_position(pulses)
+        if settled:
+            self.update_state()
         if self._polls % SETTINGS_EVERY == 0 and not self.is_moving():
             def settings(port: Port, b: Ell14Bus) -> tuple[int, int, int]:
                 return driver.get_velocity(port, a, b), driver.get_jog_step(port, a, b), driver.get_home_offset(port, a, b)
@@ -329,9 +339,13 @@ class Ell14Component(Component):
         elif t.error is not None:
             self._move_error = f"{t.description} failed: {t.error}"
             self.record_error(self._move_error)
+        if t.position is None and not t.cancelled:
+            self._settling_since = time.monotonic()  # see __init__: wait for a fresh `gp`
         value = self.position.value
         if value is not None:
-            self.position.publish(value, Quality.VALID if self.communication_ok else Quality.INVALID)
+            settling = self._settling_since is not None
+            self.position.publish(value, Quality.CHANGING if settling else
+                                  Quality.VALID if self.communication_ok else Quality.INVALID)
         self.update_state()
         self.request_poll()
 
@@ -349,7 +363,7 @@ class Ell14Component(Component):
 
     def is_moving(self) -> bool:
         t = self.move
-        return (t is not None and t.active) or self._motor_status == driver.STATUS_BUSY
+        return (t is not None and t.active) or self._motor_status == driver.STATUS_BUSY or self._settling_since is not None
 
     def is_busy(self) -> bool:
         return self.is_moving()
@@ -373,6 +387,8 @@ class Ell14Component(Component):
             return DeviceState.MOVING, f"{t.description[:1].upper()}{t.description[1:]}: {where}"
         if self._motor_status == driver.STATUS_BUSY:
             return DeviceState.MOVING, f"The mount reports busy (GS09): moving, {where}"
+        if self._settling_since is not None:
+            return DeviceState.MOVING, f"Stopped: reading the final position (last read {where})"
         if self._move_error:
             return DeviceState.ALARM, (f"{self._move_error}. Check that nothing blocks the mount, then Home it or run "
                                        "CleanMechanics; this clears with the next successful move.")

@@ -48,8 +48,7 @@ def _abort_while_waiting_for_the_lock(handle) -> bool:  # noqa: ANN001
     thread = threading.Thread(target=log)
     thread.start()
     wait_until(lambda: _blocked_on_the_lock(thread), 10, what="the logging thread to wait for the handler lock")
-    set_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-    assert set_exc(ctypes.c_ulong(thread.ident), ctypes.py_object(Aborted)) == 1
+    assert _set_async_exc(thread.ident, Aborted) == 1
     handler.lock.release()
     thread.join(5)
     assert not thread.is_alive()
@@ -58,6 +57,15 @@ def _abort_while_waiting_for_the_lock(handle) -> bool:  # noqa: ANN001
     if free:
         handler.lock.release()
     return free
+
+
+def _set_async_exc(ident: int, exc: type[BaseException]) -> int:
+    """``PyThreadState_SetAsyncExc`` through a function object of our own: Sardana sets
+    ``argtypes`` on the shared ``ctypes.pythonapi`` one when it is imported."""
+    func = ctypes.PyDLL(None).PyThreadState_SetAsyncExc
+    func.argtypes = (ctypes.c_ulong, ctypes.py_object)
+    func.restype = ctypes.c_int
+    return func(ident, exc)
 
 
 def _blocked_on_the_lock(thread: threading.Thread) -> bool:
