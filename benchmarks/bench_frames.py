@@ -55,9 +55,17 @@ def producer(device: str, fps: float, seconds: float, ring_mb: int, ready, go, t
 
 
 def run_pipeline(folder: str, fps: float, seconds: float, ring_mb: int, compression: str) -> dict:
-    ctx = mp.get_context("fork")
     device = f"bench/cam/{uuid.uuid4().hex[:8]}"
     name = device.replace("/", ".") + ".frames"
+    try:
+        return _pipeline(device, name, folder, fps, seconds, ring_mb, compression)
+    finally:  # the 1 GB ring must not outlive a failed run in /dev/shm
+        remove_stream(name)
+
+
+def _pipeline(device: str, name: str, folder: str, fps: float, seconds: float, ring_mb: int,
+              compression: str) -> dict:
+    ctx = mp.get_context("fork")
     ready, go, total = ctx.Event(), ctx.Event(), ctx.Value("q", 0)
     p = ctx.Process(target=producer, args=(device, fps, seconds, ring_mb, ready, go, total))
     p.start()
