@@ -43,7 +43,10 @@ SETUP_ATTRIBUTES = {
 WARMUP_TIMEOUT_S = 600
 
 
-def proxy(name: str, timeout_ms: int = 3000) -> tango.DeviceProxy:
+# 10 s, not Tango's 3 s: a server that has just started may have its serial link busy identifying
+# the instrument, and a command that confirms by readback (the Mai Tai's shutter, 2 s) waits behind
+# it; `tangodaq demo` right after `up` timed out once in laser_on with 3 s.
+def proxy(name: str, timeout_ms: int = 10000) -> tango.DeviceProxy:
     p = tango.DeviceProxy(name)
     p.set_timeout_millis(timeout_ms)
     return p
