@@ -10,8 +10,23 @@ VENV=${TANGODAQ_VENV:-.venv}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
+# Debian's own Python creates virtual environments only with its pythonX.Y-venv package.
+venv_support() {
+    "$PY" -c "import ensurepip, venv" >/dev/null 2>&1 && return 0
+    pkg="python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing $pkg (Debian's Python needs it for virtual environments)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+    else
+        echo "!! $PY cannot create a virtual environment: sudo apt-get install $pkg" >&2
+        exit 1
+    fi
+}
+
 setup() {
     if [ ! -x "$VENV/bin/python" ]; then
+        venv_support
         echo "== creating the virtual environment in $VENV"
         "$PY" -m venv "$VENV"
     fi

@@ -92,7 +92,6 @@ def _pipeline(device: str, name: str, folder: str, fps: float, seconds: float, r
     size = os.path.getsize(path)
     frame_io = getattr(rec.sink, "frame_io", "write_direct_chunk (buffered)")  # a --baseline datawriter may predate it
     os.unlink(path)
-    remove_stream(name)
     return {"produced": total.value, "written": st.records_written, "lost": st.dropped_records,
             "fps": sustained, "MB/s": sustained * FRAME_BYTES / 1e6, "overall_fps": st.records_written / (t_closed - t0),
             "backlog_at_end": backlog_at_end, "drain_s": t_closed - t_end,

@@ -187,8 +187,8 @@ class _StreamDatasets:
                     raise ValueError(f"stream {spec.name!r}: only one tensor column is supported")
                 shape = tuple(int(x) for x in f.type.shape)
                 dtype = np.dtype(f.type.value_type.to_pandas_dtype())
-                raw = compression in ("none", "", None)
-                if raw and direct is not None and direct.available and direct_io.suits(int(np.prod(shape)) * dtype.itemsize):
+                # the sink passes ``direct`` only for uncompressed recordings
+                if direct is not None and direct.available and direct_io.suits(int(np.prod(shape)) * dtype.itemsize):
                     self.direct = direct
                 ds = group.create_dataset(
                     "data",
@@ -356,9 +356,9 @@ class SpaceGuard:
     When the disk fills in the middle of HDF5's metadata flush, the file is left half-written
     and HDF5's handles in this process half-closed. Stopping while :attr:`reserve` plus twice
     the next record are still free leaves room for the final flush (which may allocate one new
-    chunk per scalar column), the end time, loss counts and the end manifest. Free space is asked of the file system (``statvfs``) once a second
-    and whenever the running estimate gets close to the limit, so other writers on the same
-    disk are noticed too.
+    chunk per scalar column), the end time, loss counts and the end manifest. Free space is asked
+    of the file system (``statvfs``) once a second and whenever the running estimate gets close
+    to the limit, so other writers on the same disk are noticed too.
     """
 
     RESERVE_BYTES = 1024 * 1024  # metadata, manifest and slack; the sink adds its column chunks

@@ -179,11 +179,10 @@ class RingWriter:
         rf.write_header(self._mm, self.geometry, self._schema_stream, desc_bytes, os.getpid(), time.time_ns())
         self._hdr = rf.header_view(self._mm)
         self._slots = rf.slot_headers_view(self._mm, self.geometry)
-        self._payload_views = [
+        self._payloads = [  # writable views; the stream goes at an offset into its payload
             memoryview(self._mm)[self.geometry.payload_offset(i) : self.geometry.payload_offset(i + 1) - rf.SLOT_HEADER_BYTES]
             for i in range(slot_count)
         ]
-        self._payloads = [pa.py_buffer(v) for v in self._payload_views]
         self._hdr[rf.H_STATE] = rf.STATE_OPEN
         os.replace(tmp, self.path)
         self._seq = 0
@@ -191,17 +190,16 @@ class RingWriter:
         self._align = align_last_buffer
         self._pads: dict[int, int] = {}  # rows per record -> stream offset that page-aligns the pixels
 
-    def _aligning_pad(self, payload: pa.Buffer, pad: int) -> int:
-        """From the record just written at ``pad``: the stream offset that puts the last body
-        buffer of a record with as many rows on a page boundary. The IPC layout of a record
-        depends only on its row count (buffer lengths, not values, are in the metadata) and
-        every payload starts at the same offset within its page, so this is computed once per
-        row count."""
-        batch = pa.ipc.read_record_batch(pa.ipc.read_message(payload.slice(pad + self._batch_offset)), self.schema)
+    def _aligning_pad(self, stream: pa.Buffer, pad: int) -> int:
+        """From the record just written at offset ``pad`` of its payload (``stream``): the
+        offset that puts the last body buffer of a record with as many rows on a page boundary.
+        The IPC layout of a record depends only on its row count (buffer lengths, not values,
+        are in the metadata) and every payload starts at the same offset within its page, so
+        this is computed once per row count."""
+        batch = pa.ipc.read_record_batch(pa.ipc.read_message(stream.slice(self._batch_offset)), self.schema)
         # Array.buffers() includes the children's buffers (a tensor column's storage and values)
-        addresses = [b.address for col in batch.columns for b in col.buffers() if b is not None and b.size]
-        last = max(addresses) - payload.address - pad  # offset of the last buffer in the stream
-        return (-(payload.address + last)) % rf.PAGE
+        last = max(b.address for col in batch.columns for b in col.buffers() if b is not None and b.size)
+        return (pad - last) % rf.PAGE  # moving the stream by (new - pad) moves `last` onto a page
 
     def _check_owner(self) -> None:
         try:
@@ -252,15 +250,15 @@ class RingWriter:
         idx = s % self.geometry.slot_count
         slot = self._slots[idx]
         slot[rf.S_LOCK] = 2 * s + 1  # odd: readers treat the slot as being written
-        payload = self._payloads[idx]
-        sink = pa.FixedSizeBufferWriter(pa.py_buffer(self._payload_views[idx][pad:]) if pad else payload)
+        stream = pa.py_buffer(self._payloads[idx][pad:])
+        sink = pa.FixedSizeBufferWriter(stream)
         with pa.ipc.new_stream(sink, self.schema) as w:
             w.write_batch(batch)
         slot[rf.S_STREAM_OFFSET] = pad
         slot[rf.S_PAYLOAD_LEN] = sink.tell()
         slot[rf.S_BATCH_OFFSET] = self._batch_offset
         if self._align and batch.num_rows not in self._pads:
-            self._pads[batch.num_rows] = self._aligning_pad(payload, pad)
+            self._pads[batch.num_rows] = self._aligning_pad(stream, pad)
         slot[rf.S_T_FIRST_NS] = np.int64(now if t_first_ns is None else t_first_ns).view(np.uint64)
         slot[rf.S_T_LAST_NS] = np.int64(now if t_last_ns is None else t_last_ns).view(np.uint64)
         slot[rf.S_N_ROWS] = batch.num_rows
@@ -282,7 +280,7 @@ class RingWriter:
         # the buffer export after construction), so an explicit unmap would leave any surviving
         # view (a Record's seqlock word, a test's slot view) dangling -> segfault. Dropping our
         # references unmaps when the last view is garbage collected.
-        del self._hdr, self._slots, self._payloads, self._payload_views
+        del self._hdr, self._slots, self._payloads
         self._mm = None  # type: ignore[assignment]
 
     def _unlink_if_ours(self) -> None:

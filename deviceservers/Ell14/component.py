@@ -339,8 +339,8 @@ class Ell14Component(Component):
         elif t.error is not None:
             self._move_error = f"{t.description} failed: {t.error}"
             self.record_error(self._move_error)
-        if t.position is None and not t.cancelled:
-            self._settling_since = time.monotonic()  # see __init__: wait for a fresh `gp`
+        if t.position is None and not t.cancelled and t.error is None:
+            self._settling_since = time.monotonic()  # stopped: see __init__, wait for a fresh `gp`
         value = self.position.value
         if value is not None:
             settling = self._settling_since is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from tango.test_context import DeviceTestContext, MultiDeviceTestContext
 import datawriter
 from datawriter.device import DataWriter
 from datawriter.ring import FrameStreamWriter, ScalarStreamWriter, create_frame_stream, create_scalar_stream
+from tests.ports import free_port_block
 
 
 class Motor(Device):
@@ -47,12 +47,6 @@ def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "con
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -101,7 +95,7 @@ def test_recording_layout_manifest_swmr_and_events(tmp_path, streams) -> None:
     cam, pm = streams
     prod = Producer(cam, pm)
     prod.frames(10)  # pre-trigger material, 10 frames in the past second
-    port = free_port()
+    port = free_port_block(1)
     motor = f"tango://127.0.0.1:{port}/test/motor/1#dbase=no"
     info = [
         {"class": DataWriter, "devices": [{"name": "test/datawriter/1", "properties": {
