@@ -97,7 +97,12 @@ def _supervise(args, config: dict) -> int:
     def load() -> str:
         import tango
 
-        calls = write_config(config, tango.Database(host, port))
+        from .roles import write_roles
+
+        db = tango.Database(host, port)
+        calls = write_config(config, db)
+        if write_roles(db, config["roles"]):
+            calls.append(("put_property", ("tangodaq", "Roles"), {}))
         return (
             f"{lab_name} loaded ({len(calls)} change{'s' if len(calls) > 1 else ''})"
             if calls

@@ -133,11 +133,20 @@ def load_config(overlay: str | Path | None = None, lab: str | Path | None = None
     if overlay:
         with open(overlay) as f:
             config = _merge(config, json.load(f))
+    roles = config.pop("roles", None)  # tangodaq's own section (tango_db/roles.py), not dsconfig's
     config = clean_metadata(normalize_config(config))
     config = json.loads(json.dumps(config))  # plain dicts, not dsconfig's SetterDicts
     _normalize_values(config)
     _substitute(config)
+    from .roles import roles_from_config
+
+    config["roles"] = roles_from_config({"roles": roles})
     return config
+
+
+def dsconfig_part(config: dict) -> dict:
+    """The configuration without tangodaq's own sections, as dsconfig expects it."""
+    return {k: v for k, v in config.items() if k != "roles"}
 
 
 def server_instances(config: dict) -> list[ServerInstance]:
@@ -159,6 +168,7 @@ def db_changes(config: dict, db) -> list[tuple[str, tuple, dict]]:
     from dsconfig.tangodb import get_dict_from_db
     from dsconfig.utils import ObjectWrapper
 
+    config = dsconfig_part(config)
     original, _moved = get_dict_from_db(db, config)
     wrapper = ObjectWrapper()
     configure(config, original, update=False, ignore_case=True, db=wrapper)
