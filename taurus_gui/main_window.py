@@ -1,18 +1,20 @@
-"""The lab window (tabs: Lab, Laser, Motion, Power meter, Camera) and the ``main`` entry point."""
+"""The lab window (tabs: Lab, Laser, Motion, Power meter, Camera) and the ``main`` entry point.
+
+The devices come from the lab's roles (``taurus_gui.layout``), read from the database the window
+attaches to; a tab whose role the lab does not have is left out.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
 from taurus.external.qt import Qt
 
+from taurus_gui.layout import LabLayout, layout_from_roles, read_roles, split_tango_host
 from taurus_gui.panels import (
-    CAMERA,
-    DATA_WRITER,
-    LASER,
-    POWER_METER,
     CameraPanel,
     LabPanel,
     LaserPanel,
@@ -21,39 +23,46 @@ from taurus_gui.panels import (
 )
 from taurus_gui.widgets import Messages, tango_host_from_env
 
-LAB_DEVICES = {
-    LASER: "Mai Tai laser",
-    "lab/esp300/x": "ESP300 stage, axis X",
-    "lab/esp300/y": "ESP300 stage, axis Y",
-    "lab/esp300/z": "ESP300 stage, axis Z",
-    "lab/ell14/hwp": "ELL14 half-wave plate",
-    "lab/ell14/pol": "ELL14 polariser",
-    "lab/ell14/qwp": "ELL14 quarter-wave plate",
-    POWER_METER: "Newport 1830-C power meter",
-    CAMERA: "Prime BSI camera",
-    DATA_WRITER: "DataWriter (HDF5 recording)",
-    "pool/lab/1": "Sardana Pool",
-    "macroserver/lab/1": "Sardana MacroServer",
-}
+log = logging.getLogger(__name__)
+
+
+def lab_devices(layout: LabLayout) -> dict[str, str]:
+    """Every device the overview lists (device -> description), from the lab's roles."""
+    return dict(layout.overview)
 
 
 class LabWindow(Qt.QMainWindow):
     """The lab's main window, attached to the lab whose database is ``tango_host``."""
 
-    def __init__(self, tango_host: str | None = None) -> None:
+    def __init__(self, tango_host: str | None = None, roles: dict[str, str] | None = None,
+                 classes: dict[str, str] | None = None) -> None:
+        """``roles`` (role -> device) and ``classes`` (device -> Tango class) default to what the
+        database at ``tango_host`` holds (the ``tangodaq``/``Roles`` property)."""
         super().__init__()
         self.tango_host = tango_host or tango_host_from_env()
+        if roles is None:
+            roles, found = read_roles(self.tango_host)
+            classes = found if classes is None else classes
+        self.layout_info = layout_from_roles(roles, classes)
+        lay = self.layout_info
         self.setWindowTitle(f"tangodaq lab - {self.tango_host}")
         self.messages = Messages()
         self.history: list[tuple[float, str, bool]] = []
 
-        self.lab = LabPanel(self.tango_host, LAB_DEVICES)
-        self.laser = LaserPanel(self.tango_host, self.messages)
-        self.motion = MotionPanel(self.tango_host, self.messages)
-        self.power_meter = PowerMeterPanel(self.tango_host, self.messages)
-        self.camera = CameraPanel(self.tango_host, self.messages)
-        self.panels = {"Lab": self.lab, "Laser": self.laser, "Motion": self.motion,
-                       "Power meter": self.power_meter, "Camera": self.camera}
+        self.lab = LabPanel(self.tango_host, lab_devices(lay))
+        self.laser = LaserPanel(self.tango_host, self.messages, device=lay.laser) if lay.laser else None
+        self.motion = (MotionPanel(self.tango_host, self.messages, axes=lay.axes, mounts=lay.mounts)
+                       if lay.axes or lay.mounts else None)
+        self.power_meter = (PowerMeterPanel(self.tango_host, self.messages, device=lay.meter)
+                            if lay.meter else None)
+        self.camera = CameraPanel(self.tango_host, self.messages, device=lay.camera) if lay.camera else None
+        candidates = {"Lab": self.lab, "Laser": self.laser, "Motion": self.motion,
+                      "Power meter": self.power_meter, "Camera": self.camera}
+        self.panels = {title: panel for title, panel in candidates.items() if panel is not None}
+        missing = [title for title, panel in candidates.items() if panel is None]
+        if missing:
+            log.warning("the lab at %s has no role for the %s tab(s): left out (roles: %s)",
+                        self.tango_host, ", ".join(missing), ", ".join(sorted(roles)))
 
         self.tabs = Qt.QTabWidget()
         for title, panel in self.panels.items():
@@ -77,7 +86,8 @@ class LabWindow(Qt.QMainWindow):
 
     def shutdown(self) -> None:
         """Detach every Taurus widget from its model, so no listener or poller is left."""
-        self.camera.close_feed()
+        if self.camera is not None:
+            self.camera.close_feed()
         for widget in self.findChildren(Qt.QWidget):
             set_model = getattr(widget, "setModel", None)
             if set_model is not None and hasattr(widget, "getModelName"):
@@ -85,8 +95,9 @@ class LabWindow(Qt.QMainWindow):
                     set_model(None)
                 except Exception:  # noqa: BLE001 - best effort while closing
                     pass
-        for trend_set in self.power_meter.trend.getTrendSets():
-            trend_set.setModel(None)
+        if self.power_meter is not None:
+            for trend_set in self.power_meter.trend.getTrendSets():
+                trend_set.setModel(None)
         release_idle_pollers()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
@@ -109,17 +120,34 @@ def release_idle_pollers() -> None:
             factory.polling_timers.pop(period, None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Open the lab window (``python -m taurus_gui [--tango-host HOST:PORT]``)."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The GUI's options: ``[--tango-host HOST:PORT] [--tab TAB]`` (a leading ``--``, as
+    ``tangodaq gui -- ...`` passes it, is ignored). A bad HOST:PORT exits with a usage error."""
     parser = argparse.ArgumentParser(
         prog="tangodaq gui",
         description="The lab's Taurus GUI: Lab overview, Laser, Motion, Power meter and Camera "
-                    "panels, attached to the running lab through its Tango database.")
-    parser.add_argument("--tango-host", default=None,
+                    "panels for the devices the lab's roles name, attached to the running lab "
+                    "through its Tango database.")
+    parser.add_argument("--tango-host", default=None, metavar="HOST:PORT",
                         help="the lab's database (default: $TANGO_HOST, else 127.0.0.1:10000)")
     parser.add_argument("--tab", default="Lab", help="tab to show first: Lab, Laser, Motion, "
                         "'Power meter' or Camera")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    parsed = parser.parse_args(args)
+    if parsed.tango_host is not None:
+        try:
+            host, port = split_tango_host(parsed.tango_host)
+        except ValueError as exc:
+            parser.error(f"--tango-host: {exc}")
+        parsed.tango_host = f"{host}:{port}"
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Open the lab window (``python -m taurus_gui [--tango-host HOST:PORT] [--tab TAB]``)."""
+    args = parse_args(argv)
 
     from taurus.qt.qtgui.application import TaurusApplication
 

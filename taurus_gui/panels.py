@@ -1,9 +1,11 @@
 """The panels of the lab window: Lab overview, Laser, Motion, Power meter, Camera.
 
-Each panel takes the lab's database address and builds Taurus widgets bound to the fixed device
-names of the lab deployment (ARCHITECTURE.md). Panels keep references to their key widgets as
-attributes (``panel.warmup``, ``panel.buttons["On"]``...) so tests and scripts can drive them the
-way a user does.
+Each panel takes the lab's database address and the names of the devices it shows; the window
+(``main_window``) takes those names from the lab's roles (``tango_db.roles``), so the same panels
+serve the simulated lab (``lab/maitai/1``) and a facility that names its laser
+``b12/laser/maitai``. Panels keep references to their key widgets as attributes
+(``panel.warmup``, ``panel.buttons["On"]``...) so tests and scripts can drive them the way a user
+does.
 """
 
 from __future__ import annotations
@@ -28,14 +30,6 @@ from taurus_gui.widgets import (
     state_label,
     status_label,
 )
-
-LASER = "lab/maitai/1"
-POWER_METER = "lab/powermeter/1"
-CAMERA = "lab/camera/1"
-DATA_WRITER = "lab/datawriter/1"
-ESP300_AXES = {"Stage X": "lab/esp300/x", "Stage Y": "lab/esp300/y", "Stage Z": "lab/esp300/z"}
-ELL14_MOUNTS = {"Half-wave plate": "lab/ell14/hwp", "Polariser": "lab/ell14/pol",
-                "Quarter-wave plate": "lab/ell14/qwp"}
 
 
 def value_label(model: str) -> TaurusLabel:
@@ -65,7 +59,7 @@ class LaserPanel(Qt.QWidget):
     does is exactly what the laser is told.
     """
 
-    def __init__(self, tango_host: str, messages: Messages, device: str = LASER) -> None:
+    def __init__(self, tango_host: str, messages: Messages, device: str) -> None:
         super().__init__()
         self.device = device
         dev = model_name(tango_host, device)
@@ -118,14 +112,17 @@ class MotionPanel(Qt.QWidget):
     """
 
     def __init__(self, tango_host: str, messages: Messages,
-                 axes: dict[str, str] | None = None, mounts: dict[str, str] | None = None) -> None:
+                 axes: dict[str, str], mounts: dict[str, str]) -> None:
+        """``axes`` and ``mounts``: row title -> device name (a group with none is left out)."""
         super().__init__()
         self.rows: dict[str, dict[str, Qt.QWidget]] = {}
         layout = Qt.QVBoxLayout(self)
         # Home is offered for the mounts only (clockwise, the mount's usual direction): homing
         # the stage drives it to a switch across its travel, a move to decide at the optics.
-        for title, devices, homing in (("Newport ESP300 stage", axes or ESP300_AXES, False),
-                                       ("Thorlabs ELL14 rotation mounts", mounts or ELL14_MOUNTS, True)):
+        for title, devices, homing in (("Newport ESP300 stage", axes, False),
+                                       ("Thorlabs ELL14 rotation mounts", mounts, True)):
+            if not devices:
+                continue
             grid = Qt.QGridLayout()
             for column, caption in enumerate(["", "State", "Position", "Move to (Enter)", "", "", ""]):
                 grid.addWidget(Qt.QLabel(f"<i>{caption}</i>"), 0, column)
@@ -159,7 +156,7 @@ class MotionPanel(Qt.QWidget):
 class PowerMeterPanel(Qt.QWidget):
     """Newport 1830-C: reading, settings and a live trend of Power."""
 
-    def __init__(self, tango_host: str, messages: Messages, device: str = POWER_METER) -> None:
+    def __init__(self, tango_host: str, messages: Messages, device: str) -> None:
         super().__init__()
         dev = model_name(tango_host, device)
         layout = Qt.QVBoxLayout(self)
@@ -243,7 +240,7 @@ class CameraPanel(Qt.QWidget):
 
     REFRESH_HZ = 4
 
-    def __init__(self, tango_host: str, messages: Messages, device: str = CAMERA) -> None:
+    def __init__(self, tango_host: str, messages: Messages, device: str) -> None:
         super().__init__()
         dev = model_name(tango_host, device)
         layout = Qt.QHBoxLayout(self)
