@@ -2,7 +2,8 @@
 
 Every step talks to the running device servers through the Tango database, exactly as itango,
 Taurus or a Sardana macro would, and prints what it did and what came back. The demo puts every
-setting it touches back the way it found it.
+setting it touches back the way it found it. Devices are found by their roles
+(``tango_db.roles``), never by a spelled name.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from collections.abc import Callable
 
 import numpy as np
 import tango
-
-POWER_METER = "lab/powermeter/1"
 
 Say = Callable[[str], None]
 
@@ -44,8 +43,11 @@ def _wait(condition: Callable[[], bool], timeout: float) -> bool:
 def power_meter_demo(say: Say) -> bool:
     """Read, write and watch the 1830-C. Returns True when every step behaved."""
     ok = True
-    pm = tango.DeviceProxy(POWER_METER)
-    say(f"\n== {POWER_METER}: {pm.info().dev_class} — {pm.State()}: {pm.Status()}")
+    from .experiment import device
+
+    name = device("meter")
+    pm = tango.DeviceProxy(name)
+    say(f"\n== {name}: {pm.info().dev_class} — {pm.State()}: {pm.Status()}")
     if not _wait(lambda: pm.State() in (tango.DevState.ON, tango.DevState.ALARM), 20):
         say(f"   the power meter is {pm.State()}: {pm.Status()}")
         return False
@@ -118,7 +120,7 @@ def _settled_power(pm: tango.DeviceProxy) -> float | None:
 
 def run_demo(say: Say = print) -> int:
     from .door_client import MacroFailed
-    from .experiment import ExperimentError, laser_on, run_experiment
+    from .experiment import ExperimentError, laser_on, proxy, run_experiment
 
     t0 = time.monotonic()
     say("tangodaq demo: the simulated lab, through Tango")
@@ -133,8 +135,8 @@ def run_demo(say: Say = print) -> int:
         return 1
     finally:
         try:
-            tango.DeviceProxy("lab/maitai/1").CloseShutter()
-        except tango.DevFailed:
+            proxy("laser").CloseShutter()
+        except (tango.DevFailed, ExperimentError):
             say("   COULD NOT CLOSE THE LASER SHUTTER: close it by hand")
     s = res.summary
     say("\n== summary")

@@ -11,7 +11,10 @@ the Door (as spock does), with Tango for the rest.
 6. close the shutter (whatever happened), stop the recording, and print what the file holds;
 7. save a PNG plot next to the HDF5 file.
 
-Every number printed is read back from the instruments or from the files, never assumed.
+Every number printed is read back from the instruments or from the files, never assumed. No
+device name is spelled here: each step asks the lab's roles (``tango_db.roles``) for the laser, the
+meter, the camera, the mounts, the stage axes, the DataWriter and the Door, so the same experiment
+runs on a deployment that names its devices ``b12/...``.
 """
 
 from __future__ import annotations
@@ -28,17 +31,31 @@ import tango
 
 Say = Callable[[str], None]
 
-LASER, METER, CAMERA, WRITER = "lab/maitai/1", "lab/powermeter/1", "lab/camera/1", "lab/datawriter/1"
-HWP, POL, QWP = "lab/ell14/hwp", "lab/ell14/pol", "lab/ell14/qwp"
-STAGE_X, STAGE_Y = "lab/esp300/x", "lab/esp300/y"
 WAVELENGTH_NM = 800.0
-DOOR = "door/lab/1"
+MOUNTS = ("hwp", "pol", "qwp")  # roles of the rotation mounts the experiment homes
+STAGE_AXES = ("stage_x", "stage_y")  # roles of the stage axes the raster moves
+# Sardana element names (the Pool's motors, see tango_db/sardana.json), not Tango device names:
 HWP_SCAN = ("hwp", 0, 180, 24, 0.2)  # mount, start, end, intervals, integration time (s)
 RASTER = (0, 2, 4, 0, 0.5, 1, 0.02)  # x start, end, intervals; y start, end, intervals; exposure (s)
 
 
 class ExperimentError(RuntimeError):
     """A step could not be done; the message says what to do."""
+
+
+def device(role: str) -> str:
+    """The Tango name of the device playing ``role`` in the running lab (``tango_db.roles``);
+    ExperimentError naming the missing role when the lab has none."""
+    from .roles import device as role_device
+
+    try:
+        return role_device(role)
+    except KeyError as exc:
+        raise ExperimentError(exc.args[0]) from None
+
+
+def proxy(role: str) -> tango.DeviceProxy:
+    return tango.DeviceProxy(device(role))
 
 
 @dataclass
@@ -83,11 +100,11 @@ def laser_on(say: Say) -> tango.DeviceProxy:
     """The ``laser_on`` macro (safe start, warm-up progress printed live), then the shutter."""
     from .door_client import run_macro
 
-    laser = tango.DeviceProxy(LASER)
+    laser = proxy("laser")
     if laser.State() == tango.DevState.FAULT:
         raise ExperimentError(f"the laser is in FAULT: {laser.Status()}")
     if not laser.Emission:
-        run_macro(DOOR, "laser_on", say=lambda line: say(f"   {line}"))
+        run_macro(device("door"), "laser_on", say=lambda line: say(f"   {line}"))
     laser.Wavelength = WAVELENGTH_NM
     wait_for("the end of tuning", lambda: not laser.Tuning and laser.State() != tango.DevState.MOVING, 60)
     laser.OpenShutter()
@@ -98,22 +115,22 @@ def laser_on(say: Say) -> tango.DeviceProxy:
 
 
 def prepare_optics(say: Say) -> None:
-    mounts = [tango.DeviceProxy(n) for n in (HWP, POL, QWP)]
+    mounts = [proxy(role) for role in MOUNTS]
     for m in mounts:
         if not m.Homed:
             m.Home(0)
     for m in mounts:
         wait_for(f"{m.dev_name()} to home", lambda m=m: m.Homed and idle(m), 30)
     say("   mounts homed: " + ", ".join(f"{m.dev_name()} {m.Position:.2f}°" for m in mounts))
-    for axis in (STAGE_X, STAGE_Y):
-        stage = tango.DeviceProxy(axis)
+    for axis in STAGE_AXES:
+        stage = proxy(axis)
         if not stage.MotorOn:
             stage.MotorOn = True
         move(stage, 0.0)
 
 
 def start_meter_stream(say: Say, nm: float) -> tango.DeviceProxy:
-    meter = tango.DeviceProxy(METER)
+    meter = proxy("meter")
     meter.Wavelength = round(nm)
     meter.Range = 0  # AUTO
     meter.Streaming = True
@@ -139,7 +156,7 @@ def hwp_sweep(say: Say, res: Results) -> None:
     """``polarization_scan`` through the Door; its points come back from Sardana's scan file."""
     from .door_client import run_macro
 
-    out = run_macro(DOOR, "polarization_scan", *HWP_SCAN, say=lambda line: say(f"   {line}"))
+    out = run_macro(device("door"), "polarization_scan", *HWP_SCAN, say=lambda line: say(f"   {line}"))
     fit = json.loads(str(out))
     entry = last_scan_entry()
     res.angles = [float(a) for a in entry["hwp"]]
@@ -171,7 +188,7 @@ def camera_raster(say: Say, res: Results) -> None:
     """``stage_camera_raster`` through the Door: one frame per point, into the running recording."""
     from .door_client import run_macro
 
-    run_macro(DOOR, "stage_camera_raster", *RASTER, say=lambda line: say(f"   {line}"))
+    run_macro(device("door"), "stage_camera_raster", *RASTER, say=lambda line: say(f"   {line}"))
     entry = last_scan_entry()
     res.stage_mm = [float(x) for x in entry["stage_x"]]
     res.stage_y_mm = [float(y) for y in entry["stage_y"]]
@@ -180,9 +197,10 @@ def camera_raster(say: Say, res: Results) -> None:
 def measure_spots(res: Results) -> None:
     """The spot's column in each raster frame of the DataWriter file, and px per mm of stage x."""
     import datawriter
+    from datawriter.hdf5_sink import _device_group_name  # the sink's own naming of device groups
 
     with datawriter.open_recording(res.file) as f:
-        cam = f["entry/instrument/lab_camera_1"]
+        cam = f[f"entry/instrument/{_device_group_name(device('camera'))}"]
         frames = [g["data"] for g in cam.values() if hasattr(g, "keys") and "data" in g and g["data"].ndim == 3]
         stack = [frames_ds[i] for frames_ds in frames for i in range(frames_ds.shape[0])]
     n = len(res.stage_mm)
@@ -255,12 +273,12 @@ def save_plot(res: Results, path: Path) -> None:
 # ---------------------------------------------------------------------- the whole run
 def run_experiment(say: Say) -> Results:
     res = Results()
-    writer = tango.DeviceProxy(WRITER)
+    writer = proxy("datawriter")
     laser: tango.DeviceProxy | None = None
     meter: tango.DeviceProxy | None = None
     recording = False
     try:
-        if not tango.DeviceProxy(LASER).Emission:
+        if not proxy("laser").Emission:
             say("\n== laser: safe start")
         laser = laser_on(say)
         say("\n== optics and stage")
@@ -277,7 +295,7 @@ def run_experiment(say: Say) -> Results:
         say("\n== half-wave plate sweep: polarization_scan " + " ".join(map(str, HWP_SCAN)))
         hwp_sweep(say, res)
         say("\n== camera raster: stage_camera_raster " + " ".join(map(str, RASTER)))
-        cam = tango.DeviceProxy(CAMERA)
+        cam = proxy("camera")
         lost_before = cam.FramesLost
         camera_raster(say, res)
         res.summary["camera"] = {"lost": int(cam.FramesLost - lost_before)}
