@@ -14,6 +14,9 @@
   running, and frames are then referenced by their start-of-exposure time
   (``#timestamp_bof=<epoch s>``, the file's ``timestamp_bof`` dataset).
 - With referencing disabled, ``ReadOne`` returns the camera's ``LastImage`` preview.
+- The axis attributes ``TangoDevice`` and ``DataWriter`` (memorized: the Pool restores them) name
+  the devices; an axis that has none memorized gets the lab's ``camera`` and ``datawriter`` roles
+  (``tango_db.roles``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from sardana.pool.controller import (
     Type,
 )
 
+from tango_db.roles import device as role_device
+
 TIMEOUT_MS = 3000
 FRAME_TIMEOUT_S = 10.0  # beyond the exposure
 FILE_CLOSE_TIMEOUT_S = 30.0  # for the DataWriter to write its backlog and close the file
@@ -45,6 +50,16 @@ FILE_CLOSE_TIMEOUT_S = 30.0  # for the DataWriter to write its backlog and close
 
 def safe(name: str) -> str:
     return name.strip("/").replace("/", "_")
+
+
+def role_default(role: str) -> str:
+    """The device playing ``role`` in the deployed lab (``tango_db.roles``: the database's
+    ``tangodaq``/``Roles``), or "" when the lab has no such role. Asked when an axis is created,
+    so a deployment's names apply without a Pool restart (roles are cached a few seconds)."""
+    try:
+        return role_device(role)
+    except KeyError:
+        return ""
 
 
 class CameraTwoDController(TwoDController, Referable):
@@ -56,12 +71,13 @@ class CameraTwoDController(TwoDController, Referable):
 
     axis_attributes = {
         "TangoDevice": {
-            Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized, DefaultValue: "lab/camera/1",
-            Description: "the Pvcam device",
+            Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized,
+            Description: "the Pvcam device (default: the lab's camera role)",
         },
         "DataWriter": {
-            Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized, DefaultValue: "lab/datawriter/1",
-            Description: "the DataWriter device that records the camera's frames",
+            Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized,
+            Description: "the DataWriter device that records the camera's frames (default: the lab's "
+                         "datawriter role)",
         },
     }
 
@@ -70,10 +86,19 @@ class CameraTwoDController(TwoDController, Referable):
         self.ax: dict[int, dict[str, Any]] = {}
         self.integ_time = 0.1
 
+    ROLE_DEFAULTS = {"TangoDevice": "camera", "DataWriter": "datawriter"}
+
     # ------------------------------------------------------------------ axes
+    def GetAxisAttributes(self, axis: int) -> dict:
+        """Sardana's axis attributes, with the devices' defaults taken from the lab's roles now."""
+        attrs = super().GetAxisAttributes(axis)
+        for name, role in self.ROLE_DEFAULTS.items():
+            attrs[name][DefaultValue] = role_default(role)
+        return attrs
+
     def AddDevice(self, axis: int) -> None:
         self.ax[axis] = {
-            "device": "lab/camera/1", "writer": "lab/datawriter/1", "cam": None, "dw": None,
+            "device": role_default("camera"), "writer": role_default("datawriter"), "cam": None, "dw": None,
             "ref_enabled": False, "own_recording": False, "file": "", "index": 0, "starts_left": 0,
             "started": 0.0, "frames_before": 0, "ref": "", "error": "", "snapped": False,
         }

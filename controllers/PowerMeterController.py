@@ -6,7 +6,7 @@ scan point arrived), not return one reading, and never a reading from before the
 Two sources, chosen per acquisition:
 
 - ``ring``: when the meter streams (``Streaming`` = True), every sample is in the shared-memory
-  ring ``lab.powermeter.1.power`` (datawriter.ring); the average is over the ring rows whose
+  ring ``<meter device with dots>.power`` (datawriter.ring); the average is over the ring rows whose
   timestamp falls in the count window (the ring stays open when streaming stops, so the
   device's ``Streaming`` decides, and a ring that brings nothing falls back to Tango);
 - ``tango``: otherwise, the device's ``Power`` attribute (refreshed by the server's polling,
@@ -17,6 +17,9 @@ Two sources, chosen per acquisition:
 The axis attributes ``Samples`` and ``Source`` tell, after each count, how many samples were
 averaged and from where. Readings with quality INVALID (ERR/UNDER) are skipped; if none is valid
 the count fails with the device's Status.
+
+The axis attribute ``TangoDevice`` (memorized: the Pool restores it) names the meter; an axis
+that has none memorized gets the lab's ``meter`` role (``tango_db.roles``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from sardana.pool.controller import (
     Type,
 )
 
+from tango_db.roles import device as role_device
+
 TIMEOUT_MS = 2000
 SAMPLE_PERIOD_S = 0.02  # how often the Tango attribute is re-read (its value changes at PollPeriodMs)
 FRESH_WAIT_MAX_S = 5.0  # longest wait for a first reading after the window, beyond the count time
@@ -47,8 +52,18 @@ RING_GRACE_S = 1.0  # a streaming meter writes a sample every ~10 ms: none a sec
 
 
 def default_stream(device: str) -> str:
-    """The ring stream the meter's server writes: ``lab/powermeter/1`` -> ``lab.powermeter.1.power``."""
+    """The ring stream the meter's server writes: ``b12/meter/1`` -> ``b12.meter.1.power``."""
     return device.strip("/").replace("/", ".") + ".power"
+
+
+def role_default(role: str) -> str:
+    """The device playing ``role`` in the deployed lab (``tango_db.roles``: the database's
+    ``tangodaq``/``Roles``), or "" when the lab has no such role. Asked when an axis is created,
+    so a deployment's names apply without a Pool restart (roles are cached a few seconds)."""
+    try:
+        return role_device(role)
+    except KeyError:
+        return ""
 
 
 class Count:
@@ -171,8 +186,8 @@ class PowerMeterController(CounterTimerController):
 
     axis_attributes = {
         "TangoDevice": {
-            Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized, DefaultValue: "lab/powermeter/1",
-            Description: "the Newport1830C device",
+            Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized,
+            Description: "the Newport1830C device (default: the lab's meter role)",
         },
         "Stream": {
             Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized, DefaultValue: "",
@@ -196,8 +211,14 @@ class PowerMeterController(CounterTimerController):
         self.integ_time = 1.0
         self._to_start: list[int] = []
 
+    def GetAxisAttributes(self, axis: int) -> dict:
+        """Sardana's axis attributes, with the meter's default taken from the lab's roles now."""
+        attrs = super().GetAxisAttributes(axis)
+        attrs["TangoDevice"][DefaultValue] = role_default("meter")
+        return attrs
+
     def AddDevice(self, axis: int) -> None:
-        self.devices[axis] = "lab/powermeter/1"
+        self.devices[axis] = role_default("meter")
         self.streams[axis] = ""
 
     def DeleteDevice(self, axis: int) -> None:

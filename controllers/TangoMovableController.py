@@ -6,7 +6,10 @@ position-like attribute, MOVING while moving or tuning, ALARM on a limit or inte
 lost link, and (where the hardware has them) ``Stop`` / ``Abort`` commands. So one controller
 serves all of them; each axis names its device and attribute:
 
-- axis attribute ``TangoDevice``: e.g. ``lab/ell14/hwp`` (memorized: the Pool restores it);
+- axis attribute ``TangoDevice``: the device's Tango name (memorized: the Pool restores it). An
+  axis with none memorized whose Pool element is named after a role of the lab (``hwp``,
+  ``stage_x``...: ``tango_db.roles``) gets that role's device, so the elements of the lab's
+  configuration need no device names;
 - axis attribute ``PositionAttribute``: ``Position`` (default) or ``Wavelength``.
 
 Why a controller of our own rather than sardana's generic Taurus one: ``StateOne`` must be fast
@@ -34,6 +37,8 @@ from sardana.pool.controller import (
     MotorController,
     Type,
 )
+
+from tango_db.roles import lab_roles
 
 TIMEOUT_MS = 2000
 START_GRACE_S = 0.5  # a device that has not reported MOVING yet right after a write is still moving
@@ -114,7 +119,8 @@ class TangoMovableController(MotorController):
     axis_attributes = {
         "TangoDevice": {
             Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized, DefaultValue: "",
-            Description: "Tango device moved by this axis, e.g. lab/ell14/hwp",
+            Description: "Tango device moved by this axis (default: the device of the lab's role "
+                         "named like the motor, e.g. hwp)",
         },
         "PositionAttribute": {
             Type: str, Access: DataAccess.ReadWrite, Memorize: Memorized, DefaultValue: "Position",
@@ -130,6 +136,22 @@ class TangoMovableController(MotorController):
         self.axes: dict[int, Axis] = {}
 
     # ------------------------------------------------------------------ axes
+    def _element_name(self, axis: int) -> str:
+        """The Pool element (motor) name of ``axis``, "" when the Pool does not say (yet)."""
+        try:
+            element = self._getPoolController().get_element(axis=axis)
+        except Exception:  # noqa: BLE001 - outside a Pool (unit use) or element not registered
+            return ""
+        return str(getattr(element, "name", "") or "")
+
+    def GetAxisAttributes(self, axis: int) -> dict:
+        """Sardana's axis attributes; ``TangoDevice`` defaults to the device of the lab's role
+        named like this axis' motor (``hwp`` -> the lab's half-wave plate), else ""."""
+        attrs = super().GetAxisAttributes(axis)
+        name = self._element_name(axis)
+        attrs["TangoDevice"][DefaultValue] = lab_roles().get(name, "") if name else ""
+        return attrs
+
     def AddDevice(self, axis: int) -> None:
         self.axes[axis] = Axis()
 
