@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from deviceservers.common.serial_link import InstrumentError, LinkTimeout, Port, ProtocolError
+from deviceservers.common.serial_link import GarbledReply, InstrumentError, LinkTimeout, Port, ProtocolError
 
 ADDRESSES = "0123456789ABCDEF"
 ELL14_MOTOR_TYPE = 0x0E
@@ -301,17 +301,25 @@ def exchange(
     port.write(command_bytes(address, command, data), terminate=False)
     budget = timeout if timeout is not None else port.settings.timeout_s
     deadline = time.monotonic() + budget
+    garbled: list[bytes] = []  # malformed lines received meanwhile: the answer may be among them
     while True:
         remaining = deadline - time.monotonic()
         try:
             if remaining <= 0:
                 raise LinkTimeout(f"no reply within {budget:.3g} s")
-            reply = read_reply(port, remaining)
+            raw = port.read_until(b"\n", remaining)
         except LinkTimeout as exc:
             if dispatcher is not None:
                 dispatcher.expect_late(address, expect)
+            if garbled:
+                # Something answered, but not readably: say so with the bytes, not "no reply".
+                raise GarbledReply(f"ELL14 mount {address}: garbled reply {garbled[-1]!r} to {command!r} "
+                                   f"({len(garbled)} malformed line(s), no valid {'/'.join(expect)} reply "
+                                   f"within {budget:.3g} s)") from exc
             raise LinkTimeout(f"ELL14 mount {address}: no {'/'.join(expect)} reply to {command!r}: {exc}") from exc
+        reply = parse_reply(raw.rstrip(b"\r"))
         if reply is None:
+            garbled.append(raw)
             continue  # noise or a broken packet: never an answer
         if reply.address == address and reply.code in expect:
             if dispatcher is not None:

@@ -62,8 +62,22 @@ class StateReporter:
     def __init__(self, state: DeviceState, status: str) -> None:
         self._state = state
         self._status = status
+        self._derived = (state, status)
         self._state_lock = threading.RLock()
         self._state_listeners: list[StateListener] = []
+        self._not_resumed: dict[str, str] = {}
+
+    def set_not_resumed(self, name: str, message: str | None) -> None:
+        """Say that setting ``name`` (a producer) did not come back after a restart (ALARM until
+        a client writes it again), or, with None, that it is settled."""
+        with self._state_lock:
+            if message is None:
+                if self._not_resumed.pop(name, None) is None:
+                    return
+            else:
+                self._not_resumed[name] = message
+            state, status = self._derived
+        self._set_state(state, status)
 
     @property
     def state(self) -> DeviceState:
@@ -80,6 +94,12 @@ class StateReporter:
 
     def _set_state(self, state: DeviceState, status: str) -> None:
         with self._state_lock:
+            self._derived = (state, status)
+            if self._not_resumed and state not in (DeviceState.FAULT, DeviceState.INIT):
+                # A producer that ran before the restart and does not now is an alarm, whatever
+                # else the device is doing: data that someone expects is not being taken.
+                state = DeviceState.ALARM
+                status = " ".join(f"{m}." for m in self._not_resumed.values()) + f" {status}"
             if (state, status) == (self._state, self._status):
                 return
             self._state, self._status = state, status
@@ -217,7 +237,10 @@ class Component(StateReporter):
     # ------------------------------------------------------------------ state
     def _refresh_state(self) -> None:
         link = self.link
-        if link is None or not link.connected or not self._ready:
+        if link is not None and not link.health.ever_connected and not link.health.connect_failures:
+            # The first connection is still under way: INIT, not a FAULT nobody can act on yet.
+            state, status = DeviceState.INIT, f"Connecting to the {self.label} on {self.settings.url}"
+        elif link is None or not link.connected or not self._ready:
             reason = link.health.down_reason if link is not None else "not started"
             state = DeviceState.FAULT
             status = (

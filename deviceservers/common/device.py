@@ -113,6 +113,27 @@ def _tango_type(p: Parameter[Any]) -> Any:
     return {float: float, int: np.int32, bool: bool, str: str}[p.dtype]
 
 
+def _database() -> tango.Database | None:
+    """The database this server runs with (a file database under DeviceTestContext), or None."""
+    try:
+        return tango.Util.instance().get_database()
+    except (tango.DevFailed, RuntimeError):
+        return None
+
+
+def _parse_memorized(p: Parameter[Any], text: str) -> Any:
+    """A memorized value (text in the database) as the Parameter's type."""
+    if p.dtype is bool:
+        if text.strip().lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"memorized value {text!r} is not true/false")
+        return text.strip().lower() in ("true", "1")
+    if p.dtype is int:
+        return int(float(text))
+    if p.dtype is float:
+        return float(text)
+    return text
+
+
 class ParameterDevice(Device):
     """Base of every device whose settings are the Parameters of a component, serial or not.
 
@@ -155,6 +176,7 @@ class ParameterDevice(Device):
         self.component.add_state_listener(self._on_state_change)
         self._on_state_change(self.component.state, self.component.status)
         self.component.start()
+        self._restore_memorized()
 
     def delete_device(self) -> None:
         # No more pushes from the component's threads: this thread holds the device lock while
@@ -205,6 +227,10 @@ class ParameterDevice(Device):
                 kwargs["max_dim_x"], kwargs["max_dim_y"] = p.shape[1], p.shape[0]
         if p.writable:
             kwargs["fset"] = self._write_parameter
+            if p.memorized:
+                # Tango keeps the client's last write in the database (attribute property
+                # __value); _restore_memorized applies it at every start and Init.
+                kwargs["memorized"] = True
         self.add_attribute(attribute(**kwargs))
         self.set_change_event(p.name, True, False)
         self.set_archive_event(p.name, True, False)
@@ -219,10 +245,11 @@ class ParameterDevice(Device):
     def _read_parameter(self, attr: tango.Attribute) -> Any:
         p = self.component.parameters[attr.get_name()]
         r = p.reading()
-        if p.writable and p.shape is None:
+        if p.writable:
             setpoint = p.setpoint
             if setpoint is not None:
-                attr.set_write_value(setpoint)  # GUIs show the real set point, not a stale write
+                # GUIs show the real set point (the last accepted one), never a refused write
+                attr.set_write_value(setpoint)
         return self._value_for_tango(p, r.value), r.timestamp, _QUALITY[r.quality]
 
     def _write_parameter(self, attr: tango.WAttribute) -> None:
@@ -234,6 +261,55 @@ class ParameterDevice(Device):
             self.write_parameter(p, value)
         except Exception as exc:  # noqa: BLE001
             raise_devfailed(exc, f"{type(self).__name__}.write_{p.name}")
+        if p.memorized:
+            self._not_resumed(p.name, None)  # a client decided again: the restart is behind us
+
+    # ------------------------------------------------------------------ memorized set points
+    def remember(self, name: str, value: Any) -> None:
+        """Record ``value`` as the memorized set point of attribute ``name``, as a client write
+        would: for producers started by a command (StartAcquisition), so a restart resumes them."""
+        db = _database()
+        if db is None:
+            return
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        try:
+            db.put_device_attribute_property(self.get_name(), {name: {"__value": [text]}})
+        except tango.DevFailed as exc:
+            self._log.warning("could not memorize %s = %s: %s", name, text, exc.args[0].desc)
+
+    def _restore_memorized(self) -> None:
+        """Apply every memorized Parameter's last set point (start and Init). A producer that was
+        running before the restart runs again; if it cannot, the device goes ALARM and says so."""
+        memorized = [p for p in self.component.parameters if p.memorized and p.writable]
+        db = _database() if memorized else None
+        if db is None:
+            return
+        try:
+            stored = db.get_device_attribute_property(self.get_name(), [p.name for p in memorized])
+        except tango.DevFailed as exc:
+            self._log.warning("memorized set points not read: %s", exc.args[0].desc)
+            return
+        for p in memorized:
+            values = stored.get(p.name, {}).get("__value", [])
+            if not values:
+                continue
+            text = values[0] if not isinstance(values, str) else values
+            try:
+                value = _parse_memorized(p, text)
+                if value == p.value:
+                    continue
+                self.write_parameter(p, value)
+            except Exception as exc:  # noqa: BLE001 - the device must start and say what failed
+                self._not_resumed(p.name, f"{p.name} was {text} before the restart and could not be restored: {exc}. "
+                                          f"Write {p.name} again")
+                self._log.error("%s not restored after the restart: %s", p.name, exc)
+            else:
+                self._log.info("%s restored to %s after the restart (memorized)", p.name, text)
+
+    def _not_resumed(self, name: str, message: str | None) -> None:
+        mark = getattr(self.component, "set_not_resumed", None)
+        if mark is not None:
+            mark(name, message)
 
     def write_parameter(self, p: Parameter[Any], value: Any) -> None:
         """Hook for subclasses that must do more than ``p.set(value)`` on a write."""

@@ -76,6 +76,8 @@ class Parameter(Generic[T]):
         shape: tuple[int, ...] | None = None,
         initial: T | None = None,
         publish_on_write: bool = True,
+        local: bool = False,
+        memorized: bool = False,
     ) -> None:
         if choices is not None and dtype is not int:
             raise TypeError(f"{name}: an enum parameter holds an int index into its choices")
@@ -104,6 +106,12 @@ class Parameter(Generic[T]):
         # records the setpoint and commands the hardware, but the value shown stays the measured
         # one, published by polling; the target never masquerades as the actual value.
         self.publish_on_write = publish_on_write
+        # The value lives in the server, not in the instrument (is the stream running?): a lost
+        # link does not make it untrustworthy, so it is never invalidated with the others.
+        self.local = local
+        # The set point survives a server restart (a Tango memorized attribute, re-applied at
+        # start): producers (a meter's stream, a camera's live mode) come back as they were.
+        self.memorized = memorized
 
     # ----------------------------------------------------------------- description
     @property
@@ -169,7 +177,7 @@ class Parameter(Generic[T]):
                 value = self.choices.index(value)
             try:
                 coerced = int(value)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise ParameterError(f"{self.name}: expected an integer, got {value!r}") from exc
             if isinstance(value, float) and value != coerced:
                 raise ParameterError(f"{self.name}: expected an integer, got {value!r}")
@@ -177,9 +185,12 @@ class Parameter(Generic[T]):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 try:
                     value = float(value)
-                except (TypeError, ValueError) as exc:
-                    raise ParameterError(f"{self.name}: expected a number, got {value!r}") from exc
-            coerced = float(value)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise ParameterError(f"{self.name}: expected a number, got {_short(value)}") from exc
+            try:
+                coerced = float(value)
+            except OverflowError as exc:  # an int too large for a double
+                raise ParameterError(f"{self.name}: {_short(value)} is too large") from exc
             if not math.isfinite(coerced):
                 raise ParameterError(f"{self.name}: {coerced} is not a finite number")
         elif dtype is str:
@@ -214,12 +225,27 @@ class Parameter(Generic[T]):
         coerced = self.validate(value)
         with self._write_lock:
             with self._lock:
+                previous = self._setpoint
                 self._setpoint = coerced
             if self._writer is not None:
-                self._writer(coerced)
+                try:
+                    self._writer(coerced)
+                except BaseException:
+                    # Refused by the instrument (or the link failed): the set point stays the
+                    # last accepted one, never the refused value, whatever the device.
+                    with self._lock:
+                        if self._setpoint is coerced:  # no newer write or publish meanwhile
+                            self._setpoint = previous
+                    raise
             if self.publish_on_write:
                 self.publish(coerced)
         return coerced
+
+    def restore_setpoint(self, value: T | None) -> None:
+        """Take the set point from the instrument without writing it (after a server restart, the
+        target a moving stage reports), so the set point shown is never unknown while it is known."""
+        with self._lock:
+            self._setpoint = value
 
     def refresh(self) -> T | None:
         """Read from the hardware (in the caller's thread) and publish the result."""
@@ -271,6 +297,12 @@ class Parameter(Generic[T]):
         return f"Parameter({self.name}={self._value!r} {self.unit}, {self._quality.name})"
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """A refused value as shown in an error: its repr, cut (a megabyte string stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _same(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is b
@@ -314,5 +346,7 @@ class ParameterSet:
         return list(self._params)
 
     def invalidate_all(self) -> None:
+        """The link is down: every value read from the instrument is stale (local ones are not)."""
         for p in self._params.values():
-            p.invalidate()
+            if not p.local:
+                p.invalidate()

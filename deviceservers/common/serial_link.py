@@ -57,6 +57,16 @@ class ProtocolError(LinkError):
     """The reply could not be understood (garbled, truncated, wrong address)."""
 
 
+class GarbledReply(ProtocolError):
+    """A reply arrived but is not text the instrument sends (noise, wrong baud rate, a cable
+    fault): reported with its bytes, never as a time-out, so nobody looks for a mute instrument."""
+
+
+class IncompleteReply(LinkTimeout):
+    """Bytes arrived but the reply's terminator never did (a truncated reply): a time-out that
+    says what was received."""
+
+
 class InstrumentError(Exception):
     """The instrument understood and refused (an error code it reported). Never retried."""
 
@@ -109,6 +119,8 @@ class LinkHealth:
     bytes_out: int = 0
     bytes_in: int = 0
     down_reason: str = "not connected yet"
+    connect_failures: int = 0  # connection attempts that failed (0: the first is still under way)
+    ever_connected: bool = False
     since: float = field(default_factory=time.time)
 
 
@@ -163,19 +175,22 @@ class Port:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 partial = bytes(self._buf)
-                raise LinkTimeout(
-                    f"no reply within {timeout if timeout is not None else self._settings.timeout_s:.3g} s"
-                    + (f" (partial {partial!r})" if partial else "")
-                )
+                waited = timeout if timeout is not None else self._settings.timeout_s
+                if partial:
+                    raise IncompleteReply(f"incomplete reply {partial!r}: no terminator {term!r} within {waited:.3g} s")
+                raise LinkTimeout(f"no reply within {waited:.3g} s")
             self._buf += self._read_some(remaining)
 
     def read_line(self, timeout: float | None = None) -> str:
         """One reply line, decoded and stripped of the read terminator and spaces."""
         raw = self.read_until(None, timeout)
         try:
-            return raw.decode(self._settings.encoding).strip()
+            text = raw.decode(self._settings.encoding).strip()
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"garbled reply {raw!r}") from exc
+            raise GarbledReply(f"garbled reply {raw!r} (not {self._settings.encoding} text)") from exc
+        if any(ord(c) < 32 and c != "\t" for c in text) or "\x7f" in text:
+            raise GarbledReply(f"garbled reply {raw!r} (control characters)")
+        return text
 
     def read_exact(self, n: int, timeout: float | None = None) -> bytes:
         deadline = time.monotonic() + (timeout if timeout is not None else self._settings.timeout_s)
@@ -485,6 +500,7 @@ class SerialLink:
         if self._ever_connected:
             self.health.reconnects += 1
         self._ever_connected = True
+        self.health.ever_connected = True
         self.health.down_reason = ""
         self.health.since = time.time()
         self.log.info("%s: connected", self.name)
@@ -497,7 +513,9 @@ class SerialLink:
         self._fail_pending(LinkDown(f"{self.name} is not connected: {reason}"))
 
     def _set_down(self, reason: str) -> None:
-        changed = self.health.connected or self.health.down_reason != reason
+        if not self._ever_connected:
+            self.health.connect_failures += 1
+        changed = self.health.connected or self.health.down_reason != reason or self.health.connect_failures == 1
         self.health.connected = False
         self.health.down_reason = reason
         if changed:

@@ -126,3 +126,58 @@ def test_a_settings_set_point_follows_the_instrument_but_a_targets_does_not():
     target.set(10.0)
     target.publish(3.5)  # on its way
     assert target.setpoint == 10.0 and target.value == 3.5
+
+
+def test_refused_hardware_write_keeps_the_last_accepted_setpoint():
+    accepted: list[int] = []
+
+    def writer(v: int) -> None:
+        if v == 3:
+            raise ValueError("binning 3x3 is not offered")
+        accepted.append(v)
+
+    p = Parameter("Binning", int, minimum=1, writable=True, writer=writer)
+    p.set(2)
+    with pytest.raises(ValueError):
+        p.set(3)
+    assert p.setpoint == 2 and p.value == 2 and accepted == [2]
+    # also for setpoint-style parameters (a stage target) and arrays (an ROI)
+    target = Parameter("Position", float, writable=True, publish_on_write=False,
+                       writer=lambda v: (_ for _ in ()).throw(RuntimeError("motor off")) if v > 5 else None)
+    target.set(1.0)
+    with pytest.raises(RuntimeError):
+        target.set(9.0)
+    assert target.setpoint == 1.0
+    import numpy as np
+
+    def roi_writer(v) -> None:
+        if len(v) != 4:
+            raise ValueError("4 values")
+
+    roi = Parameter("Roi", np.int32, shape=(4,), writable=True, writer=roi_writer)
+    good = np.array([0, 0, 8, 8], dtype=np.int32)
+    roi.set(good)
+    with pytest.raises(ValueError):
+        roi.set(np.array([1, 2], dtype=np.int32))
+    assert roi.setpoint is good
+
+
+def test_huge_numbers_are_refused_as_values_not_overflow():
+    f = Parameter("Exposure", float, writable=True)
+    i = Parameter("Frames", int, writable=True)
+    with pytest.raises(ParameterError, match="too large"):
+        f.set(10**400)
+    for bad in (math.inf, 10.0**308 * 10, -math.inf):
+        with pytest.raises(ParameterError):
+            i.set(bad)
+
+
+def test_local_parameters_survive_a_link_loss():
+    from deviceservers.common.parameter import ParameterSet
+
+    ps = ParameterSet()
+    remote = ps.add(Parameter("Power", float, initial=1.0))
+    local = ps.add(Parameter("Streaming", bool, writable=True, initial=True, local=True))
+    ps.invalidate_all()
+    assert remote.quality == Quality.INVALID
+    assert local.quality == Quality.VALID and local.value is True

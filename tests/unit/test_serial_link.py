@@ -293,3 +293,42 @@ def test_bad_settings_are_refused():
         LinkSettings(url="sim://x", flow_control="hardware")
     with pytest.raises(ValueError, match="SerialURL is empty"):
         LinkSettings(url="")
+
+
+def test_garbled_and_truncated_replies_are_reported_with_their_bytes_not_as_time_outs(served, link_factory):
+    from deviceservers.common.serial_link import GarbledReply, IncompleteReply
+
+    sim, server = served
+    link = link_factory(settings(server.url, retries=0, timeouts_before_down=10))
+    sim.faults.garble_next = 1
+    with pytest.raises(GarbledReply, match=r"garbled reply b'"):
+        link.query("hello")
+    assert link.health.timeouts == 0 and "garbled reply" in link.health.last_error
+    sim.faults.truncate_next = 1
+    with pytest.raises(IncompleteReply, match=r"incomplete reply b'EC"):
+        link.query("hello")
+    assert link.query("again") == "ECHO again"
+
+
+def test_first_connection_is_not_a_failure_until_it_failed():
+    """INIT while the first connection is under way; FAULT only once it really failed."""
+    from deviceservers.common.component import Component, DeviceState
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts the TCP connection but never answers: the hook waits
+    port = listener.getsockname()[1]
+    comp = Component(settings(f"socket://127.0.0.1:{port}", timeout_s=0.5, retries=0))
+    states: list[DeviceState] = []
+    comp.add_state_listener(lambda s, _status: states.append(s))
+    comp.on_connect = lambda p: p.query("IDN?")  # type: ignore[method-assign]
+    try:
+        comp.start()
+        assert comp.state == DeviceState.INIT, comp.status
+        assert "Connecting" in comp.status
+        wait_until(lambda: comp.state == DeviceState.FAULT, 5)
+        assert DeviceState.FAULT not in states[: states.index(DeviceState.FAULT)]
+        assert comp.link is not None and comp.link.health.connect_failures >= 1
+    finally:
+        comp.stop()
+        listener.close()
