@@ -13,9 +13,11 @@ recorder's counters as attributes with change events (pushed at most 4 times per
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,12 +25,96 @@ import tango
 from tango import AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property
 
-from .hdf5_sink import COMPRESSIONS, Hdf5Sink, StreamSpec
+from . import recovery
+from .hdf5_sink import COMPRESSIONS, Hdf5Sink, StreamSpec, check_metadata
 from .recorder import Recorder, RecorderStats
 from .ring import RingError, RingReader, list_streams
 
 EVENT_ATTRIBUTES = ("Recording", "RecordsWritten", "BytesWritten", "WriteRate", "Backlog", "DroppedRecords")
 STOP_WAIT_S = 2.0  # StopRecording waits this long for the file to close (under the 3 s client time-out)
+
+
+START_KEYS = {"name": "file name prefix and title (text, at most 200 characters)",
+              "metadata": "JSON object stored under /entry/user_metadata",
+              "pre_trigger_s": "seconds of ring history to include, 0..3600",
+              "pre_trigger": "alias of pre_trigger_s"}
+MAX_ARGUMENT_CHARS = 1 << 20
+MAX_NAME_CHARS = 200  # with the date suffix the file name stays under the 255 bytes file systems allow
+MAX_PRE_TRIGGER_S = 3600.0
+MAX_METADATA_DEPTH = 16
+MAX_METADATA_ITEMS = 1000
+
+
+def _refuse_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a number a recording can use")
+
+
+def _count_items(tree: Mapping[str, Any], depth: int = 1) -> int:
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"'metadata' is nested deeper than {MAX_METADATA_DEPTH} levels")
+    n = 0
+    for value in tree.values():
+        n += 1 + (_count_items(value, depth + 1) if isinstance(value, Mapping) else 0)
+    return n
+
+
+def parse_start_argument(argin: str) -> tuple[str, dict[str, Any], float]:
+    """``StartRecording``'s JSON argument as (name, metadata, pre-trigger seconds).
+
+    Raises ValueError for anything the recording cannot honour exactly: not a JSON object, an
+    unknown key (a typo would otherwise give a file named ``recording_...``), NaN or infinite
+    numbers, a name that is not text, too long for a file name or holds control characters
+    (an embedded NUL cuts the file name short), metadata HDF5 cannot store, a pre-trigger that
+    is not a finite number of seconds in range. Checked before anything is created, so a
+    refusal has no side effect.
+    """
+    if len(argin) > MAX_ARGUMENT_CHARS:
+        raise ValueError(f"the argument is longer than {MAX_ARGUMENT_CHARS} characters")
+    try:
+        params = json.loads(argin, parse_constant=_refuse_constant) if argin.strip() else {}
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+    if not isinstance(params, dict):
+        raise ValueError("the argument must be a JSON object")
+    unknown = sorted(set(params) - set(START_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; the keys are "
+                         + "; ".join(f"{k}: {v}" for k, v in START_KEYS.items()))
+    name = params.get("name")
+    if name is None:
+        name = "recording"
+    if not isinstance(name, str):
+        raise ValueError(f"'name' must be text, not {type(name).__name__}")
+    if len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"'name' has {len(name)} characters; at most {MAX_NAME_CHARS}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError("'name' contains control characters (such as NUL or a line break)")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("'name' is not valid Unicode text (a lone surrogate)") from None
+    name = name or "recording"
+    metadata = params.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise ValueError("'metadata' must be a JSON object")
+    if _count_items(metadata) > MAX_METADATA_ITEMS:
+        raise ValueError(f"'metadata' has more than {MAX_METADATA_ITEMS} entries")
+    check_metadata(metadata)
+    if "pre_trigger_s" in params and "pre_trigger" in params:
+        raise ValueError("give 'pre_trigger_s' or its alias 'pre_trigger', not both")
+    pre = params.get("pre_trigger_s", params.get("pre_trigger"))
+    if pre is None:
+        pre = 0.0
+    if isinstance(pre, bool) or not isinstance(pre, int | float):
+        raise ValueError(f"'pre_trigger_s' must be a number of seconds, not {type(pre).__name__}")
+    if not (0 <= pre <= MAX_PRE_TRIGGER_S):
+        raise ValueError(f"'pre_trigger_s' must be between 0 and {MAX_PRE_TRIGGER_S:g} s, not {pre}")
+    pre = float(pre)
+    if not math.isfinite(pre):  # pragma: no cover - excluded by the range check
+        raise ValueError("'pre_trigger_s' must be finite")
+    return name, metadata, pre
 
 
 def _safe_name(name: str) -> str:
@@ -93,14 +179,17 @@ class DataWriter(Device):
     def init_device(self) -> None:
         super().init_device()
         self._recorder: Recorder | None = None
+        self._journal: recovery.Journal | None = None
         self._file_path = ""
         self._stats = RecorderStats()
         self._streams: list[str] = []
         self._last_push = 0.0
+        self._last_recovery = ""
         for name in EVENT_ATTRIBUTES:
             self.set_change_event(name, True, False)
         self.set_state(DevState.ON)
         self.set_status("Idle: call StartRecording to record " + (", ".join(self.Streams) or "every stream on this host"))
+        self._recover()
 
     def delete_device(self) -> None:
         rec = self._recorder
@@ -137,6 +226,11 @@ class DataWriter(Device):
     def DroppedRecords(self) -> int:
         return self._stats.dropped_records
 
+    @attribute(dtype=str, doc="the last recording found unfinished when this server started (its writer was "
+               "killed): the file, what was kept and lost, and the file it continues in; empty if none")
+    def LastRecovery(self) -> str:
+        return self._last_recovery
+
     @attribute(dtype=(str,), max_dim_x=1024, access=AttrWriteType.READ, doc="streams of the current/last recording, else those a recording would take")
     def StreamNames(self) -> list[str]:
         if self._recorder is not None:
@@ -147,29 +241,32 @@ class DataWriter(Device):
 
     # ------------------------------------------------------------------------- commands
 
-    @command(dtype_in=str, doc_in='JSON {"name": str, "metadata": {...}, "pre_trigger_s": seconds}', dtype_out=str, doc_out="file path")
+    @command(dtype_in=str, doc_in='JSON {"name": str, "metadata": {...}, "pre_trigger_s": seconds}; '
+             "any other key, or a value that cannot be honoured, is refused (DataWriter_BadArgument)",
+             dtype_out=str, doc_out="file path")
     def StartRecording(self, argin: str) -> str:
         if self._recorder is not None and self._recorder.running:
             tango.Except.throw_exception(
                 "DataWriter_Busy", f"already recording to {self._file_path}; call StopRecording first", "StartRecording"
             )
         try:
-            params = json.loads(argin) if argin.strip() else {}
-            if not isinstance(params, dict):
-                raise ValueError("the argument must be a JSON object")
-            name = str(params.get("name") or "recording")
-            metadata = params.get("metadata") or {}
-            if not isinstance(metadata, dict):
-                raise ValueError("'metadata' must be a JSON object")
-            pre = float(params.get("pre_trigger_s", params.get("pre_trigger", 0.0)) or 0.0)
-            if pre < 0:
-                raise ValueError("pre-trigger seconds must be >= 0")
-        except (ValueError, TypeError) as exc:
-            tango.Except.throw_exception("DataWriter_BadArgument", f"bad StartRecording argument {argin!r}: {exc}", "StartRecording")
+            name, metadata, pre = parse_start_argument(argin)
+        except ValueError as exc:
+            shown = argin if len(argin) <= 200 else argin[:200] + "..."
+            tango.Except.throw_exception("DataWriter_BadArgument", f"bad StartRecording argument {shown!r}: {exc}",
+                                         "StartRecording")
+        return self._start(name, metadata, pre)
+
+    def _start(self, name: str, metadata: dict[str, Any], pre: float, resume: dict[str, Any] | None = None,
+               path: str = "", continues: str = "") -> str:
+        """Open the readers and the file and start the recorder thread. ``resume`` (a crashed
+        recording's journal): each stream whose ring is still the same one is read from the
+        first record the crashed file lacks; ``continues`` is that file."""
         # Streams that do not exist yet are awaited: producers create their rings when they start
         # (the camera at acquisition start, the power meter when Streaming goes on).
         named = list(self.Streams)
-        streams = named or list_streams()
+        resumed = dict((resume or {}).get("streams") or {})
+        streams = named or sorted(set(list_streams()) | set(resumed))
         start: str | float = time.time() - pre if pre > 0 else "latest"
         readers: dict[str, RingReader] = {}
         awaited: list[str] = []
@@ -180,16 +277,24 @@ class DataWriter(Device):
                 if not named:  # listed a moment ago, removed since: it is picked up again if it comes back
                     continue
                 awaited.append(s)
-        path = ""
+                continue
+            pos = resumed.get(s)
+            if pos is not None:
+                r = readers[s]
+                if r.created_ns == pos.get("ring_created_ns") and r.producer_pid == pos.get("ring_pid"):
+                    r.seek_seq(int(pos.get("next_seq", 0)))
+                else:  # the producer re-created its ring meanwhile: all of the new one is after the crash
+                    r.seek_oldest()
         try:
             os.makedirs(self.OutputDir, exist_ok=True)
-            path = self._new_path(name)
+            path = path or self._new_path(name)
             sink = Hdf5Sink(
                 path,
                 [StreamSpec(n, r.schema, r.description) for n, r in readers.items()],
                 title=name,
                 metadata=metadata,
                 compression=self.Compression,
+                continues=continues,
             )
         except OSError as exc:
             for r in readers.values():
@@ -200,10 +305,17 @@ class DataWriter(Device):
             for r in readers.values():
                 r.close()
             tango.Except.throw_exception("DataWriter_BadConfiguration", str(exc), "StartRecording")
+        try:
+            self._journal = recovery.Journal(recovery.journal_path(self.OutputDir, self.get_name()), {
+                "device": self.get_name(), "path": path, "name": name, "metadata": metadata})
+        except OSError as exc:  # the file could be created, so this is unlikely; record without a journal
+            self._journal = None
+            self.warn_stream(f"no recovery journal for {path}: {exc}")
         devices = list(self.ManifestDevices)
         self._stats = RecorderStats()
         self._streams = list(readers)
         self._file_path = path
+        journal = self._journal
         self._recorder = Recorder(
             sink,
             readers,
@@ -212,12 +324,16 @@ class DataWriter(Device):
             manifest=(lambda: read_manifest(devices)) if devices else None,
             on_stats=self._on_stats,
             on_finished=self._on_finished,
+            on_flush=journal.update if journal is not None else None,
             thread_context=tango.EnsureOmniThread,
         )
         self.set_state(DevState.RUNNING)
         self.set_status(self._recording_status())
         self._recorder.start()
-        self.push_change_event("Recording", True)
+        try:
+            self.push_change_event("Recording", True)
+        except tango.DevFailed:  # during init_device (continuing a crashed recording)
+            pass
         return path
 
     @command(dtype_out=str, doc_out="file path of the recording (also when it was already stopped)")
@@ -225,6 +341,12 @@ class DataWriter(Device):
         rec = self._recorder
         if rec is None:
             return self._file_path
+        journal = self._journal
+        if rec.running and journal is not None:
+            try:  # killed while finishing: recover the file, do not continue the recording
+                journal.set_state("stopping")
+            except OSError as exc:
+                self.warn_stream(f"recovery journal not updated: {exc}")
         if rec.running and not rec.stop(timeout=STOP_WAIT_S):
             self.set_status(
                 f"Finishing {rec.path}: writing the {rec.stats().backlog} records still in the rings; Recording turns False when done"
@@ -241,7 +363,48 @@ class DataWriter(Device):
             text += f"; waiting for {', '.join(rec.awaited_streams)} to appear"
         elif rec is not None and rec.record_new_streams:
             text += "; streams that appear are added"
+        if self._last_recovery and rec is not None and rec.sink.path == self._continuation:
+            text += f". Recovered after a crash: {self._last_recovery}"
         return text
+
+    def _recover(self) -> None:
+        """Finish the recording a killed predecessor left (see :mod:`datawriter.recovery`) and,
+        if it was recording (not stopping), continue it in a new file linked to the old one."""
+        self._continuation = ""
+        try:
+            journal = recovery.stale_journal(self.OutputDir, self.get_name())
+        except OSError as exc:
+            self.warn_stream(f"cannot look for an unfinished recording in {self.OutputDir}: {exc}")
+            return
+        if journal is None:
+            return
+        continuing = journal.get("state") == "recording" and not journal.get("error") and os.path.exists(
+            str(journal.get("path") or ""))
+        name = str(journal.get("name") or "recording")
+        new_path = self._new_path(name) if continuing else ""
+        report = recovery.repair(journal, continued_in=new_path, count_unflushed=not continuing)
+        self._last_recovery = report.text()
+        try:
+            os.unlink(journal["journal"])
+        except OSError:
+            pass
+        if not report.ok:
+            self.error_stream(self._last_recovery)
+            self.set_state(DevState.ALARM)
+            self.set_status(f"{self._last_recovery}. Check the file by hand; StartRecording starts a new recording.")
+            return
+        self.warn_stream(self._last_recovery)
+        if continuing:
+            self._continuation = new_path
+            try:
+                metadata = journal.get("metadata") if isinstance(journal.get("metadata"), dict) else {}
+                self._start(name, metadata, 0.0, resume=journal, path=new_path, continues=str(journal["path"]))
+            except tango.DevFailed as exc:
+                self._last_recovery += f"; it could not be continued: {exc.args[0].desc}"
+                self.error_stream(self._last_recovery)
+                self.set_status(f"{self.get_status()} {self._last_recovery}")
+            return
+        self.set_status(f"Idle. {self._last_recovery}")
 
     def _new_path(self, name: str) -> str:
         base = os.path.join(self.OutputDir, f"{_safe_name(name)}_{time.strftime('%Y%m%d-%H%M%S')}")
@@ -279,6 +442,10 @@ class DataWriter(Device):
 
     def _on_finished(self, path: str, error: BaseException | None) -> None:
         rec = self._recorder
+        journal = self._journal
+        if journal is not None and journal.data.get("path") == path:  # not a newer recording's
+            self._journal = None
+            journal.remove()
         frame_io = ""
         if rec is not None:
             self._stats = rec.stats()

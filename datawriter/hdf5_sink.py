@@ -414,6 +414,32 @@ def _store_value(group: h5py.Group, name: str, value: Any) -> h5py.Dataset:
     return group.create_dataset(name, data=arr)
 
 
+def write_tree(group: h5py.Group, tree: Mapping[str, Any]) -> None:
+    """Store a JSON-like tree (the recording's user metadata): mappings become NXcollection
+    groups, everything else datasets."""
+    for key, value in tree.items():
+        name = _group_name(str(key))
+        if isinstance(value, Mapping):
+            sub = group.create_group(name)
+            sub.attrs["NX_class"] = "NXcollection"
+            write_tree(sub, value)
+        else:
+            _store_value(group, name, value)
+
+
+def check_metadata(tree: Mapping[str, Any]) -> None:
+    """Raise ValueError if ``tree`` cannot be stored as a recording's metadata: it is written
+    into an in-memory HDF5 file first, so a value HDF5 refuses (two keys that become the same
+    group name, text that is not UTF-8...) is refused before any file exists."""
+    mem = h5py.File(f"metadata-check-{id(tree)}", "w", driver="core", backing_store=False)
+    try:
+        write_tree(mem, tree)
+    except (TypeError, ValueError, UnicodeError, OverflowError, RuntimeError, OSError) as exc:
+        raise ValueError(f"'metadata' cannot be stored in HDF5: {exc}") from None
+    finally:
+        mem.close()
+
+
 class Hdf5Sink:
     """Writes one recording: create the layout, write the start manifest, switch to SWMR, append
     record batches, flush, and finish with ``close(manifest_end)``. Not thread-safe: one thread.
@@ -431,7 +457,10 @@ class Hdf5Sink:
         metadata: Mapping[str, Any] | None = None,
         compression: str = "none",
         chunk_rows: int = 16384,
+        continues: str = "",
     ) -> None:
+        """``continues``: the file of a crashed recording this one goes on from (stored as
+        ``/entry/continues``; that file names this one in ``/entry/continued_in``)."""
         if compression not in COMPRESSIONS:
             raise ValueError(f"unknown compression {compression!r}; choose one of {COMPRESSIONS}")
         self.path = path
@@ -448,6 +477,10 @@ class Hdf5Sink:
             if compression == "none":
                 self._direct = direct_io.DirectChunkWriter(path)
             self._build(streams, title, dict(metadata or {}), chunk_rows)
+            if continues:
+                entry = self._file["entry"]
+                entry.attrs["continues"] = continues
+                entry.create_dataset("continues", data=continues)
         except BaseException:
             self.abort()
             raise
@@ -575,14 +608,7 @@ class Hdf5Sink:
         return key
 
     def _write_tree(self, group: h5py.Group, tree: Mapping[str, Any]) -> None:
-        for key, value in tree.items():
-            name = _group_name(str(key))
-            if isinstance(value, Mapping):
-                sub = group.create_group(name)
-                sub.attrs["NX_class"] = "NXcollection"
-                self._write_tree(sub, value)
-            else:
-                _store_value(group, name, value)
+        write_tree(group, tree)
 
     @property
     def frame_io(self) -> str:
@@ -602,6 +628,10 @@ class Hdf5Sink:
 
     def rows(self, stream: str) -> int:
         return self._streams[stream].n
+
+    def progress(self) -> dict[str, dict[str, int]]:
+        """Rows and losses of every dataset group, by HDF5 path (for the recovery journal)."""
+        return {sd.group_path: {"rows": sd.n, "lost": sd.lost} for sd in self._streams.values()}
 
     def group_path(self, stream: str) -> str:
         """HDF5 path of the dataset group a stream key appends to."""

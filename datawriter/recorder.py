@@ -113,6 +113,7 @@ class Recorder:
         awaited_streams: Sequence[str] = (),
         on_stats: Callable[[RecorderStats], None] | None = None,
         on_finished: Callable[[str, BaseException | None], None] | None = None,
+        on_flush: Callable[[dict[str, Any]], None] | None = None,
         thread_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.sink = sink
@@ -125,6 +126,7 @@ class Recorder:
         self._awaited = [n for n in awaited_streams if n not in readers]
         self._on_stats = on_stats
         self._on_finished = on_finished
+        self._on_flush = on_flush
         self._thread_context = thread_context or contextlib.nullcontext
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -263,6 +265,7 @@ class Recorder:
                 last_scan = now
             if now - last_flush >= self.flush_interval:
                 sink.flush()
+                self._flushed()
                 last_flush = now
             if now - last_stats >= self.stats_interval:
                 self._publish(now)
@@ -278,6 +281,28 @@ class Recorder:
                 # nothing anywhere: back off (0.2 .. 5 ms), but wake at once on a stop request
                 idle_delay = min(max(idle_delay * 2, 2e-4), 5e-3)
                 self._stop.wait(idle_delay)
+
+    def progress(self) -> dict[str, Any]:
+        """What the file holds after a flush: per dataset group its rows and losses, per stream
+        its group and the ring position of the first record not in the file (ring identity and
+        sequence number). Written to the recovery journal, so that after a crash the file can be
+        finished and the recording continued from the right record."""
+        sink = self.sink
+        streams = {}
+        for name, f in list(self._followed.items()):
+            r = f.reader
+            sink.set_lost(f.key, f.lost - f.segment_lost0)
+            streams[name] = {"group": sink.group_path(f.key), "next_seq": r.next_seq,
+                             "ring_created_ns": r.created_ns, "ring_pid": r.producer_pid}
+        return {"streams": streams, "groups": sink.progress()}
+
+    def _flushed(self) -> None:
+        if self._on_flush is None:
+            return
+        try:
+            self._on_flush(self.progress())
+        except Exception:  # noqa: BLE001 - a journal that cannot be written must not end the recording
+            pass
 
     # ------------------------------------------------------------------ following the streams
 

@@ -438,6 +438,11 @@ class RingReader:
     def seek_oldest(self) -> None:
         self._next = max(0, self.write_seq - self.slot_count + 1)
 
+    def seek_seq(self, seq: int) -> None:
+        """Position at record ``seq`` (e.g. the first record a crashed recording did not
+        store). Records of it already overwritten are counted in :attr:`lost` by the next read."""
+        self._next = max(0, min(int(seq), self.write_seq))
+
     def seek_time(self, t: float) -> None:
         """Position at the first record still in the ring that has data at or after ``t``
         (seconds since the epoch); at the end if every record is older."""

@@ -241,29 +241,111 @@ def test_records_streams_that_appear_and_are_recreated(tmp_path, monkeypatch) ->
         assert f["entry/data"].attrs["stream"] == cam.name
 
 
-def test_killed_writer_leaves_readable_file(tmp_path, streams) -> None:
+def test_killed_writer_is_recovered_and_continued(tmp_path, streams) -> None:
+    """kill -9 during a recording: the file stays SWMR-readable; the restarted DataWriter makes it
+    plainly readable, finishes it (end time, abnormal end, losses), says so, and continues the
+    recording in a new file linked both ways, from the first record the old file lacks."""
     cam, pm = streams
     prod = Producer(cam, pm)
-    ctx = DeviceTestContext(DataWriter, properties={"OutputDir": str(tmp_path), "Streams": [cam.name, pm.name]},
-                            process=True)
+    props = {"OutputDir": str(tmp_path), "Streams": [cam.name, pm.name]}
+    frames = f"{group(cam.ring.description['producer_device'])}/frames"
+    power = f"{group(pm.ring.description['producer_device'])}/power"
+    ctx = DeviceTestContext(DataWriter, properties=props, process=True)
     ctx.start()
     try:
         dw = ctx.device
-        path = dw.StartRecording('{"name": "killed"}')
+        path = dw.StartRecording('{"name": "killed", "metadata": {"sample": "Si"}}')
         prod.frames(40)
         with open_swmr(path) as f:  # wait until a flush made 40 frames durable
-            ds = f[f"{group(cam.ring.description['producer_device'])}/frames/data"]
+            ds = f[f"{frames}/data"]
 
             def flushed() -> bool:
                 ds.refresh()
                 return ds.shape[0] == 40
 
             wait_until(flushed, what="40 flushed frames")
+        prod.frames(10)  # very likely not flushed before the kill: they must not be lost either
     finally:
         os.kill(ctx.thread.pid, signal.SIGKILL)
         ctx.thread.join(10)
-    with datawriter.open_recording(path) as f:
-        fr = f[f"{group(cam.ring.description['producer_device'])}/frames"]
-        assert fr["data"].shape[0] == 40
-        assert list(fr["frame_number"][:]) == list(range(40))
-        assert int(fr["data"][39, 1, 1]) == 39
+    with datawriter.open_recording(path) as f:  # SWMR readers can read it as it is
+        assert f[f"{frames}/data"].shape[0] >= 40
+        assert list(f[f"{frames}/frame_number"][:40]) == list(range(40))
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(path, "r")
+    prod.frames(5)  # while the DataWriter is down
+    with DeviceTestContext(DataWriter, properties=props, process=True) as dw:
+        assert dw.Recording, dw.status()
+        new = dw.FilePath
+        assert new != path and dw.state() == DevState.RUNNING
+        assert path in dw.LastRecovery and new in dw.LastRecovery and "died during the recording" in dw.LastRecovery
+        assert "Recovered after a crash" in dw.status() and path in dw.status()
+        prod.frames(5)
+        wait_until(lambda: dw.RecordsWritten > 0, what="the continuation to write")
+        dw.StopRecording()
+        wait_until(lambda: dw.state() == DevState.ON, what="ON")
+        assert path in dw.LastRecovery
+    with h5py.File(path, "r") as old, h5py.File(new, "r") as cont:  # plain h5py, no SWMR, no h5clear
+        e_old, e_new = old["entry"], cont["entry"]
+        assert e_old["end_time"][()] and e_old.attrs["ended_abnormally"]
+        assert b"died during the recording" in e_old["ended_abnormally"][()]
+        assert e_old.attrs["continued_in"] == new and e_old["continued_in"][()].decode() == new
+        assert e_new.attrs["continues"] == path and e_new["continues"][()].decode() == path
+        assert e_new["title"][()] == b"killed" and e_new["user_metadata/sample"][()] == b"Si"
+        n_old = old[f"{frames}/data"].shape[0]
+        assert n_old >= 40 and old[f"{frames}/frame_number"].shape[0] == n_old
+        both = list(old[f"{frames}/frame_number"][:]) + list(cont[f"{frames}/frame_number"][:])
+        assert both == list(range(60)), "every frame in exactly one of the two files"
+        assert int(cont[f"{frames}/data"][-1, 1, 1]) == 59
+        assert old[f"{power}/value"].shape[0] + cont[f"{power}/value"].shape[0] == 6000
+        assert int(old[f"{frames}/lost_records"][()]) == 0 and int(cont[f"{frames}/lost_records"][()]) == 0
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")], "journal removed after the clean stop"
+
+
+BAD_ARGUMENTS = [
+    json.dumps({"name": "x" * 300}),  # sent the DataWriter to FAULT (file name too long)
+    '{"pre_trigger_s": NaN}',
+    '{"pre_trigger_s": Infinity}',
+    '{"pre_trigger_s": 1e999}',
+    '{"pre_trigger_s": ' + "9" * 400 + "}",  # OverflowError
+    '{"pre_trigger_s": true}',
+    '{"pre_trigger_s": -1}',
+    '{"pre_trigger_s": 1, "pre_trigger": 2}',
+    '{"nmae": "typo"}',  # would give recording_....h5
+    json.dumps({"name": "a\x00b"}),  # embedded NUL: stray file
+    json.dumps({"name": "line\nbreak"}),
+    '{"name": "\\ud800"}',  # lone surrogate
+    '{"name": 5}',
+    "[" * 100000,  # RecursionError
+    '{"metadata": [1, 2]}',
+    '{"metadata": {"a b": 1, "a_b": 2}}',  # the same HDF5 name twice
+    json.dumps({"metadata": {"k": {"k": {"k": {"k": {"k": {"k": {"k": {"k": {"k": {"k": {"k": {"k": {"k": {"k": {
+        "k": {"k": {"k": 1}}}}}}}}}}}}}}}}}}),
+    "null",
+    '"text"',
+]
+
+
+def test_bad_start_arguments_refused_without_side_effect(tmp_path, streams) -> None:
+    cam, pm = streams
+    prod = Producer(cam, pm)
+    out = tmp_path / "out"
+    with DeviceTestContext(DataWriter, properties={"OutputDir": str(out), "Streams": [cam.name]}, process=True) as dw:
+        status = dw.status()
+        for arg in BAD_ARGUMENTS:
+            with pytest.raises(tango.DevFailed) as info:
+                dw.StartRecording(arg)
+            err = info.value.args[0]
+            assert err.reason == "DataWriter_BadArgument", (arg[:80], err.reason, err.desc)
+            assert "bad StartRecording argument" in err.desc
+            assert dw.state() == DevState.ON and dw.status() == status, arg[:80]
+            assert not out.exists() or not os.listdir(out), (arg[:80], os.listdir(out))
+        with pytest.raises(tango.DevFailed, match="unknown key.*'nmae'"):
+            dw.StartRecording('{"nmae": "typo"}')
+        # the same device still records a good request, with every documented key
+        path = dw.StartRecording(json.dumps({"name": "ok/é", "metadata": {"n": 1}, "pre_trigger_s": 0.5}))
+        prod.frames(3)
+        wait_until(lambda: dw.RecordsWritten == 3, what="3 frames")
+        dw.StopRecording()
+        wait_until(lambda: dw.state() == DevState.ON, what="ON")
+    assert os.path.basename(path).startswith("ok_")
