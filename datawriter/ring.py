@@ -54,19 +54,83 @@ class RingInUseError(RingError):
     """Another live process already produces into a ring of this name."""
 
 
+SYSTEM_TANGORC = "/etc/tangorc"  # where the Tango C++ library looks last (its compiled-in TANGO_RC_FILE)
+RING_DIR_MODE = 0o2775  # group-writable, setgid: rings of any user of the folder's group
+RING_FILE_MODE = 0o660  # readable and replaceable by the group, nobody else
+
+
+def _rc_value(path: str, key: str) -> str:
+    """``KEY=value`` from a tangorc file (``#`` comments), or "" if absent or unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.readlines()
+    except OSError:
+        return ""
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            return value.strip().strip("'\"")
+    return ""
+
+
+def tango_host() -> str:
+    """The Tango database this process uses, found as the Tango C++ library finds it: the
+    ``TANGO_HOST`` environment variable, else ``$HOME/.tangorc``, else ``/etc/tangorc``.
+
+    Debian's init scripts and Starter do not export TANGO_HOST (they rely on /etc/tangorc), so
+    reading only the environment would put a server's rings and a client's view in different
+    folders. "" when none of them names one.
+    """
+    value = os.environ.get("TANGO_HOST", "").strip()
+    if value:
+        return value
+    home = os.environ.get("HOME")
+    if home:
+        value = _rc_value(os.path.join(home, ".tangorc"), "TANGO_HOST")
+        if value:
+            return value
+    return _rc_value(SYSTEM_TANGORC, "TANGO_HOST")
+
+
 def shm_dir() -> str:
     """Folder that holds the rings: ``$TANGODAQ_SHM_DIR``, else one folder per Tango database.
 
     Rings are named after devices (``lab.camera.1.frames``), and two labs on one host (a
     developer's and a test session's) have the same device names: the folder is therefore
-    ``/dev/shm/tangodaq-<TANGO_HOST port>`` (10000 when TANGO_HOST is unset). A client with the
-    lab's TANGO_HOST finds the lab's rings with no further setting.
+    ``/dev/shm/tangodaq-<database port>`` (10000 when no database is configured), the database
+    being the one the process really uses (:func:`tango_host`: environment, ``~/.tangorc``,
+    ``/etc/tangorc``). Producers and readers call this same function, so a client of the lab
+    finds the lab's rings with no further setting. ``TANGODAQ_SHM_DIR`` overrides it (tests,
+    or a host whose servers and clients cannot agree on a database address).
+
+    The folder is created by the first producer with mode 2775 (group-writable, setgid, so
+    every ring in it belongs to the folder's group) and rings with mode 0660: servers run by a
+    service user and readers of other users in the same group share it.
     """
     explicit = os.environ.get("TANGODAQ_SHM_DIR")
     if explicit:
         return explicit
-    port = os.environ.get("TANGO_HOST", "").split(",")[0].rpartition(":")[2].strip()
+    port = tango_host().split(",")[0].rpartition(":")[2].strip()
     return os.path.join("/dev/shm", f"tangodaq-{port if port.isdigit() else 10000}")
+
+
+def ensure_shm_dir() -> str:
+    """Create the ring folder for a producer (group-writable, setgid) and return it. A folder
+    this user owns with narrower permissions (made by an older version) is widened; one owned
+    by another user is left as it is (its owner's group decides who may produce there)."""
+    folder = shm_dir()
+    try:
+        os.mkdir(folder, RING_DIR_MODE)
+    except FileExistsError:
+        pass
+    try:
+        st = os.stat(folder)
+        if st.st_uid == os.geteuid() and (st.st_mode & 0o7777) != RING_DIR_MODE:
+            os.chmod(folder, RING_DIR_MODE)  # mkdir's mode is masked by the umask
+    except FileNotFoundError:  # a parent is missing (an explicit TANGODAQ_SHM_DIR): plain makedirs
+        os.makedirs(folder, exist_ok=True)
+    return folder
 
 
 def stream_name(device: str, stream: str) -> str:
@@ -165,10 +229,11 @@ class RingWriter:
         self.geometry = rf.RingGeometry(
             rf.header_size_for(self._schema_stream, desc_bytes), slot_count, rf.slot_size_for(payload_capacity)
         )
-        os.makedirs(shm_dir(), exist_ok=True)  # only producers create the folder; readers just look
-        tmp = os.path.join(shm_dir(), f".{RING_PREFIX}{name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        folder = ensure_shm_dir()  # only producers create the folder; readers just look
+        tmp = os.path.join(folder, f".{RING_PREFIX}{name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, RING_FILE_MODE)
         try:
+            os.fchmod(fd, RING_FILE_MODE)  # whatever the umask: the group reads it and may replace it
             os.ftruncate(fd, self.geometry.file_size)
             self._mm = mmap.mmap(fd, self.geometry.file_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
