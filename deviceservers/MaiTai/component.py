@@ -16,6 +16,28 @@ trusted its writes would show a closed shutter that is open. So:
 * the component remembers whether *this server* opened the shutter and closes it at shutdown,
   at Init, and when the link comes back after a loss (it cannot while the link is down).
 
+Light only while someone who asked for it is alive (docs/laser-safety.md has the whole story):
+
+* every opening is held by a **lease** that this server enforces in its poll loop: when it
+  expires the server closes the shutter. ``OpenShutterWithLease(s)`` takes a short lease that its
+  owner (a macro) renews with ``RenewShutterLease(s)`` from a thread that lives exactly as long as
+  the macro; ``OpenShutter``/``Shutter = True`` (a person at a GUI or itango) takes the longer
+  ``manual_lease_s`` lease, renewed by opening again. A renewal never reopens a closed shutter;
+* the laser's own serial watchdog (``TIMer:WATChdog``, ``watchdog_s``) switches the pump off when
+  this server stops sending (server dead, link dead): the case a lease cannot cover;
+* at the first connection of a server run, an open shutter has no living owner: it is closed;
+* emission that stops without an Off (key switch, watchdog, front panel) and an open interlock
+  are ALARM, and the server closes an open shutter then (re-sending SHUTter 0 until the laser
+  follows: with the key off it ignores set commands until the key is back); ``On`` is refused
+  while the shutter is open, so emission never starts into an open shutter;
+* LOCAL (front panel) is found by polling: the only evidence the laser gives is a set command
+  without effect, so every ``REMOTE_PROBE_S`` the server writes the watchdog alternately as
+  ``watchdog_s`` and ``watchdog_s + 1`` s and reads it back (harmless either way); a probe
+  ignored is DISABLE with the reason, the next probe followed clears it. With the watchdog
+  disabled (0) there is nothing harmless to write, and LOCAL shows only when a command is ignored;
+* a shutter found open that this server did not open (front panel, another program on the
+  line) is ALARM "opened outside tangodaq" until it is closed or taken over with OpenShutter.
+
 The service settings (``PLASer:POWer``, ``PLASer:PCURrent``, ``MODE``) are never written: the
 driver has no function for them.
 """
@@ -43,6 +65,11 @@ NOMINAL_WARMUP_S = 120.0  # used for the time-left estimate until the warm-up ra
 SLOW_EVERY = 5  # humidity, pump power and warm-up (when complete) every N polls
 TUNING_TIMEOUT_BASE_S = 30.0  # a tuning that takes longer than this plus ...
 TUNING_MIN_RATE_NM_S = 2.0  # ... the distance at this rate is reported as stalled
+MIN_LEASE_S = 0.5  # shorter than a poll or two: the server could close before the owner can renew
+MAX_LEASE_S = 3600.0  # nobody is vouched for longer than an hour without renewing
+DEFAULT_MANUAL_LEASE_S = 600.0  # OpenShutter from a GUI/itango: renewed by opening again
+SAFETY_CLOSE_RESEND_S = 1.0  # SHUTter 0 re-sent this often until the laser follows (key off, LOCAL)
+REMOTE_PROBE_S = 2.0  # LOCAL is found within about this (plus a poll period)
 
 
 class MaiTaiComponent(Component):
@@ -57,6 +84,7 @@ class MaiTaiComponent(Component):
         emission_bit: int = driver.STB_EMISSION_DEFAULT,
         watchdog_s: float = 0.0,
         tolerance_nm: float = 0.5,
+        manual_lease_s: float = DEFAULT_MANUAL_LEASE_S,
     ) -> None:
         if not 0 <= emission_bit <= 7:
             raise ValueError(f"EmissionBit must be 0..7 (a bit of *STB?), not {emission_bit}")
@@ -64,11 +92,24 @@ class MaiTaiComponent(Component):
             raise ValueError(f"WatchdogS must be >= 0 (0 disables the watchdog), not {watchdog_s}")
         if not tolerance_nm > 0:
             raise ValueError(f"WavelengthToleranceNm must be > 0, not {tolerance_nm}")
+        if not MIN_LEASE_S <= manual_lease_s <= MAX_LEASE_S:
+            raise ValueError(f"ManualShutterLeaseS must be within {MIN_LEASE_S:g}..{MAX_LEASE_S:g} s, "
+                             f"not {manual_lease_s}")
         super().__init__(settings, poll_period_s, logger)
         self.emission_bit = emission_bit
         self.watchdog_s = watchdog_s
         self.tolerance_nm = tolerance_nm
+        self.manual_lease_s = manual_lease_s
         self._lock = threading.RLock()
+        self._lease_until: float | None = None  # monotonic; None: nobody holds the shutter open
+        self._lease_kind = ""  # "macro lease" / "manual lease", for Status
+        self._must_close = ""  # why the server is closing the shutter (re-sent until it is closed)
+        self._close_sent_at = 0.0
+        self._close_logged = ""
+        self._closed_note = ""  # the last safety closure, in Status until the next opening
+        self._connected_once = False  # the first connection of a server run closes an ownerless shutter
+        self._probe_index = 0  # which of (watchdog_s, watchdog_s + 1) the next LOCAL probe writes
+        self._probe_at = 0.0
         self._polls = 0
         self._stb: driver.StatusByte | None = None
         self._system_error = ""  # last device-specific error text (interlock, internal fault)
@@ -113,6 +154,10 @@ class MaiTaiComponent(Component):
             "StatusByte", int, description="Raw *STB?: 0 command error, 1 execution error, 5 system error "
                                            "(interlock open or internal fault), 6 emission (EmissionBit), 7 any error"))
         self.identity = self.add(Parameter("Identity", str, description="*IDN? of the laser"))
+        self.shutter_lease = self.add(Parameter(
+            "ShutterLease", float, unit="s", fmt="%.1f",
+            description="Seconds left before this server closes the shutter unless its owner renews the lease "
+                        "(RenewShutterLease, or OpenShutter again); 0 when nobody holds the shutter open"))
 
     # ------------------------------------------------------------------ link
     def on_connect(self, port: Port) -> None:
@@ -123,12 +168,28 @@ class MaiTaiComponent(Component):
             self.wavelength.set_limits(lo, hi)
             self.limits_version += 1
         driver.set_watchdog(port, self.watchdog_s)  # 0 (default) keeps it disabled
+        self._probe_index = 0
+        first = not self._connected_once
+        self._connected_once = True
+        shutter_open = driver.read_shutter(port)
         with self._lock:
+            reason = ""
             if self._opened_by_us:
                 # We opened it, then lost the link: nobody can vouch for the beam. Close it.
+                reason = "the link to the laser was lost while this server held the shutter open"
+            elif first and shutter_open:
+                # A new server run: whoever opened it (a server that died, a program that crashed)
+                # holds no lease here. Nobody alive has asked for this light.
+                reason = "the shutter was open when this server started and nobody holds a lease on it"
+            if reason:
                 driver.set_shutter(port, False)
-                self._shutter_request = (False, time.monotonic() + SHUTTER_CONFIRM_S, True)
-                self.log.warning("%s: link back after a loss: closed the shutter this server had opened", self.label)
+                now = time.monotonic()
+                self._shutter_request = (False, now + SHUTTER_CONFIRM_S, True)
+                self._opened_by_us = True  # until SHUTter? confirms the close: ours to close, not "outside"
+                self._lease_until = None
+                self._must_close = reason
+                self._close_sent_at = now
+                self.log.warning("%s: closed the shutter: %s", self.label, reason)
         values = self._read_fast(port)
         values.update(self._read_slow(port))
         # Published here, in the link thread, only because no request can be waiting on the link
@@ -144,6 +205,80 @@ class MaiTaiComponent(Component):
         if self._polls % SLOW_EVERY == 0:
             values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
         self._publish(values)
+        self._enforce_shutter()
+        self._probe_remote()
+
+    # ------------------------------------------------------------------ safety (poll thread)
+    def _enforce_shutter(self) -> None:
+        """Close the shutter when its lease expired or the laser became unsafe; re-send until closed.
+
+        Runs in the poll thread after every round, so a lease is enforced within a poll period
+        and a laser that ignores SHUTter 0 (key off, LOCAL) is asked again every
+        SAFETY_CLOSE_RESEND_S until it follows."""
+        now = time.monotonic()
+        stb = self._stb
+        with self._lock:
+            shutter = self.shutter.value
+            if shutter and self._lease_until is not None and now >= self._lease_until:
+                self._lease_until = None
+                self._must_close = (f"its lease expired at {time.strftime('%H:%M:%S')} without being renewed "
+                                    f"(the owner of the {self._lease_kind} is gone or stuck)")
+            elif shutter and stb is not None and stb.system_error and not self._must_close:
+                self._must_close = "the interlock is open (or an internal fault, *STB? bit 5)"
+            elif shutter and self._emission_lost and not self._must_close:
+                self._must_close = "emission stopped without an Off from this server"
+            if not self._must_close:
+                return
+            pending_open = self._shutter_request is not None and self._shutter_request[0]
+            if shutter is False and not pending_open:
+                self._closed_note = f"Shutter closed by this server at {time.strftime('%H:%M:%S')}: {self._must_close}. "
+                self.log.warning("%s: %s", self.label, self._closed_note.strip())
+                self._must_close = self._close_logged = ""
+                self._close_sent_at = 0.0
+                return
+            if now - self._close_sent_at < SAFETY_CLOSE_RESEND_S:
+                return
+            first = self._close_logged != self._must_close
+            self._close_logged = self._must_close
+            self._close_sent_at = now
+            self._lease_until = None
+            self._opened_by_us = True  # closing it is our business now: not "opened outside"
+            self._shutter_request = (False, now + SHUTTER_CONFIRM_S, True)
+            reason = self._must_close
+        if first:
+            self.log.warning("%s: closing the shutter: %s", self.label, reason)
+        self.run(lambda port: driver.set_shutter(port, False), description="SHUTter 0 (safety)")
+        self.request_poll()
+
+    def _probe_remote(self) -> None:
+        """LOCAL/key-off detection by polling: write the watchdog, read it back.
+
+        The laser says nothing about LOCAL; a set command without effect is the only evidence.
+        The watchdog is the one setting that can be changed harmlessly: it alternates between
+        ``watchdog_s`` and ``watchdog_s + 1`` (either keeps the pump fed while we poll)."""
+        if self.watchdog_s <= 0:
+            return
+        now = time.monotonic()
+        if now - self._probe_at < REMOTE_PROBE_S:
+            return
+        self._probe_at = now
+        value = float(round(self.watchdog_s)) + self._probe_index % 2
+
+        def probe(port: Port) -> float:
+            driver.set_watchdog(port, value)
+            return driver.read_watchdog(port)
+
+        readback = self.run(probe, idempotent=True, description=f"TIMer:WATChdog {value:.0f} (REMOTE probe)")
+        with self._lock:
+            if abs(readback - value) < 0.5:
+                self._probe_index += 1
+                if self._not_following:
+                    self.log.info("%s: the laser follows commands again (REMOTE)", self.label)
+                self._not_following.clear()
+            elif "remote" not in self._not_following:
+                self._not_following["remote"] = self._ignored_message(
+                    f"TIMer:WATChdog {value:.0f}", f"TIMer:WATChdog? still says {readback:.0f}")
+                self.log.warning("%s: %s", self.label, self._not_following["remote"])
 
     def refresh_all(self) -> None:
         """Read and publish everything now (after On, so power and pump power are current)."""
@@ -210,8 +345,8 @@ class MaiTaiComponent(Component):
                 self._emission_lost = ""
             elif self._emission_expected:
                 self._emission_expected = False
-                self._emission_lost = ("Emission stopped without an Off from this server (watchdog, key switch, "
-                                       "interlock or front panel). ")
+                self._emission_lost = (f"Emission stopped at {time.strftime('%H:%M:%S')} without an Off from this "
+                                       "server (key switch off, serial watchdog, interlock or front panel). ")
                 self.log.warning("%s: %s", self.label, self._emission_lost)
             pct = self.warmup.value
             if pct is not None and 0 < pct < 100:
@@ -219,7 +354,9 @@ class MaiTaiComponent(Component):
                     self._warmup_origin = (now, pct)
             else:
                 self._warmup_origin = None
+            lease_left = 0.0 if self._lease_until is None else max(0.0, self._lease_until - now)
         self.tuning.publish(tuning)
+        self.shutter_lease.publish(round(lease_left, 1))
 
     def _check_shutter_request(self, now: float) -> None:
         shutter = self.shutter.value
@@ -236,6 +373,7 @@ class MaiTaiComponent(Component):
         pending_open = self._shutter_request is not None and self._shutter_request[0]
         if shutter is False and not pending_open:
             self._opened_by_us = False  # closed (by us, the panel or the interlock): no longer ours
+            self._lease_until = None  # and nobody holds it any more: a renewal cannot reopen it
 
     @staticmethod
     def _ignored_message(command: str, evidence: str) -> str:
@@ -314,18 +452,61 @@ class MaiTaiComponent(Component):
         self.update_state()
         return msg
 
-    def open_shutter(self) -> None:
-        """SHUTter 1, confirmed by SHUTter? within SHUTTER_CONFIRM_S, else a clear error."""
+    @staticmethod
+    def check_lease(seconds: float) -> float:
+        if not MIN_LEASE_S <= seconds <= MAX_LEASE_S:  # NaN fails both comparisons
+            raise ValueError(f"a shutter lease is {MIN_LEASE_S:g} to {MAX_LEASE_S:g} s, not {seconds}")
+        return float(seconds)
+
+    def open_shutter(self, lease_s: float | None = None) -> None:
+        """SHUTter 1 held by a lease, confirmed by SHUTter? within SHUTTER_CONFIRM_S, else a clear error.
+
+        ``lease_s`` None is a person's opening (GUI, itango, ``Shutter = True``): the manual
+        lease, renewed by opening again. Opening a shutter that is already open renews its lease,
+        and takes over one opened outside tangodaq."""
+        lease = self.check_lease(self.manual_lease_s if lease_s is None else lease_s)
+        kind = "manual lease (OpenShutter)" if lease_s is None else "macro lease (OpenShutterWithLease)"
+        with self._lock:
+            closing = self._must_close
+        if closing:
+            raise RuntimeError(f"OpenShutter refused: this server is closing the shutter because {closing}. "
+                               "Wait for State to leave ALARM, then open it again.")
         stb = self._read_status_now()
         if stb.system_error:
             raise RuntimeError(f"OpenShutter refused: {self._refusal('SHUTter 1')}.")
+        with self._lock:
+            # before the command: the poll thread must never see an opening without its lease
+            self._lease_until = time.monotonic() + lease
+            self._lease_kind = kind
+            self._closed_note = ""
         if not self._command_shutter(True, time.monotonic() + SHUTTER_CONFIRM_S):
+            with self._lock:
+                self._lease_until = None
             raise RuntimeError(self._shutter_failure(True))
+        with self._lock:  # the lease runs from the moment the shutter is confirmed open
+            self._lease_until = time.monotonic() + lease
+        self.log.info("%s: shutter open, held by a %s of %.1f s", self.label, kind, lease)
+        self._derive()
         self.update_state()
 
+    def renew_lease(self, seconds: float) -> float:
+        """The lease ends ``seconds`` from now; refused (never reopening) when nobody holds the shutter."""
+        seconds = self.check_lease(seconds)
+        with self._lock:
+            if self._lease_until is None or not self.shutter.value or self._must_close:
+                note = self._closed_note or "the shutter is closed"
+                raise RuntimeError(f"No shutter lease to renew: {note.strip()} A renewal never reopens the "
+                                   "shutter: open it again (OpenShutterWithLease) if the light is still wanted.")
+            self._lease_until = time.monotonic() + seconds
+        self._derive()
+        return seconds
+
     def close_shutter(self) -> None:
+        with self._lock:
+            self._lease_until = None  # from the request on: a renewal cannot keep it open
         if not self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S):
             raise RuntimeError(self._shutter_failure(False))
+        self._derive()
         self.update_state()
 
     def shutter_open(self) -> bool:
@@ -355,6 +536,9 @@ class MaiTaiComponent(Component):
             raise RuntimeError(f"On refused: {self._refusal('ON')}, then run On.")
         if stb.emission:
             return
+        if self._read_shutter_now():
+            raise RuntimeError("On refused: the shutter is open, and emission never starts into an open shutter. "
+                               "Close it (CloseShutter), run On, then open it when the light is wanted.")
         pct = self._read(driver.read_warmup_percent, "READ:PCTW?")
         self.warmup.publish(pct)
         self._derive()
@@ -394,10 +578,13 @@ class MaiTaiComponent(Component):
         """Safe stop: close the shutter and confirm, then OFF (sent even if the shutter did not
         confirm, because no emission is the safer state), then confirm emission is off."""
         problems = []
+        with self._lock:
+            self._lease_until = None
         if not self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S):
             problems.append(self._shutter_failure(False))
         with self._lock:
             self._emission_expected = False
+            self._emission_lost = ""  # Off acknowledges an emission stop nobody asked for
         was_on = bool(self.emission.value)
         self.run(driver.emission_off, description="OFF")
         ok, _ = self._wait_for(lambda: not self._read_status_now().emission, bool,
@@ -489,32 +676,56 @@ class MaiTaiComponent(Component):
 
     # ------------------------------------------------------------------ state
     def evaluate_state(self) -> tuple[DeviceState, str]:
+        """ALARM (what is unsafe or was lost) before DISABLE (LOCAL) before the normal states."""
         stb = self._stb
+        now = time.monotonic()
         with self._lock:
             not_following = list(self._not_following.values())
             stalled = self._tuning_stalled
             lost = self._emission_lost
+            closing = self._must_close
+            note = self._closed_note
+            pending_open = self._shutter_request is not None and self._shutter_request[0]
+            outside = bool(self.shutter.value) and not self._opened_by_us and not pending_open
+            lease = None if self._lease_until is None else max(0.0, self._lease_until - now)
+            kind = self._lease_kind
+        local = (" " + " ".join(not_following)) if not_following else ""
+        closing_text = (f" The server is closing the shutter because {closing} (SHUTter 0 re-sent every "
+                        f"{SAFETY_CLOSE_RESEND_S:.0f} s until SHUTter? confirms).") if closing and self.shutter.value else ""
         if stb is not None and stb.system_error:
             detail = f": {self._system_error}" if self._system_error else ""
             return DeviceState.ALARM, (
                 f"Interlock open or internal fault (*STB? bit 5{detail}). Emission is stopped and the shutter "
-                "closed. Close the interlock (or call service for an internal fault), then run On.")
+                f"closed.{closing_text} Close the interlock (or call service for an internal fault), then run On.")
+        if lost:
+            return DeviceState.ALARM, (
+                f"{lost}{note}{closing_text.strip()} Turn the key switch on (or check the front panel), then run On "
+                f"to restart emission or Off to acknowledge.{local}").replace("  ", " ")
+        if outside:
+            return DeviceState.ALARM, (
+                "Shutter opened outside tangodaq (front panel or another program on the serial line): nobody here "
+                "holds a lease on it. Close it (CloseShutter), or take it over with OpenShutter (then it is held by a "
+                f"lease like any opening).{local}")
+        if closing_text:
+            return DeviceState.ALARM, closing_text.strip() + local
         if stalled:
             return DeviceState.ALARM, stalled
         if not_following:
-            return DeviceState.DISABLE, " ".join(not_following)
-        shutter = "open" if self.shutter.value else "closed"
+            return DeviceState.DISABLE, note + " ".join(not_following)
+        # no countdown here: Status (and its events) would change every poll; ShutterLease has it
+        held = f" (held by a {kind}: see ShutterLease)" if self.shutter.value and lease is not None else ""
+        shutter = ("open" if self.shutter.value else "closed") + held
         actual, target = self.wavelength.value, self.wavelength_setpoint.value
         if self.tuning.value and actual is not None and target is not None:
-            return DeviceState.MOVING, f"Tuning: at {actual:.0f} nm, going to {target:.0f} nm; shutter {shutter}."
+            return DeviceState.MOVING, f"{note}Tuning: at {actual:.0f} nm, going to {target:.0f} nm; shutter {shutter}."
         pct = self.warmup.value
         if pct is not None and 0 < pct < 100:
-            return DeviceState.INIT, (f"Warming up: {pct:.0f} %, about {self.warmup_time_left_s(pct):.0f} s left. "
-                                      "On is possible at 100 %.")
+            return DeviceState.INIT, (f"{note}Warming up: {pct:.0f} %, about {self.warmup_time_left_s(pct):.0f} s "
+                                      "left. On is possible at 100 %.")
         if self.emission.value:
             power = self.power.value
-            return DeviceState.ON, (f"Emission on at {actual:.0f} nm, {power or 0.0:.3f} W; shutter {shutter}.")
+            return DeviceState.ON, (f"{note}Emission on at {actual:.0f} nm, {power or 0.0:.3f} W; shutter {shutter}.")
         if pct is not None and pct <= 0:
-            return DeviceState.OFF, (f"{lost}The laser is cold (warm-up 0 %): run On to start the ~2 min warm-up, "
+            return DeviceState.OFF, (f"{note}The laser is cold (warm-up 0 %): run On to start the ~2 min warm-up, "
                                      "then On again at 100 % to start emission.")
-        return DeviceState.OFF, f"{lost}Emission off, warmed up; shutter {shutter}. Run On to start emission."
+        return DeviceState.OFF, f"{note}Emission off, warmed up; shutter {shutter}. Run On to start emission."

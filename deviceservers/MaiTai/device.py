@@ -18,7 +18,7 @@ from deviceservers.common.device import InstrumentDevice, tango_errors
 from deviceservers.common.serial_link import LinkSettings
 
 from . import driver
-from .component import MaiTaiComponent
+from .component import DEFAULT_MANUAL_LEASE_S, MAX_LEASE_S, MIN_LEASE_S, MaiTaiComponent
 
 
 class MaiTai(InstrumentDevice):
@@ -38,6 +38,11 @@ class MaiTai(InstrumentDevice):
         dtype=float, default_value=0.0,
         doc="TIMer:WATChdog written at every connection: the pump goes off after this many seconds without a "
             "command from this server (it polls, so only if the server dies). 0 disables it")
+    ManualShutterLeaseS = device_property(
+        dtype=float, default_value=DEFAULT_MANUAL_LEASE_S,
+        doc="Lease of a shutter opened by OpenShutter or Shutter = True (a person at a GUI or itango): the server "
+            "closes the shutter this many seconds after the last opening unless it is opened (renewed) again. "
+            "Macros use OpenShutterWithLease with a short lease they renew")
     WavelengthToleranceNm = device_property(
         dtype=float, default_value=0.5,
         doc="Tuning is over when the actual wavelength is this close to the setpoint")
@@ -47,7 +52,8 @@ class MaiTai(InstrumentDevice):
     def create_component(self, settings: LinkSettings, poll_period_s: float, logger: logging.Logger) -> MaiTaiComponent:
         self._limits_applied = -1
         return MaiTaiComponent(settings, poll_period_s, logger, emission_bit=self.EmissionBit,
-                               watchdog_s=self.WatchdogS, tolerance_nm=self.WavelengthToleranceNm)
+                               watchdog_s=self.WatchdogS, tolerance_nm=self.WavelengthToleranceNm,
+                               manual_lease_s=self.ManualShutterLeaseS)
 
     def always_executed_hook(self) -> None:
         self._apply_wavelength_limits()
@@ -73,7 +79,8 @@ class MaiTai(InstrumentDevice):
     @tango_errors
     def On(self) -> None:
         """Start emission (warm-up must be 100 %). On a cold laser (0 %) this starts the ~2 min warm-up:
-        State is INIT with the percentage, then run On again. Does not open the shutter."""
+        State is INIT with the percentage, then run On again. Does not open the shutter, and is refused
+        while the shutter is open (emission never starts into an open shutter)."""
         self.component.on()
 
     @command
@@ -85,8 +92,25 @@ class MaiTai(InstrumentDevice):
     @command
     @tango_errors
     def OpenShutter(self) -> None:
-        """Open the shutter; returns once SHUTter? confirms it (at most ~2 s), else fails with the reason."""
+        """Open the shutter (a person's opening: held by a ManualShutterLeaseS lease, renewed by opening again);
+        returns once SHUTter? confirms it (at most ~2 s), else fails with the reason. Refused while the server is
+        closing the shutter for safety."""
         self.component.open_shutter()
+
+    @command(dtype_in=float, doc_in=f"lease in s ({MIN_LEASE_S:g} to {MAX_LEASE_S:g})")
+    @tango_errors
+    def OpenShutterWithLease(self, seconds: float) -> None:
+        """Open the shutter held by a lease of ``seconds``: unless RenewShutterLease is called before it
+        expires, this server closes the shutter. For programs (macros) that renew from a thread living
+        exactly as long as they do, so the light ends when they die."""
+        self.component.open_shutter(seconds)
+
+    @command(dtype_in=float, doc_in="new lease in s, from now", dtype_out=float, doc_out="the lease granted (s)")
+    @tango_errors
+    def RenewShutterLease(self, seconds: float) -> float:
+        """The shutter lease ends ``seconds`` from now. Refused when nobody holds the shutter open (closed by
+        the lease's expiry, by hand, by the interlock): a renewal never reopens the shutter."""
+        return self.component.renew_lease(seconds)
 
     @command
     @tango_errors

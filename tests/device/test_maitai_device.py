@@ -8,6 +8,7 @@ panel and fault injection, in the test process.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -36,7 +37,7 @@ def server(sim: MaiTaiSimulator) -> Iterator[SimulatorServer]:
 
 @pytest.fixture(scope="module")
 def laser(server: SimulatorServer) -> Iterator[tango.DeviceProxy]:
-    props = {"SerialURL": server.url, "PollPeriodMs": 100, "TimeoutS": 0.5}
+    props = {"SerialURL": server.url, "PollPeriodMs": 100, "TimeoutS": 0.5, "WatchdogS": 30}
     with DeviceTestContext(MaiTai, properties=props, process=True, timeout=15) as proxy:
         wait_until(lambda: proxy.CommunicationOk, 10, what="the device to connect")
         yield proxy
@@ -55,8 +56,9 @@ def sim_ok(sim: MaiTaiSimulator) -> MaiTaiSimulator:
 def warm_idle(laser: tango.DeviceProxy, sim: MaiTaiSimulator) -> None:
     """Warm laser, emission off, shutter closed, at its setpoint."""
     sim.finish_warmup()
-    if laser.State() in (ON, MOVING):
-        laser.Off()
+    wait_until(lambda: laser.State() != DISABLE, 5, what="no LOCAL left over")  # cleared by polling
+    if laser.State() in (ON, MOVING, ALARM) or laser.Shutter:
+        laser.Off()  # also acknowledges an emission stop nobody asked for
     wait_state(laser, OFF)
     assert not sim.emission and not sim.shutter_open
 
@@ -169,30 +171,80 @@ def test_off_closes_the_shutter_before_switching_emission_off(
 
 
 # ---------------------------------------------------------------------- LOCAL, key switch, interlock
-def test_local_mode_is_detected_and_reported(laser: tango.DeviceProxy, sim_ok: MaiTaiSimulator) -> None:
+def test_local_mode_is_found_by_polling_reported_and_cleared_when_it_ends(
+        laser: tango.DeviceProxy, sim_ok: MaiTaiSimulator) -> None:
     emitting(laser, sim_ok)
-    sim_ok.set_local_mode(True)
+    sim_ok.set_local_mode(True)  # nobody sends a command: polling alone must notice
+    wait_state(laser, DISABLE, timeout=5)
+    assert "LOCAL" in laser.Status() and "REMOTE" in laser.Status()
     with pytest.raises(tango.DevFailed) as err:
         laser.OpenShutter()
     assert "LOCAL" in err.value.args[0].desc
-    assert laser.State() == DISABLE and "LOCAL" in laser.Status()
     assert not laser.Shutter and not sim_ok.shutter_open
     with pytest.raises(tango.DevFailed):
         laser.Wavelength = 900.0
     sim_ok.set_local_mode(False)
-    laser.OpenShutter()  # followed again: the report clears
-    wait_state(laser, ON)
-    laser.CloseShutter()
-    # key switch off: emission stops, commands are ignored
-    sim_ok.set_key_switch(False)
-    wait_state(laser, OFF)
-    assert "without an Off" in laser.Status()
-    with pytest.raises(tango.DevFailed, match="key switch"):
+    wait_state(laser, ON, timeout=5)  # cleared by polling, no command needed
+    assert "LOCAL" not in laser.Status()
+
+
+def test_key_off_with_the_shutter_open_is_alarm_the_server_closes_it_and_on_is_refused(
+        laser: tango.DeviceProxy, sim_ok: MaiTaiSimulator) -> None:
+    emitting(laser, sim_ok)
+    laser.OpenShutter()
+    sim_ok.set_key_switch(False)  # emission stops; set commands are ignored from now on
+    wait_state(laser, ALARM, timeout=5)
+    status = laser.Status()
+    assert "key switch" in status and "without an Off" in status and "closing the shutter" in status
+    with pytest.raises(tango.DevFailed, match="shutter is open"):
         laser.On()
-    assert laser.State() == DISABLE
-    sim_ok.set_key_switch(True)
+    assert not sim_ok.emission
+    sim_ok.set_key_switch(True)  # the server's re-sent SHUTter 0 is followed at once
+    wait_until(lambda: not sim_ok.shutter_open, 3, what="the server to close the shutter")
+    wait_until(lambda: not laser.Shutter and "closed by this server" in laser.Status(), 3,
+               what="Status to say the server closed the shutter")
+    assert laser.State() == ALARM and not sim_ok.emission  # emission lost: acknowledged by On or Off
     laser.On()
-    assert laser.State() == ON
+    assert laser.State() == ON and sim_ok.emission and not sim_ok.shutter_open
+
+
+def test_shutter_opened_outside_tangodaq_is_alarm_until_taken_over(
+        laser: tango.DeviceProxy, sim_ok: MaiTaiSimulator) -> None:
+    emitting(laser, sim_ok)
+    sim_ok.front_panel_shutter(True)
+    wait_state(laser, ALARM, timeout=3)
+    assert "opened outside tangodaq" in laser.Status()
+    assert laser.ShutterLease == 0.0
+    laser.OpenShutter()  # taken over: held by the manual lease from now on
+    assert laser.State() == ON and laser.ShutterLease > 500
+    laser.CloseShutter()
+    assert not sim_ok.shutter_open and laser.State() == ON and laser.ShutterLease == 0.0
+
+
+def test_the_server_closes_the_shutter_when_its_lease_is_not_renewed(
+        laser: tango.DeviceProxy, sim_ok: MaiTaiSimulator) -> None:
+    emitting(laser, sim_ok)
+    for bad in (math.nan, 0.0, -1.0, 0.1, 1e9, math.inf):
+        with pytest.raises(tango.DevFailed, match="lease"):
+            laser.OpenShutterWithLease(bad)
+    assert not sim_ok.shutter_open
+    with pytest.raises(tango.DevFailed, match="No shutter lease"):
+        laser.RenewShutterLease(5.0)  # nothing to renew: a renewal never opens
+    assert not sim_ok.shutter_open
+    laser.OpenShutterWithLease(1.0)
+    assert sim_ok.shutter_open and 0 < laser.ShutterLease <= 1.0
+    for _ in range(4):  # renewed for 2 s, twice the lease: stays open
+        wait_until(lambda: laser.ShutterLease < 0.6, 2, interval=0.05, what="the lease to run down")
+        assert laser.RenewShutterLease(1.0) == 1.0
+        assert sim_ok.shutter_open
+    t0 = time.monotonic()
+    wait_until(lambda: not sim_ok.shutter_open, 4, interval=0.05, what="the server to close the shutter")
+    assert time.monotonic() - t0 < 1.0 + 0.1 + 0.3 + 0.5  # lease + poll period + shutter lag + margin
+    wait_until(lambda: "lease expired" in laser.Status() and laser.State() == ON, 3,
+               what="Status to say why the shutter closed")
+    with pytest.raises(tango.DevFailed, match="No shutter lease"):
+        laser.RenewShutterLease(1.0)  # the owner comes back too late: the shutter stays closed
+    assert not sim_ok.shutter_open
 
 
 def test_interlock_gives_alarm_then_clears(laser: tango.DeviceProxy, sim_ok: MaiTaiSimulator) -> None:
@@ -200,7 +252,8 @@ def test_interlock_gives_alarm_then_clears(laser: tango.DeviceProxy, sim_ok: Mai
     laser.OpenShutter()
     sim_ok.open_interlock()
     wait_state(laser, ALARM)
-    assert "Interlock open" in laser.Status() and "310" in laser.Status()
+    wait_until(lambda: "Interlock open" in laser.Status(), 3, what="the interlock in Status")
+    assert "310" in laser.Status()
     assert not laser.Emission and not laser.Shutter
     with pytest.raises(tango.DevFailed, match="interlock"):
         laser.OpenShutter()
@@ -208,7 +261,9 @@ def test_interlock_gives_alarm_then_clears(laser: tango.DeviceProxy, sim_ok: Mai
         laser.On()
     assert laser.ErrorCount > 0 and "interlock" in laser.LastError
     sim_ok.close_interlock()
-    wait_state(laser, OFF)
+    # still ALARM: emission was lost; On restarts it (or Off acknowledges)
+    wait_until(lambda: laser.State() == ALARM and "without an Off" in laser.Status(), 5,
+               what="ALARM for the lost emission")
     laser.On()
     assert laser.State() == ON
 
