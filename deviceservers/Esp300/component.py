@@ -110,6 +110,10 @@ class Esp300AxisComponent(Component):
         self._drain_due = False
         self._stopped_by = ""
         self._claiming = False  # a move was written urgently: its errors are being collected
+        # The stage's travel in axis units (from the stage model ID? reports): no soft limit and
+        # no defined position may lie beyond it. None until the first connection.
+        self.travel: tuple[float, float] | None = None
+        self.travel_source = ""
         self._unclaimed: list[driver.ControllerError] = []
 
         self.position = self.add(Parameter(
@@ -170,6 +174,7 @@ class Esp300AxisComponent(Component):
             p.unit = unit
         self.velocity.unit, self.acceleration.unit = f"{unit}/s", f"{unit}/s2"
         self.unit.publish(unit)
+        self._learn_travel(port, unit)
         stale = driver.drain_errors(port)
         for err in stale:  # history from before we connected: tell, but do not alarm
             if err.axis in (0, self.axis):
@@ -180,7 +185,43 @@ class Esp300AxisComponent(Component):
         self._publish_settings(self._read_settings(port))
         done = driver.motion_done(port, self.axis)
         self._moving = not done
+        # The set point survives a server restart: it is the controller's own target (DP?), so a
+        # move started before the restart shows where it goes, never "None".
+        self.position.restore_setpoint(driver.target_position(port, self.axis))
         self._publish_position(driver.position(port, self.axis))
+
+    def _learn_travel(self, port: Port, unit: str) -> None:
+        """Find the stage's travel (link thread) and pull soft limits beyond it back inside.
+
+        From the stage model when it is a known linear stage (centred on home, as the ESP300
+        sets SL/SR at power-up); otherwise the soft limits found at the first connection (they
+        can then be narrowed, never widened: nothing else tells how far the stage goes)."""
+        travel_mm = driver.stage_travel_mm(self.stage_model.value or "")
+        per_unit = driver.MM_PER_UNIT.get(unit)
+        low, high = driver.soft_limits(port, self.axis)
+        if travel_mm is not None and per_unit is not None:
+            half = travel_mm / 2 / per_unit
+            self.travel = (-half, half)
+            self.travel_source = f"{self.stage_model.value}: {travel_mm:g} mm of travel"
+        elif self.travel is None:
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"stage {self.stage_model.value!r} unknown and soft limits {low}..{high} unusable: "
+                                 "cannot tell the stage's travel")
+            self.travel = (low, high)
+            self.travel_source = f"soft limits found at connection (stage {self.stage_model.value!r} not in the table)"
+            self.log.warning("%s: %s; soft limits can be narrowed, not widened", self.label, self.travel_source)
+        lo, hi = self.travel
+        fixes = []
+        if not lo <= low <= hi:
+            fixes.append(f"{self.axis}SL{driver.format_number(lo)}")
+        if not lo <= high <= hi:
+            fixes.append(f"{self.axis}SR{driver.format_number(hi)}")
+        if fixes:
+            # Limits beyond the stage let a move run into the hardware limit switch: a safety
+            # correction, made and told about, not a silent change.
+            driver.execute(port, self.axis, *fixes)
+            self.record_error(f"soft limits {low:g}..{high:g} {unit} were beyond the stage's travel "
+                              f"({self.travel_source}); set to {' '.join(fixes)}")
 
     def on_shutdown(self) -> None:
         """Leave nothing running: a moving axis is stopped (decelerating)."""
@@ -317,12 +358,23 @@ class Esp300AxisComponent(Component):
         self._settings_due = True
 
     # ------------------------------------------------------------------ validation
+    def _check_travel(self, name: str, value: float) -> None:
+        if self.travel is None:
+            raise ParameterError(f"{name}: the stage's travel is not known yet (not connected): try again")
+        lo, hi = self.travel
+        if not lo <= value <= hi:
+            unit = self.unit.value or ""
+            raise ParameterError(f"{name} {value:g} {unit} is beyond the stage's travel {lo:g}..{hi:g} {unit} "
+                                 f"({self.travel_source})")
+
     def _check_low(self, value: float) -> None:
+        self._check_travel("SoftLimitLow", value)
         high = self.soft_limit_high.value
         if high is not None and value >= high:
             raise ParameterError(f"SoftLimitLow {value} must be below SoftLimitHigh {high}")
 
     def _check_high(self, value: float) -> None:
+        self._check_travel("SoftLimitHigh", value)
         low = self.soft_limit_low.value
         if low is not None and value <= low:
             raise ParameterError(f"SoftLimitHigh {value} must be above SoftLimitLow {low}")
@@ -410,6 +462,12 @@ class Esp300AxisComponent(Component):
             raise ParameterError(f"DefinePosition: {value!r} is not a finite number")
         if self._moving:
             raise RuntimeError(f"axis {self.axis} is moving: stop it before defining its position")
+        self._check_travel("DefinePosition", value)
+        low, high = self.soft_limit_low.value, self.soft_limit_high.value
+        if low is not None and high is not None and not low <= value <= high:
+            unit = self.unit.value or ""
+            raise ParameterError(f"DefinePosition {value:g} {unit} is outside SoftLimitLow..SoftLimitHigh "
+                                 f"({low:g}..{high:g} {unit}): the axis would stand where it may not be")
         self._execute(lambda port: driver.define_position(port, self.axis, value), f"{self.axis}DH{value}")
         self._publish_position(self.run(lambda port: driver.position(port, self.axis), idempotent=True,
                                         description=f"{self.axis}TP?"))
@@ -458,11 +516,13 @@ class Esp300AxisComponent(Component):
         if self._moving:
             if self._homing:
                 return DeviceState.MOVING, f"Axis {self.axis} is homing"
-            return DeviceState.MOVING, f"Axis {self.axis} is moving to {self.position.setpoint} {unit}".rstrip()
+            target = self.position.setpoint
+            where = f"to {target:g} {unit}".rstrip() if target is not None else "(target not known yet)"
+            return DeviceState.MOVING, f"Axis {self.axis} is moving {where}"
         if self._alarm:
             return DeviceState.ALARM, (f"{self._alarm}. Move back inside SoftLimitLow..SoftLimitHigh "
                                        "(a new accepted move clears this alarm).")
-        return DeviceState.ON, f"Axis {self.axis} ({self.stage_model.value}) is idle"
+        return DeviceState.ON, f"Axis {self.axis} ({self.stage_model.value or 'stage not identified'}) is idle"
 
 
 def _positive(name: str) -> Callable[[float], None]:

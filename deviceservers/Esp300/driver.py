@@ -12,6 +12,7 @@ blamed on this command, so the component can route them to the axis they belong 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from deviceservers.common.serial_link import InstrumentError, Port, ProtocolError
@@ -344,6 +345,29 @@ def unit_code(port: Port, axis: int) -> int:
 def unit(port: Port, axis: int) -> str:
     """The axis unit as a symbol (``mm``), from ``SN?``."""
     return UNITS[unit_code(port, axis)]
+
+
+#: unit symbol -> millimetres per unit (the linear units; a stage's travel is known in mm)
+MM_PER_UNIT = {"mm": 1.0, "um": 1e-3, "in": 25.4, "mil": 25.4e-3, "uin": 25.4e-6}
+
+#: Newport linear stage families whose model name carries the travel in mm right after the
+#: family letters (TS50DC.5 = 50 mm, ILS100CC = 100 mm, M-UTS150PP = 150 mm, VP-25XA = 25 mm).
+#: Rotation stages (URS, RV, SR) carry a diameter there, not a travel: deliberately absent.
+_LINEAR_FAMILIES = re.compile(r"^(?:M-)?(TS|ILS|UTS|IMS|GTS|XMS|VP-|LTA|MFA-|TRA)(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def stage_travel_mm(identity: str) -> float | None:
+    """The full travel in mm of the stage named by ``ID?`` (``TS50DC.5, SN1263`` -> 50), or None
+    for a stage this table does not know (then the controller's soft limits bound the travel).
+
+    ESP-compatible stages are centred: the controller's factory travel limits are +/- half the
+    travel around the home position (what ``SL?``/``SR?`` report at power-up)."""
+    model = identity.split(",")[0].strip()
+    m = _LINEAR_FAMILIES.match(model)
+    if m is None:
+        return None
+    travel = float(m.group(2))
+    return travel if travel > 0 else None
 
 
 def stage_identity(port: Port, axis: int) -> str:

@@ -135,16 +135,65 @@ def test_motor_off_gives_off_and_refuses_moves(proxies, sim):
 
 def test_hardware_limit_gives_alarm_with_reason(proxies, sim):
     z = proxies[3]
-    z.SoftLimitHigh = 40.0  # wider than the stage's travel: the + switch stops it at 25
     z.Velocity = 100.0
     z.Acceleration = 2000.0
-    z.Position = 30.0
+    z.Position = 0.0
+    wait_state(z, tango.DevState.ON, timeout=15)
+    z.DefinePosition(-5.0)  # shifted coordinates: 24 in them is beyond the + switch (at 20 now)
+    z.Position = 24.0
     wait_state(z, tango.DevState.ALARM, timeout=15)
     assert "positive hardware limit" in z.Status()
-    assert z.Position == pytest.approx(25.0, abs=1e-6)
-    z.SoftLimitHigh = 25.0
-    z.Position = 0.0  # moving away clears it
+    assert z.Position == pytest.approx(20.0, abs=1e-6)
+    z.Position = -5.0  # moving away clears it
     wait_state(z, tango.DevState.ON, timeout=15)
+    z.DefinePosition(0.0)
+
+
+def test_soft_limits_and_define_position_beyond_the_stage_travel_are_refused(proxies, sim):
+    """Issue 17: SoftLimitLow=-1e308 was accepted and a relative move then drove the stage into
+    its limit switch; DefinePosition(1e308) made Position read 1e+308."""
+    x = proxies[1]
+    x.SoftLimitLow, x.SoftLimitHigh = -20.0, 20.0
+    position = x.Position
+    for name, bad in (("SoftLimitLow", -1e308), ("SoftLimitHigh", 1e308), ("SoftLimitLow", -25.5),
+                      ("SoftLimitHigh", 26.0)):
+        with pytest.raises(tango.DevFailed, match="beyond the stage's travel -25..25 mm") as err:
+            x.write_attribute(name, bad)
+        assert err.value.args[0].reason == "ValueRefused", name
+    assert sim.axes[1].left_limit == -20.0 and sim.axes[1].right_limit == 20.0
+    assert x.read_attribute("SoftLimitLow").w_value == -20.0
+    assert x.read_attribute("SoftLimitHigh").w_value == 20.0
+    assert x.State() == tango.DevState.ON
+    with pytest.raises(tango.DevFailed, match="outside the soft limits"):
+        x.MoveRelative(1e308)
+    for bad in (1e308, 30.0, -21.0):
+        with pytest.raises(tango.DevFailed) as err:
+            x.DefinePosition(bad)
+        assert err.value.args[0].reason == "ValueRefused"
+    assert x.Position == pytest.approx(position, abs=1e-6)
+    assert x.State() == tango.DevState.ON
+
+
+def test_soft_limits_beyond_travel_in_the_controller_are_pulled_back_at_connection(sim):
+    """A controller left with limits beyond its stage (by an older server) is made safe."""
+    own = Esp300Simulator(reply_delay_s=0.0, char_time_s=0.0)
+    own.axes[1].left_limit, own.axes[1].right_limit = -1e308, 1e308
+    own.axes[1].velocity = 0.5
+    with own._cond:
+        own.handle("1PA20", time.monotonic())  # a move started before this server (re)started
+    with SimulatorServer(own, name="esp300-restart") as srv:
+        props = {"SerialURL": srv.url, "TimeoutS": 0.5, "PollPeriodMs": 200, "Axis": 1}
+        info = [{"class": Esp300, "devices": [{"name": "test/esp300/restart", "properties": props}]}]
+        with MultiDeviceTestContext(info, process=True, timeout=30) as ctx:
+            x = ctx.get_device("test/esp300/restart")
+            wait_state(x, tango.DevState.MOVING, timeout=15)  # 40 s to go at 0.5 mm/s
+            assert (own.axes[1].left_limit, own.axes[1].right_limit) == (-25.0, 25.0)
+            assert "beyond the stage's travel" in x.LastError
+            assert "None" not in x.Status() and "moving to 20 mm" in x.Status(), x.Status()
+            assert x.read_attribute("Position").w_value == pytest.approx(20.0)
+            x.Stop()
+            wait_state(x, tango.DevState.ON, timeout=15)
+            assert "None" not in x.Status()
 
 
 def test_home_and_define_position(proxies, sim):
