@@ -13,6 +13,7 @@ recorder's counters as attributes with change events (pushed at most 4 times per
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -24,6 +25,8 @@ import numpy as np
 import tango
 from tango import AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property
+
+from deviceservers.common import fault_log
 
 from . import recovery
 from .hdf5_sink import COMPRESSIONS, Hdf5Sink, StreamSpec, check_metadata
@@ -253,6 +256,7 @@ class DataWriter(Device):
             name, metadata, pre = parse_start_argument(argin)
         except ValueError as exc:
             shown = argin if len(argin) <= 200 else argin[:200] + "..."
+            fault_log.refused(self, "StartRecording", exc)
             tango.Except.throw_exception("DataWriter_BadArgument", f"bad StartRecording argument {shown!r}: {exc}",
                                          "StartRecording")
         return self._start(name, metadata, pre)
@@ -327,6 +331,9 @@ class DataWriter(Device):
             on_flush=journal.update if journal is not None else None,
             thread_context=tango.EnsureOmniThread,
         )
+        if self.get_state() in (DevState.FAULT, DevState.ALARM):
+            fault_log.record(self.get_name(), "RECOVERED", f"RUNNING (after {self.get_state()}): recording to {path}",
+                             log=self)
         self.set_state(DevState.RUNNING)
         self.set_status(self._recording_status())
         self._recorder.start()
@@ -384,6 +391,8 @@ class DataWriter(Device):
         new_path = self._new_path(name) if continuing else ""
         report = recovery.repair(journal, continued_in=new_path, count_unflushed=not continuing)
         self._last_recovery = report.text()
+        fault_log.record(self.get_name(), "CRASH_RECOVERY" if report.ok else "FAULT", self._last_recovery,
+                         logging.WARNING if report.ok else logging.ERROR)
         try:
             os.unlink(journal["journal"])
         except OSError:
@@ -417,6 +426,7 @@ class DataWriter(Device):
         self.set_state(DevState.FAULT)
         kept = f" {path} is readable up to the last flushed record." if path and os.path.exists(path) else ""
         self.set_status(f"{reason}.{kept} Free disk space or change OutputDir, then call StartRecording again.")
+        fault_log.record(self.get_name(), "FAULT", self.get_status(), logging.ERROR, self)
 
     def _on_stats(self, stats: RecorderStats) -> None:
         self._stats = stats

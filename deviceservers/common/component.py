@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import fault_log
 from .parameter import Parameter, ParameterSet, Quality
 from .serial_link import (
     InstrumentError,
@@ -102,7 +103,8 @@ class StateReporter:
                 status = " ".join(f"{m}." for m in self._not_resumed.values()) + f" {status}"
             if (state, status) == (self._state, self._status):
                 return
-            self._state, self._status = state, status
+            old_state, self._state, self._status = self._state, state, status
+        fault_log.state_changed(getattr(self, "log", None), old_state, state, status)  # the fault history
         for listener in list(self._state_listeners):
             try:
                 listener(state, status)

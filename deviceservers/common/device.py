@@ -28,6 +28,7 @@ import tango
 from tango import AttrQuality, AttrWriteType, DevState
 from tango.server import Device, attribute, device_property
 
+from . import fault_log
 from .component import Component, DeviceState
 from .events import EventPusher
 from .parameter import Parameter, ParameterError, Quality, Reading
@@ -77,6 +78,7 @@ def tango_errors(fn: F) -> F:
         try:
             return fn(self, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001
+            fault_log.refused(self, fn.__name__, exc)  # the server's fault history
             raise_devfailed(exc, f"{type(self).__name__}.{fn.__name__}")
 
     return wrapper  # type: ignore[return-value]
@@ -260,6 +262,7 @@ class ParameterDevice(Device):
         try:
             self.write_parameter(p, value)
         except Exception as exc:  # noqa: BLE001
+            fault_log.refused(self, f"write {p.name}={value!r}", exc)  # the server's fault history
             raise_devfailed(exc, f"{type(self).__name__}.write_{p.name}")
         if p.memorized:
             self._not_resumed(p.name, None)  # a client decided again: the restart is behind us
