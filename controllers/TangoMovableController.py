@@ -1,7 +1,7 @@
 """One Sardana motor controller for every Movable Tango device of the lab.
 
 The ESP300 axes (``Position`` in mm), the ELL14 mounts (``Position`` in degrees) and the Mai Tai
-(``Wavelength`` in nm) all follow the same Tango contract (ARCHITECTURE.md): a writable
+(``Wavelength`` in nm) all follow the same Tango contract (docs/design.md): a writable
 position-like attribute, MOVING while moving or tuning, ALARM on a limit or interlock, FAULT on a
 lost link, and (where the hardware has them) ``Stop`` / ``Abort`` commands. So one controller
 serves all of them; each axis names its device and attribute:
