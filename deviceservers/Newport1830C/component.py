@@ -59,9 +59,10 @@ class Newport1830CComponent(Component):
         self.over_range = self.add(Parameter(
             "OverRange", bool, description="The reading exceeds the manual range: choose a higher range or AUTO"))
         self.streaming = self.add(Parameter(
-            "Streaming", bool, writable=True, writer=self._write_streaming, initial=False,
+            "Streaming", bool, writable=True, writer=self._write_streaming, initial=False, local=True, memorized=True,
             description="Sample continuously, as fast as the link allows, into the shared-memory ring "
-            "<device>.power (recorded by the DataWriter); Power is then updated from the stream"))
+            "<device>.power (recorded by the DataWriter); Power is then updated from the stream. Memorized: "
+            "streaming resumes after a server restart (ALARM if it cannot); a lost link pauses it"))
         self.sample_rate = self.add(Parameter(
             "SampleRate", float, unit="Hz", fmt="%.1f", initial=0.0,
             description="Samples per second achieved while streaming (over the last second)"))

@@ -120,6 +120,7 @@ class PvcamComponent(StateReporter):
         self._published_seq = 0
         self._last_preview = 0.0
         self._trigger_modes: dict[str, int] = dict(PVCAM_EXPOSURE_MODES)
+        self._live_mode = False  # the running (or last) acquisition is continuous
         self._open_backend()
         self._declare_parameters()
         self._publish_settings()
@@ -187,6 +188,11 @@ class PvcamComponent(StateReporter):
         self.nb_frames = add(Parameter(
             "NbFrames", int, minimum=0, maximum=2**31 - 1, writable=True, initial=0,
             description="Frames per StartAcquisition; 0 = continuous (live) until StopAcquisition"))
+        self.live = add(Parameter(
+            "Live", bool, writable=True, writer=self._write_live, initial=False, local=True, memorized=True,
+            description="True while a live (continuous) acquisition runs; write True to start one, False to stop. "
+                        "Memorized, also when started by StartAcquisition with NbFrames 0: live acquisition resumes "
+                        "after a server restart (ALARM if it cannot)"))
         self.frames_acquired = add(Parameter("FramesAcquired", int, initial=0,
                                              description="Frames received in the current or last acquisition"))
         self.frames_lost = add(Parameter("FramesLost", int, initial=0, description=(
@@ -198,6 +204,16 @@ class PvcamComponent(StateReporter):
             "LastImage", np.uint16, shape=(2048, 2048), polled=False,
             description="Preview of the newest frame, pushed as change events at most PreviewMaxFps times per second; "
                         "every frame is in the shared-memory ring"))
+
+    def _write_live(self, on: bool) -> None:
+        if on:
+            if self.acquiring:
+                if self._live_mode:
+                    return
+                raise AcquisitionRunning("a sequence is running: StopAcquisition first, then Live = True")
+            self.start_acquisition(0)
+        else:
+            self.stop_acquisition()
 
     def _camera(self) -> CameraBackend:
         if self.backend is None:
@@ -383,12 +399,14 @@ class PvcamComponent(StateReporter):
             self._acq_stop.clear()
             self._start_backend(b, n)
             self._acq_desc = "live (continuous)" if n == 0 else f"sequence of {n} frame{'s' if n != 1 else ''}"
+            self._live_mode = n == 0
             self._acq_thread = threading.Thread(
                 target=self._acquire, args=(b, sink, n), name="pvcam acquisition", daemon=True)
             self._acq_thread.start()
         self.frames_acquired.publish(0)
         self.frames_lost.publish(0)
         self.frame_rate.publish(0.0)
+        self.live.publish(self._live_mode)
         self.update_state()
 
     def _start_backend(self, b: CameraBackend, remaining: int) -> None:
@@ -525,6 +543,7 @@ class PvcamComponent(StateReporter):
             self.last_image.publish(self._latest)
         self.frames_acquired.publish(self._frames)
         self.frames_lost.publish(self._lost)
+        self.live.publish(self._live_mode and self.acquiring)
         self.frame_rate.publish(round(self._fps, 3))
 
     # ------------------------------------------------------------------ state

@@ -100,12 +100,16 @@ class Pvcam(ParameterDevice):
     def StartAcquisition(self) -> None:
         """Acquire NbFrames frames (0 = live until StopAcquisition); RUNNING while acquiring."""
         self.component.start_acquisition()
+        if self.component.nb_frames.value == 0:
+            self.remember("Live", True)  # a restart resumes live acquisition
 
     @command
     @tango_errors
     def StopAcquisition(self) -> None:
         """Stop the acquisition (the frames already acquired stay in the ring)."""
         self.component.stop_acquisition()
+        self.remember("Live", False)
+        self.component.set_not_resumed("Live", None)
 
     @command
     @tango_errors

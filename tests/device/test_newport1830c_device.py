@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import tango
@@ -198,3 +199,42 @@ def test_front_panel_change_shows_in_value_and_set_point(meter, sim):
     sim.filter = 2  # somebody pressed FILTER on the meter: MEDIUM
     wait_until(lambda: meter.read_attribute("Filter").value == 1, 10, what="Filter re-read from the meter")
     assert meter.read_attribute("Filter").w_value == 1  # a GUI's write widget shows the real setting
+
+
+def test_streaming_stays_valid_through_a_comm_fault(meter, sim):
+    """Issue 17: after a comm fault Streaming stayed INVALID although streaming had resumed."""
+    sim.reading_delay_s = 0.0
+    meter.Streaming = True
+    try:
+        wait_state(meter, tango.DevState.RUNNING)
+        sim.unplug()
+        wait_state(meter, tango.DevState.FAULT, 10)
+        sim.plug()
+        wait_state(meter, tango.DevState.RUNNING, 15)
+        wait_until(lambda: meter.SampleRate > 0, 10, what="samples streamed again")
+        streaming = meter.read_attribute("Streaming")
+        assert streaming.value is True and streaming.quality == tango.AttrQuality.ATTR_VALID
+    finally:
+        meter.Streaming = False
+    wait_state(meter, tango.DevState.ON)
+
+
+def test_streaming_resumes_after_a_server_restart(tmp_path):
+    """Issue 17: after its server restarted the meter did not stream again and nothing said so."""
+    sim = Newport1830CSimulator(reply_delay_s=0.0, reading_delay_s=0.0, noise=0.0, seed=4)
+    db = str(tmp_path / "tango.db")
+    with SimulatorServer(sim) as server:
+        props = {"SerialURL": server.url, "PollPeriodMs": 100, "TimeoutS": 0.5}
+        name = f"test/pmrestart/{os.getpid()}"  # its own ring, not the module meter's
+        with DeviceTestContext(Newport1830C, device_name=name, properties=props, db=db, process=True,
+                               timeout=15) as meter:
+            wait_state(meter, tango.DevState.ON, 15)
+            meter.Streaming = True
+            wait_state(meter, tango.DevState.RUNNING)
+        with DeviceTestContext(Newport1830C, device_name=name, properties=props, db=db, process=True,
+                               timeout=15) as meter:
+            wait_state(meter, tango.DevState.RUNNING, 15)
+            assert meter.Streaming is True
+            wait_until(lambda: meter.SampleRate > 0, 10, what="samples streamed after the restart")
+            meter.Streaming = False
+            wait_state(meter, tango.DevState.ON)

@@ -229,3 +229,26 @@ def test_bad_backend_property_faults():
     with DeviceTestContext(Pvcam, properties={"Backend": "nikon"}, process=True, timeout=15) as proxy:
         assert proxy.State() == tango.DevState.FAULT
         assert "Backend 'nikon' is not one of sim, pyvcam" in proxy.Status()
+
+
+def test_live_acquisition_resumes_after_a_server_restart(shm_dir, tmp_path):
+    """Issue 17: after its server restarted the camera did not acquire again and nothing said so."""
+    db = str(tmp_path / "tango.db")
+    props = {"Backend": "sim", "RingSizeMB": 16.0, "PollPeriodMs": 100}
+    name = f"test/pvcamrestart/{os.getpid()}"
+    with DeviceTestContext(Pvcam, device_name=name, properties=props, db=db, process=True, timeout=15) as cam:
+        cam.ExposureTime = 0.01
+        cam.NbFrames = 0
+        cam.StartAcquisition()
+        wait_state(cam, tango.DevState.RUNNING)
+        assert cam.Live is True
+    with DeviceTestContext(Pvcam, device_name=name, properties=props, db=db, process=True, timeout=15) as cam:
+        wait_state(cam, tango.DevState.RUNNING, 15)
+        assert cam.Live is True
+        wait_until(lambda: cam.FramesAcquired > 2, 10, what="frames after the restart")
+        cam.StopAcquisition()
+        wait_state(cam, tango.DevState.ON)
+        assert cam.Live is False
+    with DeviceTestContext(Pvcam, device_name=name, properties=props, db=db, process=True, timeout=15) as cam:
+        wait_until(lambda: cam.State() == tango.DevState.ON, 10, what="idle after a restart: it was stopped")
+        assert cam.Live is False
