@@ -4,15 +4,31 @@ Safety contract of every macro here (class ``LabMacro``): parameters are checked
 moves; on stop, abort or error the laser shutter is closed if this macro opened it and the motors
 it moved are stopped. Scans are Sardana's own (``ascan``/``mesh``), so every curve is recorded by
 the configured recorders (ScanDir/ScanFile) and stop/abort work at each point.
+
+Light only while the macro that asked for it is alive (docs/laser-safety.md): a macro opens the
+shutter with ``OpenShutterWithLease`` and a thread (``ShutterHold``) renews the lease while the
+macro is on the Door's stack. If the MacroServer dies, nothing renews and the laser server closes
+the shutter when the lease runs out (``MACRO_LEASE_S``); on_stop/on_abort hooks need the
+MacroServer alive, the lease does not.
+
+Pause: Sardana gives a macro no resume hook, and its ``on_pause`` runs on the innermost macro
+(the ascan), not ours. So the renewing thread watches the Door: when it is paused (STANDBY) it
+closes the shutter; before each measurement (the scans' ``pre-acq`` hook, or explicitly in
+loops) the macro that opened the shutter reopens it. Nobody else reopens it, and a shutter that
+was closed by someone else (lease refused) stops the macro instead of measuring in the dark.
+
+Device names come from the lab's roles (``tango_db.roles``), never spelled here.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,27 +36,41 @@ import numpy as np
 import tango
 from sardana.macroserver.macro import Macro, Type
 
+from tango_db.roles import MOUNT_ROLES, STAGE_ROLES, device, lab_roles
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import polarization_analysis  # noqa: E402
 
 importlib.reload(polarization_analysis)  # so that `relmaclib lab_macros` also picks up the maths
 from polarization_analysis import fit_offsets, periodicity  # noqa: E402
 
-LASER = "lab/maitai/1"
-METER = "lab/powermeter/1"
-DATAWRITER = "lab/datawriter/1"
-MOUNTS = ("hwp", "qwp", "pol")
-LAB_DEVICES = ("lab/esp300/x", "lab/esp300/y", "lab/esp300/z", "lab/ell14/hwp", "lab/ell14/pol", "lab/ell14/qwp",
-               LASER, METER, "lab/camera/1", DATAWRITER)
-#: what save_setup stores: device -> writable settings (restore writes them back and verifies)
-SETUP_ATTRIBUTES = {
-    "lab/esp300/x": ("Position", "Velocity"), "lab/esp300/y": ("Position", "Velocity"),
-    "lab/esp300/z": ("Position", "Velocity"),
-    "lab/ell14/hwp": ("Position",), "lab/ell14/pol": ("Position",), "lab/ell14/qwp": ("Position",),
-    LASER: ("Wavelength",), METER: ("Wavelength", "Range", "Filter", "Attenuator"),
-    "lab/camera/1": ("ExposureTime", "Binning"),
-}
+MOUNTS = ("hwp", "qwp", "pol")  # Sardana motor names (the Pool's elements), not Tango devices
 WARMUP_TIMEOUT_S = 600
+#: the laser server closes the shutter this long after the last renewal: covers a renewal stuck
+#: ~2 s behind another client's shutter command on the laser server, and bounds the light after a
+#: MacroServer death to ~6 s (lease + the laser server's poll + the shutter's travel)
+MACRO_LEASE_S = 5.0
+RENEW_EVERY_S = 1.0
+
+log = logging.getLogger("tangodaq.macros")
+
+
+def lab_devices(*extra_roles: str) -> list[str]:
+    """The lab's devices, by role (the database's Roles, or the simulated lab's names); roles a
+    deployment does not have are left out."""
+    roles = lab_roles()
+    wanted = (*STAGE_ROLES, *MOUNT_ROLES, "laser", "meter", "camera", "datawriter", *extra_roles)
+    return [roles[r] for r in wanted if r in roles]
+
+
+def setup_attributes() -> dict[str, tuple[str, ...]]:
+    """What save_setup stores: device -> writable settings (restore writes them back and verifies)."""
+    attrs: dict[str, tuple[str, ...]] = {device(r): ("Position", "Velocity") for r in STAGE_ROLES}
+    attrs.update({device(r): ("Position",) for r in MOUNT_ROLES})
+    attrs[device("laser")] = ("Wavelength",)
+    attrs[device("meter")] = ("Wavelength", "Range", "Filter", "Attenuator")
+    attrs[device("camera")] = ("ExposureTime", "Binning")
+    return attrs
 
 
 # 10 s, not Tango's 3 s: a server that has just started may have its serial link busy identifying
@@ -52,6 +82,101 @@ def proxy(name: str, timeout_ms: int = 10000) -> tango.DeviceProxy:
     return p
 
 
+def _desc(exc: tango.DevFailed) -> str:
+    return exc.args[0].desc.strip() if exc.args else str(exc)
+
+
+class ShutterHold:
+    """The laser shutter held open for one macro, by a lease the laser server enforces.
+
+    A daemon thread renews the lease every ``RENEW_EVERY_S`` while the macro is on its Door's
+    stack and the Door is not paused. It stops renewing (so the shutter closes within
+    ``MACRO_LEASE_S``) when the macro is gone; it closes the shutter at once when the Door is
+    paused. It never reopens: only the macro's own thread does, in :meth:`ensure_open`.
+    The thread talks to Sardana only through non-``mAPI`` accessors (``door``,
+    ``executor``, ``parent_macro``), which never raise a StopException into it.
+    """
+
+    def __init__(self, macro: Macro, laser: str) -> None:
+        self._macro = macro
+        self._laser = laser
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.closed_for_pause = False
+        self.lost = ""  # why the laser refused a renewal (the shutter was closed by someone else)
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        proxy(self._laser).command_inout("OpenShutterWithLease", MACRO_LEASE_S)
+        self._thread = threading.Thread(target=self._renew_loop, name=f"shutter lease {self._macro._name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        """Stop renewing (the caller then closes the shutter)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(RENEW_EVERY_S + 11)  # at most one renewal in flight (10 s client time-out)
+
+    def _macro_running(self) -> bool:
+        try:
+            m = self._macro.executor.getRunningMacro()
+            while m is not None:
+                if m is self._macro:
+                    return True
+                m = m.parent_macro
+        except Exception:  # noqa: BLE001 - cannot tell: stop renewing, the lease closes the shutter
+            log.exception("cannot tell whether %s still runs", self._macro._name)
+        return False
+
+    def _door_paused(self) -> bool:
+        try:
+            return self._macro.door.get_state() == Macro.Pause
+        except Exception:  # noqa: BLE001 - no state: not a reason to close
+            return False
+
+    def _renew_loop(self) -> None:
+        laser = proxy(self._laser)
+        while not self._stop.wait(RENEW_EVERY_S):
+            if not self._macro_running():
+                log.warning("%s is no longer running: its shutter lease is left to expire", self._macro._name)
+                return
+            with self._lock:
+                if self._door_paused() and not self.closed_for_pause:
+                    self.closed_for_pause = True  # no renewal while paused, even if the close fails
+                    try:
+                        laser.command_inout("CloseShutter")
+                        log.warning("Door paused: laser shutter closed (reopened by %s on resume)", self._macro._name)
+                    except tango.DevFailed as exc:
+                        log.error("Door paused but CloseShutter failed (the lease closes it): %s", _desc(exc))
+                if self.closed_for_pause:
+                    continue
+            try:
+                laser.command_inout("RenewShutterLease", MACRO_LEASE_S)
+            except tango.DevFailed as exc:
+                with self._lock:
+                    if not self.closed_for_pause:
+                        self.lost = _desc(exc)
+                        log.error("shutter lease of %s refused: %s", self._macro._name, self.lost)
+                        return
+
+    def ensure_open(self) -> bool:
+        """Macro thread, before a measurement: reopen after a pause; True when it reopened.
+
+        Raises when the shutter was closed by someone else: the macro must not measure darkness."""
+        with self._lock:
+            lost, reopen = self.lost, self.closed_for_pause
+        if lost:
+            raise RuntimeError(f"the laser shutter this macro held open was closed outside it ({lost}): "
+                               "stopping instead of measuring in the dark")
+        if not reopen:
+            return False
+        proxy(self._laser).command_inout("OpenShutterWithLease", MACRO_LEASE_S)
+        with self._lock:
+            self.closed_for_pause = False
+        return True
+
+
 class LabMacro:
     """Mixin of the lab's macros (not a Macro itself, so not listed as one): shutter and motor safety on stop, abort and error."""
 
@@ -59,13 +184,25 @@ class LabMacro:
         if not hasattr(self, "_moved"):
             self._moved: list[str] = []
             self._opened_shutter = False
+            self._hold: ShutterHold | None = None
 
     def open_shutter(self) -> None:
+        """Open the laser shutter under a lease renewed while this macro runs (``ShutterHold``).
+
+        A shutter already open (someone aligning by hand, holding the manual lease) is left to
+        its owner: this macro neither takes it over nor closes it."""
         self._init_safety()
-        laser = proxy(LASER)
-        if not laser.read_attribute("Shutter").value:
-            laser.command_inout("OpenShutter")
-            self._opened_shutter = True
+        laser = device("laser")
+        if not proxy(laser).read_attribute("Shutter").value:
+            self._hold = ShutterHold(self, laser)
+            self._opened_shutter = True  # from the request on: a late opening is ours to close
+            self._hold.open()
+
+    def light_check(self, *_args) -> None:
+        """Before each measurement (a scan's pre-acq hook): the light this macro asked for is there."""
+        self._init_safety()
+        if self._hold is not None and self._hold.ensure_open():
+            self.output("laser shutter reopened after the pause")
 
     def uses(self, *motors: str) -> None:
         self._init_safety()
@@ -78,9 +215,12 @@ class LabMacro:
                 self.getMoveable(name).stop()
             except Exception as exc:  # noqa: BLE001 - keep going: the shutter matters more
                 self.warning("could not stop %s: %s", name, exc)
+        if self._hold is not None:
+            self._hold.release()
+            self._hold = None
         if self._opened_shutter:
             try:
-                proxy(LASER).command_inout("CloseShutter")
+                proxy(device("laser")).command_inout("CloseShutter")
                 self._opened_shutter = False
                 self.warning("laser shutter closed (this macro had opened it)")
             except tango.DevFailed as exc:
@@ -132,6 +272,7 @@ class LabMacro:
     def scan(self, motor: str, start: float, end: float, intervals: int, count_time: float):
         self.setEnv("ActiveMntGrp", "mg_power")
         scan_macro, _ = self.createMacro("ascan", motor, start, end, intervals, count_time)
+        scan_macro.appendHook((self.light_check, ["pre-acq"]))
         self.runMacro(scan_macro)
         return scan_macro
 
@@ -150,7 +291,7 @@ class laser_on(LabMacro, Macro):
         self.guarded(self._run, timeout)
 
     def _run(self, timeout):
-        laser = proxy(LASER)
+        laser = proxy(device("laser"))
         if laser.read_attribute("Shutter").value:
             laser.command_inout("CloseShutter")
         t0 = time.monotonic()
@@ -159,10 +300,12 @@ class laser_on(LabMacro, Macro):
             state = laser.state()
             if state == tango.DevState.ON and laser.read_attribute("Emission").value:
                 break
-            if state in (tango.DevState.FAULT, tango.DevState.ALARM, tango.DevState.DISABLE):
+            if state in (tango.DevState.FAULT, tango.DevState.DISABLE):
                 raise RuntimeError(f"the laser cannot start: {laser.status().strip()}")
             pct = float(laser.read_attribute("WarmupPercent").value or 0.0)
-            if state == tango.DevState.OFF:
+            if state in (tango.DevState.OFF, tango.DevState.ALARM):
+                # ALARM after an emission stop nobody asked for: On restarts it; an unsafe
+                # laser (interlock) refuses On with the reason, which ends this macro
                 laser.command_inout("On")  # starts the warm-up, or emission at 100 %
             if pct != last:
                 self.output("warming up: %.0f %%", pct)
@@ -178,7 +321,7 @@ class laser_off(LabMacro, Macro):
     """Close the shutter (confirmed), then stop emission."""
 
     def run(self):
-        laser = proxy(LASER)
+        laser = proxy(device("laser"))
         laser.command_inout("CloseShutter")
         deadline = time.monotonic() + 10
         while laser.read_attribute("Shutter").value:
@@ -386,6 +529,7 @@ class waveplate_calibration(LabMacro, Macro):
                 for i in range(first, len(points)):
                     w, p, h, q = points[i]
                     self.execMacro("mv", "wavelength_tracked", w, "pol", p, "hwp", h, "qwp", q)
+                    self.light_check()
                     _, values = mg.count(count_time)
                     power = next(v for k, v in values.items() if "power" in str(k))
                     out.write(json.dumps({"point": i, "wavelength_nm": w, "pol": p, "hwp": h, "qwp": q,
@@ -421,7 +565,9 @@ class stage_camera_raster(LabMacro, Macro):
         self.open_shutter()  # the spot is the laser's: no light, no spot
         self.setEnv("ActiveMntGrp", "mg_camera")
         try:
-            self.guarded(self.execMacro, "mesh", "stage_x", x0, x1, nx, "stage_y", y0, y1, ny, exposure)
+            mesh, _ = self.createMacro("mesh", "stage_x", x0, x1, nx, "stage_y", y0, y1, ny, exposure)
+            mesh.appendHook((self.light_check, ["pre-acq"]))
+            self.guarded(self.runMacro, mesh)
         finally:
             self.setEnv("ActiveMntGrp", "mg_power")
         self.make_safe()
@@ -440,7 +586,7 @@ class record_start(Macro):
     def run(self, name, pre_trigger_s):
         if pre_trigger_s < 0:
             raise ValueError("pre_trigger_s must be >= 0")
-        path = proxy(DATAWRITER).command_inout(
+        path = proxy(device("datawriter")).command_inout(
             "StartRecording", json.dumps({"name": name, "pre_trigger_s": pre_trigger_s}))
         self.output("recording to %s", path)
         return path
@@ -452,7 +598,7 @@ class record_stop(Macro):
     result_def = [["path", Type.String, None, "file path"]]
 
     def run(self):
-        writer = proxy(DATAWRITER)
+        writer = proxy(device("datawriter"))
         path = writer.command_inout("StopRecording")
         deadline = time.monotonic() + 60
         while writer.read_attribute("Recording").value:  # still writing the rings' backlog
@@ -469,7 +615,7 @@ class lab_status(Macro):
 
     def run(self):
         rows = [("DEVICE", "STATE", "STATUS")]
-        for dev in LAB_DEVICES + ("pool/lab/1", "macroserver/lab/1", "door/lab/1"):
+        for dev in lab_devices("pool", "macroserver", "door"):
             try:
                 p = proxy(dev, 1500)
                 state, status = str(p.state()), p.status().strip().splitlines()[0]
@@ -496,7 +642,7 @@ class save_setup(Macro):
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError("a setup name is letters, digits, - and _")
         setup: dict[str, dict] = {}
-        for dev, attrs in SETUP_ATTRIBUTES.items():
+        for dev, attrs in setup_attributes().items():
             try:
                 p = proxy(dev)
                 values = p.read_attributes(list(attrs))

@@ -12,6 +12,13 @@ a stop or an abort, and the Door's ALARM an error.
     from tango_db.door_client import run_macro
     fit = json.loads(run_macro("door/lab/1", "polarization_scan", "hwp", 0, 180, 36, 0.2, say=print))
 
+A macro whose end nobody saw did not succeed: if the MacroServer dies (``kill -9``, a crash) the
+Door comes back ON after its restart with no status of our macro, and an old version of this
+client took that silence for "finish". Now success needs our macro's own end status; a Door
+that answers again without it, or stays unreachable for ``LOST_AFTER_S``, raises ``MacroLost``.
+The Door's state is also read every ``STATE_READ_EVERY_S`` while waiting, because the events of
+a dead server simply stop (their heartbeat error comes only after ~10 s).
+
 Ctrl-C while waiting stops the macro (``StopMacro``: the macro's ``on_stop`` closes the shutter)
 and re-raises ``KeyboardInterrupt``.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +38,9 @@ import tango
 LOG_STREAMS = ("Error", "Warning", "Info", "Output")
 END_STATES = {"finish", "stop", "abort", "exception"}
 START_TIMEOUT_S = 10.0  # from RunMacro to the macro's first status event
+STATE_READ_EVERY_S = 1.0  # the Door's state is read this often when no event came
+END_STATUS_GRACE_S = 2.0  # the end status precedes the Door's ON; allow event threads to trail
+LOST_AFTER_S = 30.0  # the MacroServer unreachable this long while our macro ran: it is lost
 
 
 class MacroFailed(RuntimeError):
@@ -39,6 +50,17 @@ class MacroFailed(RuntimeError):
         self.name, self.how, self.lines = name, how, lines
         detail = ("\n" + "\n".join(lines)) if lines else ""
         super().__init__(f"macro {name} ended with {how}{detail}")
+
+
+class MacroLost(MacroFailed):
+    """The MacroServer died or restarted while the macro ran: nobody saw it end, so it did not succeed."""
+
+    def __init__(self, name: str, door: str, detail: str, lines: list[str]) -> None:
+        self.name, self.how, self.lines = name, "lost", lines
+        RuntimeError.__init__(
+            self, f"macro {name} was lost: {detail}. The MacroServer behind {door} stopped or restarted while it "
+                  "ran, so it did not finish; check what it left (a laser shutter it held open is closed by the "
+                  "laser server when its lease runs out)" + (("\n" + "\n".join(lines)) if lines else ""))
 
 
 @dataclass
@@ -52,6 +74,7 @@ class _Run:
     statuses: dict[str, str] = field(default_factory=dict)  # macro id -> its last end-like status
     states: queue.Queue = field(default_factory=queue.Queue)  # the Door's State events
     armed: bool = False  # events delivered while subscribing (the current values) are not ours
+    status_seen: threading.Event = field(default_factory=threading.Event)  # an end status arrived
 
     def on_log(self, event: tango.EventData) -> None:
         if not self.armed or event.err or event.attr_value is None:
@@ -82,6 +105,7 @@ class _Run:
         for status in statuses if isinstance(statuses, list) else [statuses]:
             if isinstance(status, dict) and status.get("state") in END_STATES:
                 self.statuses[str(status.get("id"))] = status["state"]
+                self.status_seen.set()
 
 
 def _top_macro_id(xml_text: str) -> str | None:
@@ -130,24 +154,41 @@ def run_macro(door_name: str, name: str, *args: object, say: Callable[[str], Non
 
 def _wait_end(door: tango.DeviceProxy, run: _Run, name: str, timeout: float | None) -> str:
     """Wait for the Door to go RUNNING and back; how our macro ended: finish, stop, abort or
-    exception."""
+    exception. Raises ``MacroLost`` when the end is not *our* macro's (see the module docstring)."""
     t0 = time.monotonic()
     running = False
+    last_read = t0
+    unreachable_since: float | None = None
+    unreachable_why = ""
     try:
         while True:
             try:
-                state = run.states.get(timeout=0.5)
+                state = run.states.get(timeout=0.25)
             except queue.Empty:
                 state = None
-                if not running and time.monotonic() - t0 > START_TIMEOUT_S:
+            now = time.monotonic()
+            if state is None and now - last_read >= STATE_READ_EVERY_S:
+                last_read = now
+                try:
                     state = door.state()  # no event: follow the state by reading it
-            if state == tango.DevState.RUNNING:
+                    unreachable_since = None
+                except tango.DevFailed as exc:
+                    unreachable_why = exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
+                    unreachable_since = unreachable_since or now
+                    if now - unreachable_since > LOST_AFTER_S:
+                        raise MacroLost(name, door.dev_name(), f"the Door did not answer for {LOST_AFTER_S:.0f} s "
+                                                               f"({unreachable_why})", run.errors) from None
+            if state in BUSY:
                 running = True
-            elif state is not None and (running or time.monotonic() - t0 > START_TIMEOUT_S) and state in (
+            elif state is not None and (running or now - t0 > START_TIMEOUT_S) and state in (
                     tango.DevState.ON, tango.DevState.ALARM):
-                if state == tango.DevState.ALARM:
-                    return "exception"
-                return run.statuses.get(str(run.macro_id), "finish")
+                how = _end_status(run)
+                if how is None:
+                    detail = "the Door went back to ON without any end status of this macro"
+                    if unreachable_why:
+                        detail += f" after being unreachable ({unreachable_why})"
+                    raise MacroLost(name, door.dev_name(), detail, run.errors)
+                return "exception" if state == tango.DevState.ALARM and how == "finish" else how
             if timeout is not None and time.monotonic() - t0 > timeout:
                 how = stop_macro(door)
                 raise TimeoutError(f"macro {name} did not end within {timeout:.0f} s: {how}")
@@ -155,6 +196,18 @@ def _wait_end(door: tango.DeviceProxy, run: _Run, name: str, timeout: float | No
         run.say(f"stopping {name} …")
         stop_macro(door, say=run.say)
         raise
+
+
+def _end_status(run: _Run) -> str | None:
+    """Our macro's end status; it precedes the Door's ON, but give trailing event threads a moment."""
+    deadline = time.monotonic() + END_STATUS_GRACE_S
+    while True:
+        run.status_seen.clear()
+        how = run.statuses.get(str(run.macro_id))
+        left = deadline - time.monotonic()
+        if how is not None or left <= 0:
+            return how
+        run.status_seen.wait(left)
 
 
 BUSY = (tango.DevState.RUNNING, tango.DevState.STANDBY)  # STANDBY: paused

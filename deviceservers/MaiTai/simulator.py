@@ -328,6 +328,12 @@ class MaiTaiSimulator(Simulator):
             return self.warmup_at(self._now())
 
     @property
+    def watchdog_s(self) -> float:
+        """The serial watchdog as set by ``TIMer:WATChdog`` (0: disabled)."""
+        with self._cond:
+            return self._watchdog_s
+
+    @property
     def errors(self) -> list[tuple[int, str]]:
         """The error queue as the laser holds it (not drained by reading)."""
         with self._cond:

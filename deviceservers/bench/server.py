@@ -168,7 +168,8 @@ class Bench:
                     for name, sim in self.simulators.items()
                 },
                 "laser": {"emission": self.maitai.emission, "shutter_open": self.maitai.shutter_open,
-                          "wavelength_nm": self.maitai.actual_wavelength_nm, "power_w": self.maitai.output_power_w},
+                          "wavelength_nm": self.maitai.actual_wavelength_nm, "power_w": self.maitai.output_power_w,
+                          "watchdog_s": self.maitai.watchdog_s},
                 "transmitted_w": self.transmitted_power()[0],
             }
         if cmd in ("unplug", "plug", "mute", "unmute", "delay", "garble", "truncate"):
@@ -197,6 +198,9 @@ class Bench:
         if cmd == "key":
             self.maitai.set_key_switch(bool(req.get("on", True)))
             return {"key_switch_on": self.maitai.key_switch_on}
+        if cmd == "shutter":  # somebody presses the shutter button on the front panel
+            self.maitai.front_panel_shutter(bool(req.get("open", True)))
+            return {"shutter_open_commanded": bool(req.get("open", True))}
         if cmd == "warm":
             self.maitai.finish_warmup()
             return {"warmup_percent": self.maitai.warmup_percent}
@@ -217,7 +221,7 @@ class Bench:
             return self.truth()
         raise ValueError(
             f"unknown bench command {cmd!r}: scene, truth, status, unplug, plug, mute, unmute, delay, garble, "
-            "truncate, interlock, local, key, warm, stall, optics"
+            "truncate, interlock, local, key, shutter, warm, stall, optics"
         )
 
     def _sim(self, req: dict[str, Any]) -> Simulator:
