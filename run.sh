@@ -43,19 +43,34 @@ setup() {
 
 # Shared libraries the PyQt5 wheel needs to render offscreen (the GUI tests); Debian only.
 QT_DEBS="libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0"
+# The facility tier (tests/facility): Debian's MariaDB, C++ Tango database and Starter, started by
+# the tests themselves (invoke-rc.d may be blocked, and the tests use their own ports and folders).
+FACILITY_DEBS="mariadb-server tango-db tango-starter tango-accesscontrol python3-venv"
+
+# Debian asks where the Tango database is and whether to create it: the tests create their own.
+preseed_tango() {
+    command -v debconf-set-selections >/dev/null 2>&1 || return 0
+    debconf-set-selections <<'SEL'
+tango-common tango-common/tango-host string localhost:10000
+tango-db tango-db/dbconfig-install boolean false
+tango-db tango-db/dbconfig-upgrade boolean false
+tango-accesscontrol tango-accesscontrol/dbconfig-install boolean false
+SEL
+}
 
 system_packages() {
     missing=""
-    for pkg in $QT_DEBS; do
+    for pkg in $QT_DEBS $FACILITY_DEBS; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
     done
     [ -z "$missing" ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "== installing Debian packages for Qt offscreen:$missing"
+        echo "== installing Debian packages (Qt offscreen, the facility's Tango stack):$missing"
+        preseed_tango
         apt-get update -qq >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     else
-        echo "!! the GUI tests need these Debian packages:$missing (sudo apt-get install$missing)" >&2
+        echo "!! the GUI and facility tests need these Debian packages:$missing (sudo apt-get install$missing)" >&2
     fi
 }
 

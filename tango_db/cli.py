@@ -3,8 +3,9 @@
 tangodaq up [--foreground] [--config OVERLAY.json] [--lab LAB.json] [--timeout S]
 tangodaq status
 tangodaq down
-tangodaq deploy [--config OVERLAY.json] [--starter-host HOST] [--write]
-tangodaq bench ...          (the virtual bench, started by `up` when lab.json uses socket://)
+tangodaq deploy (--simulated | --config HARDWARE.json) [--site SITE.json] [--starter-host HOST] [--write]
+tangodaq gui [--tango-host HOST:PORT] [--tab NAME]
+tangodaq bench [--config LAB.json] ...   (the virtual bench, started by `up` when lab.json uses socket://)
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from . import embedded_db, paths
-from .config import LAB_JSON, describe_calls, load_config, server_instances, write_config
-from .processes import STARTER_LEVEL_OFFSET, lab_specs
+from .config import LAB_JSON, load_config, server_instances, write_config
+from .processes import lab_specs
 from .report import device_table, lab_report
 from .supervisor import AlreadyRunning, Supervisor, alive, read_state, running_state, stop_lab
 
@@ -271,86 +271,10 @@ def cmd_status(args) -> int:
 # --- deploy -------------------------------------------------------------------------------------
 
 
-def starter_changes(config: dict, db, starter_host: str, ds_path: str):
-    """(description, function) pairs registering the lab's servers with Starter on starter_host."""
-    import tango
-
-    changes = []
-    starter = f"tango/admin/{starter_host}"
-    try:
-        db.get_device_info(starter)
-        exists = True
-    except tango.DevFailed:
-        exists = False
-    if not exists:
-        info = tango.DbDevInfo()
-        info.name, info._class, info.server = starter, "Starter", f"Starter/{starter_host}"
-        changes.append(
-            (f"add_device({starter} (Starter in Starter/{starter_host}))", lambda i=info: db.add_device(i))
-        )
-    current = list(db.get_device_property(starter, "StartDsPath")["StartDsPath"]) if exists else []
-    if ds_path not in current:
-        new = [*current, ds_path]
-        changes.append(
-            (
-                f"put_device_property({starter}, StartDsPath={new})",
-                lambda: db.put_device_property(starter, {"StartDsPath": new}),
-            )
-        )
-    from .processes import DEFAULT_LEVEL, LEVELS
-
-    for si in server_instances(config):
-        level = max(1, LEVELS.get(si.server, DEFAULT_LEVEL) - STARTER_LEVEL_OFFSET)
-        try:
-            old = db.get_server_info(si.name)
-            same = old.host == starter_host and old.mode == 1 and old.level == level
-        except tango.DevFailed:
-            same = False
-        if not same:
-            info = tango.DbServerInfo()
-            info.name, info.host, info.mode, info.level = si.name, starter_host, 1, level
-            changes.append(
-                (
-                    f"put_server_info({si.name}: host={starter_host}, controlled, startup level {level})",
-                    lambda i=info: db.put_server_info(i),
-                )
-            )
-    return changes
-
-
 def cmd_deploy(args) -> int:
-    import tango
+    from .deploy import run
 
-    from .config import db_changes
-
-    host, port = embedded_db.tango_host()
-    if not os.environ.get("TANGO_HOST"):
-        _say("set TANGO_HOST to the facility database (host:port) first")
-        return 2
-    if not embedded_db.database_answers(host, port):
-        _say(f"no Tango database answers at {host}:{port}: check TANGO_HOST")
-        return 2
-    config = load_config(args.config, args.lab)
-    db = tango.Database(host, port)
-    starter_host = args.starter_host or socket.gethostname().split(".")[0]
-    ds_path = args.start_ds_path or str(Path(sys.executable).parent)
-    calls = db_changes(config, db)
-    starter = starter_changes(config, db, starter_host, ds_path)
-    _say(f"deploying to the Tango database at {host}:{port} (Starter host {starter_host}):")
-    lines = describe_calls(calls) + [d for d, _ in starter]
-    if not lines:
-        _say("  nothing to change: the database already holds this configuration")
-        return 0
-    for line in lines:
-        _say(f"  {line}")
-    if not args.write:
-        _say("\nnothing was written (dry run): run again with --write to apply")
-        return 0
-    write_config(config, db)
-    for _, apply in starter:
-        apply()
-    _say(f"\nwritten. Start the servers from Astor, or: tango_admin --ping-device tango/admin/{starter_host}")
-    return 0
+    return run(args, _say)
 
 
 # --- demo ---------------------------------------------------------------------------------------
@@ -392,13 +316,36 @@ def cmd_gui(args) -> int:
 # --- bench --------------------------------------------------------------------------------------
 
 
+def _resolved_lab(path: str | None) -> str:
+    """A lab file the bench can read: placeholders (``${PORT+3}``...) resolved for this TANGO_HOST.
+
+    ``tangodaq up`` hands the bench its resolved configuration; a person starting the bench by
+    hand gives lab.json itself (or nothing: the packaged one)."""
+    import json
+
+    text = Path(path).read_text() if path else ""
+    if path and "${" not in text:
+        return path
+    resolved = paths.data_dir() / "bench.resolved.json"
+    resolved.write_text(json.dumps(load_config(lab=path), indent=2))
+    return str(resolved)
+
+
 def cmd_bench(args) -> int:
-    try:
-        from deviceservers.bench import main as bench_main  # type: ignore[attr-defined]
-    except ImportError:
-        _say("the virtual bench is not available yet (deviceservers.bench has no main)")
-        return 2
-    return bench_main(args.args) or 0
+    from deviceservers.bench import main as bench_main
+
+    argv = list(args.args)
+    if "-h" in argv or "--help" in argv:
+        return bench_main(argv) or 0
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            _say("tangodaq bench: --config needs a file")
+            return 2
+        argv[i + 1] = _resolved_lab(argv[i + 1])
+    elif not os.environ.get("TANGODAQ_CONFIG"):
+        argv = ["--config", _resolved_lab(None), *argv]
+    return bench_main(argv) or 0
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -443,12 +390,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     deploy = sub.add_parser(
-        "deploy", help="write the lab into the facility database (TANGO_HOST) for Starter"
+        "deploy",
+        help="write the lab into the facility database (TANGO_HOST) for Starter and Astor",
+        description="Write the lab into a facility's Tango database for Starter (see docs/deployment.md). "
+        "Dry run unless --write.",
     )
-    config_options(deploy)
+    what = deploy.add_mutually_exclusive_group()
+    what.add_argument("--config", metavar="HARDWARE.json",
+                      help="the site's hardware: serial URLs and camera backend merged on top of lab.json "
+                      "(example: tango_db/examples/hardware.json)")
+    what.add_argument("--simulated", action="store_true",
+                      help="the virtual bench as a Starter-run server, every serial URL pointing at it")
+    deploy.add_argument("--bench-fast", action="store_true",
+                        help="with --simulated: a bench with short warm-up and delays (tests, quick rehearsals)")
+    deploy.add_argument("--lab", metavar="LAB.json", help=f"use this file instead of {LAB_JSON.name}")
+    deploy.add_argument("--site", metavar="SITE.json",
+                        help="service user, group and folders (example: tango_db/examples/site.json)")
+    deploy.add_argument("--sardana", metavar="SARDANA.json", help="Pool elements and environment (default: the packaged one)")
     deploy.add_argument("--starter-host", help="host whose Starter runs the servers (default: this one)")
     deploy.add_argument(
-        "--start-ds-path", help="Starter's StartDsPath entry (default: this environment's bin)"
+        "--start-ds-path", action="append",
+        help="Starter's StartDsPath (repeatable; default: the Sardana launchers, then this environment's bin)",
     )
     deploy.add_argument("--write", action="store_true", help="apply the changes (default: show them)")
     deploy.set_defaults(func=cmd_deploy)
@@ -463,8 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands that take their own options (argparse would eat --help and options meant for them)
+PASS_THROUGH = {"gui": cmd_gui, "bench": cmd_bench}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASS_THROUGH:
+        args = argparse.Namespace(command=argv[0], args=argv[1:], func=PASS_THROUGH[argv[0]])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     finally:

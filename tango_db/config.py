@@ -10,9 +10,11 @@ DataBaseds and on pytango-db's PyDatabaseds alike (json2tango's own entry point 
 ``DbMySqlSelect``, which PyDatabaseds lacks). Only the server instances named in the
 configuration are touched.
 
-Property values may name two places that only exist at run time, resolved by ``load_config``:
-``${TANGODAQ_ROOT}`` (the source tree holding ``controllers/`` and ``macros/``, for the Pool's
-PoolPath and the MacroServer's MacroPath) and ``${TANGODAQ_DATA}`` (the lab's data folder).
+Property values may name places that only exist at run time, resolved by ``load_config``:
+``${TANGODAQ_CONTROLLERS}`` and ``${TANGODAQ_MACROS}`` (the installed controllers and macros, for
+the Pool's PoolPath and the MacroServer's MacroPath: site-packages in a release, the source tree
+in a developer's editable install), ``${TANGODAQ_DATA}`` (the lab's data folder: the launcher's
+folder on a laptop, the site's data folder in a facility deployment) and ``${PORT+N}``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 LAB_JSON = Path(__file__).with_name("lab.json")
-SOURCE_ROOT = Path(__file__).resolve().parent.parent  # holds controllers/ and macros/
 
 
 @dataclass
@@ -50,6 +51,14 @@ def _merge(base: dict, overlay: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _strip_comments(value: Any) -> Any:
+    """Drop every key starting with ``_`` at any depth: configuration files explain themselves
+    with ``"_why": "..."`` entries (dsconfig only drops them at the top)."""
+    if isinstance(value, dict):
+        return {k: _strip_comments(v) for k, v in value.items() if not str(k).startswith("_")}
+    return value
 
 
 def _as_list(value: Any) -> list[str]:
@@ -78,11 +87,30 @@ def _normalize_values(config: dict) -> None:
         fix(cls.get("properties", {}))
 
 
-def substitutions() -> dict[str, str]:
+def package_folder(package: str) -> Path:
+    """Where an installed package of this distribution lives (site-packages, or the source tree
+    for an editable install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"the package {package} is not installed: reinstall tangodaq (pip install tangodaq)")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def sardana_paths() -> dict[str, str]:
+    """The Pool's PoolPath and the MacroServer's MacroPath entries of this installation."""
+    return {
+        "TANGODAQ_CONTROLLERS": str(package_folder("tangodaq_controllers")),
+        "TANGODAQ_MACROS": str(package_folder("tangodaq_macros")),
+    }
+
+
+def substitutions(data_dir: str | Path | None = None) -> dict[str, str]:
     """The ``${NAME}`` placeholders property values may use, with their values on this machine."""
     from . import paths
 
-    return {"TANGODAQ_ROOT": str(SOURCE_ROOT), "TANGODAQ_DATA": str(paths.data_dir())}
+    return {**sardana_paths(), "TANGODAQ_DATA": str(data_dir or paths.data_dir())}
 
 
 _PORT_OFFSET = re.compile(r"\$\{PORT\+(\d+)\}")
@@ -95,15 +123,15 @@ def lab_port() -> int:
     return int(embedded_db.tango_host()[1])
 
 
-def _substitute(config: dict) -> None:
-    """Replace ``${TANGODAQ_ROOT}`` / ``${TANGODAQ_DATA}`` / ``${PORT+N}`` in device property values.
+def _substitute(config: dict, data_dir: str | Path | None = None, port: int | None = None) -> None:
+    """Replace the ``${NAME}`` placeholders (see ``substitutions``) and ``${PORT+N}`` in property values.
 
     ``${PORT+N}`` is the lab's database port plus N: the virtual bench's instruments sit just
     above the database port, so two labs on two TANGO_HOSTs (a developer's and the tests') never
     fight for the same ports.
     """
-    subs = {f"${{{k}}}": v for k, v in substitutions().items()}
-    base = lab_port()
+    subs = {f"${{{k}}}": v for k, v in substitutions(data_dir).items()}
+    base = port if port is not None else lab_port()
 
     def fix(values: list[str]) -> list[str]:
         out = []
@@ -123,8 +151,14 @@ def _substitute(config: dict) -> None:
                         props[name] = fix(values)
 
 
-def load_config(overlay: str | Path | None = None, lab: str | Path | None = None) -> dict:
-    """lab.json (or ``lab``) with ``overlay`` merged on top, normalised by dsconfig."""
+def load_config(
+    overlay: str | Path | None = None,
+    lab: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    port: int | None = None,
+) -> dict:
+    """lab.json (or ``lab``) with ``overlay`` merged on top, normalised by dsconfig, placeholders
+    resolved (``data_dir`` and ``port`` default to the launcher's folder and TANGO_HOST's port)."""
     from dsconfig.formatting import clean_metadata, normalize_config
 
     lab_path = Path(lab) if lab else LAB_JSON
@@ -133,11 +167,12 @@ def load_config(overlay: str | Path | None = None, lab: str | Path | None = None
     if overlay:
         with open(overlay) as f:
             config = _merge(config, json.load(f))
+    config = _strip_comments(config)
     roles = config.pop("roles", None)  # tangodaq's own section (tango_db/roles.py), not dsconfig's
     config = clean_metadata(normalize_config(config))
     config = json.loads(json.dumps(config))  # plain dicts, not dsconfig's SetterDicts
     _normalize_values(config)
-    _substitute(config)
+    _substitute(config, data_dir, port)
     from .roles import roles_from_config
 
     config["roles"] = roles_from_config({"roles": roles})

@@ -15,7 +15,8 @@ To add a process to the lab:
 Levels 0-2 are the launcher's own (database, configuration, bench); Tango servers start at 3.
 Sardana's one-shot steps sit between: elements at 4.5 (Pool up, MacroServer not yet), environment
 at 5.5 (see ``sardana_steps``).
-``tangodaq deploy`` maps a server's level to its Starter startup level (``level - 2``).
+``tangodaq deploy`` maps a server's level to its Starter startup level (``level - 1``: the virtual
+bench 1, hardware servers 2, Pool 3, MacroServer 4; see ``tango_db.deploy``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ LEVELS = {
     "Pool": 4,
     "MacroServer": 5,
 }
-STARTER_LEVEL_OFFSET = 2  # Starter level = our level - 2 (hardware servers -> Starter level 1)
 
 
 @dataclass
@@ -210,11 +210,12 @@ def sardana_steps(config: dict, tango_host: str) -> list[ProcessSpec]:
     servers = {si.server for si in server_instances(config)}
     steps = []
     if "Pool" in servers and sardana_setup.SARDANA_JSON.exists():
+        sardana = sardana_setup.load_sardana_config(roles=config.get("roles"))
         steps.append(
             ProcessSpec(
                 name="sardana elements",
                 level=sardana_setup.ELEMENTS_LEVEL,
-                action=lambda: sardana_setup.create_elements(config, tango_host),
+                action=lambda: sardana_setup.create_elements(config, tango_host, sardana),
                 restart=False,
             )
         )
@@ -223,7 +224,7 @@ def sardana_steps(config: dict, tango_host: str) -> list[ProcessSpec]:
                 ProcessSpec(
                     name="sardana environment",
                     level=sardana_setup.ENVIRONMENT_LEVEL,
-                    action=lambda: sardana_setup.set_environment(tango_host),
+                    action=lambda: sardana_setup.set_environment(tango_host, sardana),
                     restart=False,
                 )
             )

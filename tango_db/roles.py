@@ -82,9 +82,10 @@ CACHE_S = 5.0  # a renamed device is picked up within seconds, without a DB call
 
 def lab_roles(db=None) -> dict[str, str]:
     """Every role of the deployed lab (the database's, or ``DEFAULT_ROLES``)."""
+    key = _db_key(db)
     with _lock:
-        hit = _cache.get("roles")
-        if hit and time.monotonic() - hit[0] < CACHE_S and db is None:
+        hit = _cache.get(key)
+        if hit and time.monotonic() - hit[0] < CACHE_S:
             return dict(hit[1])
     roles = dict(DEFAULT_ROLES)
     try:
@@ -97,8 +98,20 @@ def lab_roles(db=None) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - no database (test context): the simulated lab's names
         pass
     with _lock:
-        _cache["roles"] = (time.monotonic(), roles)
+        _cache[key] = (time.monotonic(), roles)
     return dict(roles)
+
+
+def _db_key(db) -> str:
+    """The cache key of a database: its host:port (a process may read two databases)."""
+    if db is None:
+        import os
+
+        return os.environ.get("TANGO_HOST", "")
+    try:
+        return f"{db.get_db_host()}:{db.get_db_port()}"
+    except Exception:  # noqa: BLE001 - an object without the Database API: no sharing
+        return str(id(db))
 
 
 def device(role: str, db=None) -> str:

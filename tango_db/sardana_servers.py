@@ -23,10 +23,17 @@ The fix is the same for both: acquire in C through a ``with`` statement on the C
 so that no Python bytecode runs between acquiring and entering the protected block. Both
 patches keep the public behaviour (same return values, same locks).
 
-Run as ``python -m tango_db.sardana_servers MacroServer <instance> [options]``;
-``tango_db.processes`` starts the lab's MacroServer this way. The Pool raises no asynchronous
-exceptions and runs Sardana's own script. A facility deployment that
-starts Sardana's own ``MacroServer`` script from Starter does not get these patches.
+Run as ``python -m tango_db.sardana_servers MacroServer|Pool <instance> [options]``;
+``tango_db.processes`` starts the lab's MacroServer this way. Under Starter, which runs a server
+by its name from ``StartDsPath``, ``tangodaq deploy`` writes a launcher file named ``MacroServer``
+(and ``Pool``) that calls ``main`` here, so the facility gets the same hardened server under the
+same server name.
+
+The deployed lab: ``tangodaq deploy`` stores the Pool's elements and the MacroServer's
+environment in the database (free property ``tangodaq/Sardana``). A Pool or MacroServer started
+through this module creates what is missing of it once its own device answers (in a thread: the
+server is serving by then), exactly as ``tangodaq up``'s one-shot steps do; on the laptop, where
+``up`` runs those steps itself, the property is absent and nothing more happens.
 """
 
 from __future__ import annotations
@@ -78,7 +85,56 @@ def harden() -> None:
     harden_tango_monitor()
 
 
-SERVERS = {"MacroServer": "sardana.tango.macroserver"}
+SERVERS = {"MacroServer": "sardana.tango.macroserver", "Pool": "sardana.tango.pool"}
+SETUP_TIMEOUT_S = 120.0  # how long the deployed set-up waits for this server's devices
+
+
+def deployed_description() -> dict | None:
+    """The Sardana description ``tangodaq deploy`` stored in the database, or None."""
+    import json
+
+    import tango
+
+    from .deploy import SARDANA_PROPERTY
+
+    try:
+        lines = tango.Database().get_property("tangodaq", SARDANA_PROPERTY)[SARDANA_PROPERTY]
+    except tango.DevFailed:
+        return None
+    text = "".join(lines)
+    return json.loads(text) if text else None
+
+
+def _apply_deployed(server: str, instance: str) -> None:
+    """Create the deployed elements (Pool) or environment (MacroServer) once this server answers."""
+    import tango
+
+    from . import sardana_setup
+
+    log = logging.getLogger("tangodaq.sardana")
+    try:
+        description = deployed_description()
+        if not description:
+            return
+        db = tango.Database()
+        tango_host = f"{db.get_db_host()}:{db.get_db_port()}"
+        mine = description["pool"] if server == "Pool" else description["macroserver"]
+        if db.get_device_info(mine).ds_full_name.lower() != f"{server}/{instance}".lower():
+            return  # another Pool/MacroServer of the facility: not ours to set up
+        sardana_setup.wait_answers(mine, tango_host, SETUP_TIMEOUT_S)
+        if server == "Pool":
+            result = sardana_setup.create_elements(None, tango_host, description, planned=True)
+        else:
+            result = sardana_setup.set_environment(tango_host, description)
+        log.info("deployed Sardana set-up of %s/%s: %s", server, instance, result)
+    except Exception:  # noqa: BLE001 - the server keeps running; the reason goes to its log
+        log.exception("deployed Sardana set-up of %s/%s failed", server, instance)
+
+
+def start_deployed_setup(server: str, instance: str) -> None:
+    import threading
+
+    threading.Thread(target=_apply_deployed, args=(server, instance), name="tangodaq-setup", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = argv[0]
     harden()
+    instance = next((a for a in argv[1:] if not a.startswith("-")), "")
+    if instance:
+        start_deployed_setup(server, instance)
     import importlib
 
     module = importlib.import_module(SERVERS[server])

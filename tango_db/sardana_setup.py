@@ -16,6 +16,7 @@ MacroServer answers.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,31 @@ ELEMENTS_LEVEL = 4.5  # after the Pool (4), before the MacroServer (5)
 ENVIRONMENT_LEVEL = 5.5  # after the MacroServer
 
 
-def load_sardana_config(path: str | Path | None = None) -> dict:
+_ROLE = re.compile(r"\$\{ROLE:([A-Za-z0-9_]+)\}")
+
+
+def load_sardana_config(
+    path: str | Path | None = None, data_dir: str | Path | None = None, roles: dict[str, str] | None = None
+) -> dict:
+    """sardana.json with its placeholders resolved: ``${TANGODAQ_DATA}`` and the other folders
+    (see ``config.substitutions``) and ``${ROLE:name}``, the device playing that role (the
+    configuration's roles, else the database's: tango_db.roles)."""
     with open(path or SARDANA_JSON) as f:
         text = f.read()
-    for key, value in substitutions().items():
+    for key, value in substitutions(data_dir).items():
         text = text.replace(f"${{{key}}}", value)
-    return json.loads(text)
+    if roles is None:
+        from .roles import lab_roles
+
+        roles = lab_roles()
+
+    def role(match: re.Match) -> str:
+        try:
+            return roles[match.group(1)]
+        except KeyError:
+            raise ValueError(f"sardana.json names the role {match.group(1)!r}, which the lab's roles lack") from None
+
+    return json.loads(_ROLE.sub(role, text))
 
 
 def lab_devices(config: dict) -> set[str]:
@@ -135,11 +155,22 @@ def plan(sardana: dict, devices: set[str]) -> tuple[list[dict], list[dict], list
     return final, groups, notes
 
 
-def create_elements(config: dict, tango_host: str, sardana: dict | None = None) -> str:
-    """The one-shot step: create what is missing in the Pool; returns a one-line summary."""
+def wait_answers(name: str, tango_host: str, wait_s: float) -> None:
+    """Wait until device ``name`` answers (a server's own set-up thread runs before it serves)."""
+    _proxy(name, tango_host, wait_s=wait_s)
+
+
+def create_elements(config: dict | None, tango_host: str, sardana: dict | None = None, planned: bool = False) -> str:
+    """The one-shot step: create what is missing in the Pool; returns a one-line summary.
+
+    ``planned``: ``sardana`` is already restricted to the lab's devices (the description that
+    ``tangodaq deploy`` stored), so no configuration is needed."""
     sardana = sardana or load_sardana_config()
     pool = _proxy(sardana["pool"], tango_host)
-    controllers, groups, notes = plan(sardana, lab_devices(config))
+    if planned:
+        controllers, groups, notes = sardana["controllers"], sardana["measurement_groups"], list(sardana.get("notes", []))
+    else:
+        controllers, groups, notes = plan(sardana, lab_devices(config or {}))
     declared = {e["name"].lower() for c in controllers for e in c.get("elements", [])}
     existing = _existing(pool, tango_host)
     created: list[str] = []

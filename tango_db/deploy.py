@@ -1,0 +1,429 @@
+"""``tangodaq deploy``: the lab into a facility's Tango database, for Starter and Astor.
+
+What a deployment writes, in order (each part shown in the dry run, applied with ``--write``,
+idempotent: a second run changes nothing):
+
+1. the servers, devices and properties of the lab (``lab.json`` + the hardware overlay, or the
+   virtual bench for ``--simulated``), with dsconfig, touching only the lab's server instances;
+2. the roles (``tangodaq/Roles``: which device is the laser, the meter, ...) and the Sardana
+   description (``tangodaq/Sardana``: controllers, elements, measurement groups, environment),
+   which the Pool and MacroServer started by Starter create at their start (``sardana_servers``);
+3. Starter on the host: its device, ``StartDsPath`` set (not appended: an older installation's
+   folder must not win), ``AutoRestartDuration``, ``LogFileHome``; every server controlled with its
+   startup level and registered on the host, so Astor lists it and ``DevStartAll`` starts it
+   before it has ever run (the C++ database lists a host's servers from the device table, which
+   only a server that ran fills: deploy records the admin device on the host as a server's own
+   start and stop would);
+4. the site's folders (data, scans, macro environment, logs), owned by the service user, and the
+   launchers Starter runs for Sardana (the hardened MacroServer under its own server name).
+
+A deployment is either ``--simulated`` (the virtual bench as a Starter-run ``VirtualBench``
+server, every serial URL pointing at it) or ``--config hardware.json`` (every instrument's serial
+URL and the camera's backend named by the site's hardware file). Without either, or with a
+hardware file that leaves an instrument on the simulator's addresses, deploy refuses and says
+which.
+"""
+
+from __future__ import annotations
+
+import copy
+import grp
+import json
+import os
+import pwd
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .config import describe_calls, load_config, server_instances, write_config
+from .processes import DEFAULT_LEVEL, LEVELS
+
+#: Starter startup level of each server (lower starts first); ours are ``level - 1``
+STARTER_LEVEL_OFFSET = 1
+BENCH_SERVER = "VirtualBench"
+BENCH_LEVEL = 2  # before the hardware servers (3)
+BENCH_CONTROL_OFFSET = 9  # the bench's fault-injection port: database port + 9, as on a laptop
+SARDANA_PROPERTY = "Sardana"  # free property tangodaq/Sardana: the elements the Pool creates
+#: servers Starter must start through a launcher of ours (same Tango server name): see sardana_servers
+LAUNCHED = ("MacroServer", "Pool")
+
+
+class DeployError(Exception):
+    """A deployment that must not be written, with what to do instead."""
+
+
+# --- the site ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Site:
+    """Where a facility keeps the lab's files and who runs its servers (``--site site.json``)."""
+
+    service_user: str = "tango"  # Starter and every server it starts run as this user
+    group: str = ""  # readers of data and rings (default: the service user's group)
+    data_dir: str = "/var/lib/tangodaq"  # data/, scans/, macroserver/, setups/ inside
+    log_dir: str = "/var/log/tangodaq"  # Starter's LogFileHome: one log per server
+    auto_restart_minutes: int = 1  # Starter restarts a server that failed after running this long
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> Site:
+        if not path:
+            return cls()
+        with open(path) as f:
+            data = json.load(f)
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
+        if unknown:
+            raise DeployError(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def group_name(self) -> str:
+        if self.group:
+            return self.group
+        try:
+            return grp.getgrgid(pwd.getpwnam(self.service_user).pw_gid).gr_name
+        except KeyError:
+            return self.service_user
+
+    def folders(self) -> list[Path]:
+        data = Path(self.data_dir)
+        return [data, data / "data", data / "scans", data / "macroserver", data / "setups", Path(self.log_dir)]
+
+
+# --- one change -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    section: str
+    description: str
+    apply: Callable[[], object]
+
+
+# --- the configuration ------------------------------------------------------------------------------
+
+
+def _serial_devices(config: dict) -> dict[str, tuple[str, dict]]:
+    out = {}
+    for si in server_instances(config):
+        for dev, cls in si.devices.items():
+            out[dev] = (cls, si.properties.get(dev, {}))
+    return out
+
+
+def check_hardware(config: dict, simulated: dict) -> list[str]:
+    """What a hardware deployment still takes from the simulated lab (empty when all is named).
+
+    Every serial instrument's ``SerialURL`` and the camera's ``Backend`` must be set by the
+    hardware file: a value equal to the simulated lab's means the file forgot that device (a
+    facility must never end up talking to ``socket://127.0.0.1:10003`` by accident)."""
+    problems = []
+    sim = _serial_devices(simulated)
+    for dev, (cls, props) in sorted(_serial_devices(config).items()):
+        sim_props = sim.get(dev, (cls, {}))[1]
+        url = props.get("SerialURL")
+        if url is not None and (url == sim_props.get("SerialURL") or url[0].startswith("sim://")):
+            problems.append(f"{dev} ({cls}): SerialURL is still the simulator's {url[0]}")
+        backend = props.get("Backend")
+        if backend is not None and backend == sim_props.get("Backend") and backend[0] == "sim":
+            problems.append(f"{dev} ({cls}): Backend is still 'sim' (set \"pyvcam\", or \"sim\" on purpose)")
+    return problems
+
+
+def add_bench(config: dict, db_port: int, fast: bool = False, bench_device: str = "lab/bench/1") -> dict:
+    """The simulated lab with the virtual bench as a Tango server serving its socket:// ports."""
+    from deviceservers.bench.server import ports_from_config
+
+    out = copy.deepcopy(config)
+    ports = ports_from_config(out)
+    if not ports:
+        raise DeployError("the configuration has no socket:// SerialURL: nothing for a virtual bench to serve")
+    host = next(iter(ports.values()))[0]
+    lines = [f"{name}={h}:{p}" for name, (h, p) in sorted(ports.items())]
+    lines.append(f"control={host}:{db_port + BENCH_CONTROL_OFFSET}")
+    props = {"Ports": lines, "Fast": ["true" if fast else "false"]}
+    out["servers"][BENCH_SERVER] = {"lab": {BENCH_SERVER: {bench_device: {"properties": props}}}}
+    return out
+
+
+def check_paths(config: dict) -> list[str]:
+    """Folders the Sardana servers will load code from, which must exist on this installation."""
+    problems = []
+    for si in server_instances(config):
+        for dev, props in si.properties.items():
+            for prop in ("PoolPath", "MacroPath"):
+                for entry in props.get(prop, []):
+                    if not Path(entry).is_dir():
+                        problems.append(f"{dev} {prop} {entry} does not exist")
+    return problems
+
+
+def site_config(args, site: Site, db_port: int) -> dict:
+    """The configuration this deployment writes, or DeployError saying why not."""
+    if bool(args.simulated) == bool(args.config):
+        raise DeployError(
+            "say what the lab runs on:\n"
+            "  --config hardware.json   the real instruments (serial URLs, camera backend); an example is\n"
+            f"                           {Path(__file__).with_name('examples') / 'hardware.json'}\n"
+            "  --simulated              the virtual bench, run by Starter like the other servers"
+        )
+    simulated = load_config(None, args.lab, data_dir=site.data_dir, port=db_port)
+    if args.simulated:
+        config = add_bench(simulated, db_port, fast=args.bench_fast)
+    else:
+        config = load_config(args.config, args.lab, data_dir=site.data_dir, port=db_port)
+        problems = check_hardware(config, simulated)
+        if problems:
+            raise DeployError(
+                f"{args.config} leaves devices on the simulated lab's settings:\n  "
+                + "\n  ".join(problems)
+                + "\nname them in the hardware file (or remove a device with null), or deploy --simulated"
+            )
+    problems = check_paths(config)
+    if problems:
+        raise DeployError("this installation lacks the Sardana code the servers would load:\n  " + "\n  ".join(problems)
+                          + "\nreinstall tangodaq (pip install tangodaq) in the environment Starter runs")
+    return config
+
+
+# --- Sardana description ----------------------------------------------------------------------------
+
+
+def sardana_description(config: dict, sardana_json: str | Path | None, data_dir: str) -> dict:
+    """What the Pool and MacroServer create at their start: sardana.json restricted to the lab's
+    devices, with the roles' device names and the site's folders."""
+    from . import sardana_setup
+
+    sardana = sardana_setup.load_sardana_config(sardana_json, data_dir=data_dir, roles=config.get("roles"))
+    controllers, groups, notes = sardana_setup.plan(sardana, sardana_setup.lab_devices(config))
+    return {**sardana, "controllers": controllers, "measurement_groups": groups, "notes": notes}
+
+
+def sardana_changes(db, description: dict) -> list[Change]:
+    text = json.dumps(description, sort_keys=True)
+    current = list(db.get_property("tangodaq", SARDANA_PROPERTY)[SARDANA_PROPERTY])
+    if "".join(current) == text:
+        return []
+    names = [e["name"] for c in description["controllers"] for e in c.get("elements", [])]
+    names += [m["name"] for m in description["measurement_groups"]]
+    return [Change(
+        "sardana",
+        f"put_property(tangodaq, {SARDANA_PROPERTY}: {len(description['controllers'])} controllers, "
+        f"{', '.join(names)}; environment {', '.join(description.get('environment', {}))})",
+        lambda: db.put_property("tangodaq", {SARDANA_PROPERTY: [text]}),
+    )]
+
+
+def roles_changes(db, roles: dict[str, str]) -> list[Change]:
+    from .roles import ROLES_OBJECT, ROLES_PROPERTY, decode, write_roles
+
+    if decode(db.get_property(ROLES_OBJECT, ROLES_PROPERTY)[ROLES_PROPERTY]) == roles:
+        return []
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(roles.items()))
+    return [Change("roles", f"put_property({ROLES_OBJECT}, {ROLES_PROPERTY}: {shown})", lambda: write_roles(db, roles))]
+
+
+# --- Starter ----------------------------------------------------------------------------------------
+
+
+def starter_level(server: str) -> int:
+    level = BENCH_LEVEL if server == BENCH_SERVER else LEVELS.get(server, DEFAULT_LEVEL)
+    return max(1, int(level) - STARTER_LEVEL_OFFSET)
+
+
+def launcher_dir() -> Path:
+    """Where deploy writes the launchers Starter runs for Sardana (in this environment)."""
+    return Path(sys.prefix) / "share" / "tangodaq" / "starter"
+
+
+def starter_changes(config: dict, db, host: str, ds_path: list[str], site: Site) -> list[Change]:
+    """Starter's device and properties on ``host``, and every server controlled and on the host."""
+    import tango
+
+    changes: list[Change] = []
+    starter = f"tango/admin/{host}"
+    try:
+        db.get_device_info(starter)
+        exists = True
+    except tango.DevFailed:
+        exists = False
+    if not exists:
+        info = tango.DbDevInfo()
+        info.name, info._class, info.server = starter, "Starter", f"Starter/{host}"
+        changes.append(Change("starter", f"add_device({starter} (Starter in Starter/{host}))",
+                              lambda i=info: db.add_device(i)))
+    wanted = {
+        "StartDsPath": ds_path,
+        "AutoRestartDuration": [str(site.auto_restart_minutes)],
+        "LogFileHome": [site.log_dir],
+    }
+    current = db.get_device_property(starter, list(wanted)) if exists else {}
+    for prop, value in wanted.items():
+        if list(current.get(prop, [])) != value:
+            changes.append(Change("starter", f"put_device_property({starter}, {prop}={value})",
+                                  lambda p=prop, v=value: db.put_device_property(starter, {p: v})))
+    for si in server_instances(config):
+        level = starter_level(si.server)
+        try:
+            old = db.get_server_info(si.name)
+            same = old.host == host and old.mode == 1 and old.level == level
+        except tango.DevFailed:
+            same = False
+        if not same:
+            info = tango.DbServerInfo()
+            info.name, info.host, info.mode, info.level = si.name, host, 1, level
+            changes.append(Change("starter", f"put_server_info({si.name}: host={host}, controlled, startup level {level})",
+                                  lambda i=info: db.put_server_info(i)))
+        admin = f"dserver/{si.name}"
+        try:
+            known_host = db.get_device_info(admin).host
+        except tango.DevFailed:
+            known_host = ""
+        if known_host.split(".")[0] != host:
+            changes.append(Change("starter", f"register {si.name} on {host} (so Starter and Astor list it)",
+                                  lambda a=admin: register_on_host(db, a, host)))
+    return changes
+
+
+def register_on_host(db, admin_device: str, host: str) -> None:
+    """Record the server's admin device on ``host`` as its own start and clean stop would."""
+    import tango
+
+    info = tango.DbDevExportInfo()
+    info.name, info.ior, info.host, info.pid, info.version = admin_device, "nada", host, 0, "5"
+    db.export_device(info)
+    db.unexport_device(admin_device)
+
+
+LAUNCHER = """#!{python}
+# Written by `tangodaq deploy`: Starter runs the Tango server {server} through this file.
+# {why}
+import sys
+
+from tango_db.sardana_servers import main
+
+sys.exit(main(["{server}", *sys.argv[1:]]))
+"""
+LAUNCHER_WHY = {
+    "MacroServer": "Sardana's MacroServer with its abort races closed (tango_db/sardana_servers.py).",
+    "Pool": "Sardana's Pool, which creates the deployed elements at its start (tango_db/sardana_servers.py).",
+}
+
+
+def launcher_changes(config: dict, folder: Path) -> list[Change]:
+    servers = {si.server for si in server_instances(config)}
+    changes = []
+    for server in LAUNCHED:
+        if server not in servers:
+            continue
+        path = folder / server
+        text = LAUNCHER.format(python=sys.executable, server=server, why=LAUNCHER_WHY[server])
+        if path.exists() and path.read_text() == text and os.access(path, os.X_OK):
+            continue
+
+        def write(p=path, t=text) -> None:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(t)
+            p.chmod(0o755)
+
+        changes.append(Change("launchers", f"write {path}", write))
+    return changes
+
+
+def folder_changes(site: Site) -> list[Change]:
+    """The site's folders, owned by the service user with the group able to read (and write)."""
+    changes = []
+    try:
+        uid = pwd.getpwnam(site.service_user).pw_uid
+        gid = grp.getgrnam(site.group_name).gr_gid
+    except KeyError as exc:
+        raise DeployError(f"the service user or group does not exist on this host: {exc}") from None
+    for folder in site.folders():
+        if folder.is_dir() and folder.stat().st_uid == uid and folder.stat().st_gid == gid:
+            continue
+
+        def make(f=folder) -> None:
+            f.mkdir(parents=True, exist_ok=True)
+            os.chown(f, uid, gid)
+            f.chmod(0o2775)
+
+        changes.append(Change("folders", f"mkdir {folder} (owner {site.service_user}:{site.group_name}, 2775)", make))
+    return changes
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def plan(args, db, db_port: int) -> tuple[list[Change], list[tuple], dict]:
+    site = Site.load(args.site)
+    config = site_config(args, site, db_port)
+    host = args.starter_host or socket.gethostname().split(".")[0]
+    folder = launcher_dir()
+    ds_path = [str(folder), str(Path(sys.executable).parent)] if not args.start_ds_path else args.start_ds_path
+    from .config import db_changes
+
+    calls = db_changes(config, db)
+    changes = [Change("configuration", line, lambda: None) for line in describe_calls(calls)]
+    changes += roles_changes(db, config["roles"])
+    changes += sardana_changes(db, sardana_description(config, args.sardana, site.data_dir))
+    changes += starter_changes(config, db, host, ds_path, site)
+    changes += launcher_changes(config, folder)
+    changes += folder_changes(site)
+    return changes, calls, {"config": config, "site": site, "host": host}
+
+
+def run(args, say: Callable[[str], None]) -> int:
+    import tango
+
+    from . import embedded_db
+
+    if not os.environ.get("TANGO_HOST"):
+        say("set TANGO_HOST to the facility database (host:port) first")
+        return 2
+    host, port = embedded_db.tango_host()
+    if not embedded_db.database_answers(host, port):
+        say(f"no Tango database answers at {host}:{port}: check TANGO_HOST")
+        return 2
+    db = tango.Database(host, port)
+    try:
+        changes, _calls, info = plan(args, db, port)
+    except DeployError as exc:
+        say(f"not deployed: {exc}")
+        return 2
+    kind = "simulated lab (virtual bench)" if args.simulated else f"hardware from {args.config}"
+    say(f"deploying the {kind} to the Tango database at {host}:{port}, Starter on {info['host']}, "
+        f"servers run as {info['site'].service_user}:")
+    if not changes:
+        say("  nothing to change: the database, Starter and the folders already hold this deployment")
+        return 0
+    section = None
+    for change in changes:
+        if change.section != section:
+            section = change.section
+            say(f"  {section}:")
+        say(f"    {change.description}")
+    if not args.write:
+        say("\nnothing was written (dry run): run again with --write to apply")
+        return 0
+    failed = []
+    write_config(info["config"], db)
+    for change in changes:
+        if change.section == "configuration":
+            continue
+        try:
+            change.apply()
+        except (OSError, tango.DevFailed) as exc:
+            failed.append(f"{change.description}: {exc}")
+    if failed:
+        say("\nwritten, except:\n  " + "\n  ".join(failed))
+        if any("mkdir" in f or "write " in f for f in failed):
+            say("run deploy again as root on the Starter host to create the folders and launchers")
+        return 1
+    starter = f"tango/admin/{info['host']}"
+    say(f"\nwritten. Start Starter on {info['host']} as {info['site'].service_user} (or restart it: it reads its "
+        f"properties at start), then start the servers from Astor, or: DevStartAll on {starter}")
+    return 0
