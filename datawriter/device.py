@@ -5,6 +5,13 @@ ended on an error (disk full, unwritable folder); FAULT clears on the next succe
 ``StartRecording``. The device never lets an error escape into the server: command errors are
 raised to the client as DevFailed with a reason, recorder errors become FAULT plus Status.
 
+A recording whose server was killed is not lost silently: a journal next to the output
+(:mod:`datawriter.recovery`) lets the restarted DataWriter repair the file (plainly readable,
+end time, ``ended_abnormally``, losses), report it in Status and ``LastRecovery``, and continue
+the recording in a new file linked both ways (``/entry/continued_in``, ``/entry/continues``).
+``StartRecording`` refuses any argument it cannot honour exactly (``DataWriter_BadArgument``)
+before anything is created.
+
 All file and ring work happens in the :class:`~datawriter.recorder.Recorder` thread; this class
 only validates requests, builds the recorder, reads the manifest devices and publishes the
 recorder's counters as attributes with change events (pushed at most 4 times per second).
