@@ -124,12 +124,11 @@ def ensure_shm_dir() -> str:
         os.mkdir(folder, RING_DIR_MODE)
     except FileExistsError:
         pass
-    try:
-        st = os.stat(folder)
-        if st.st_uid == os.geteuid() and (st.st_mode & 0o7777) != RING_DIR_MODE:
-            os.chmod(folder, RING_DIR_MODE)  # mkdir's mode is masked by the umask
-    except FileNotFoundError:  # a parent is missing (an explicit TANGODAQ_SHM_DIR): plain makedirs
-        os.makedirs(folder, exist_ok=True)
+    except FileNotFoundError:  # a parent is missing (an explicit TANGODAQ_SHM_DIR)
+        os.makedirs(folder, RING_DIR_MODE, exist_ok=True)
+    st = os.stat(folder)
+    if st.st_uid == os.geteuid() and (st.st_mode & 0o7777) != RING_DIR_MODE:
+        os.chmod(folder, RING_DIR_MODE)  # mkdir's mode is masked by the umask
     return folder
 
 
