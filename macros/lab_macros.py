@@ -141,14 +141,9 @@ class ShutterHold:
             if not self._macro_running():
                 log.warning("%s is no longer running: its shutter lease is left to expire", self._macro._name)
                 return
+            if self._door_paused():
+                self.close_for_pause(laser)
             with self._lock:
-                if self._door_paused() and not self.closed_for_pause:
-                    self.closed_for_pause = True  # no renewal while paused, even if the close fails
-                    try:
-                        laser.command_inout("CloseShutter")
-                        log.warning("Door paused: laser shutter closed (reopened by %s on resume)", self._macro._name)
-                    except tango.DevFailed as exc:
-                        log.error("Door paused but CloseShutter failed (the lease closes it): %s", _desc(exc))
                 if self.closed_for_pause:
                     continue
             try:
@@ -159,6 +154,18 @@ class ShutterHold:
                         self.lost = _desc(exc)
                         log.error("shutter lease of %s refused: %s", self._macro._name, self.lost)
                         return
+
+    def close_for_pause(self, laser: tango.DeviceProxy | None = None) -> None:
+        """The Door is paused: close now, renew nothing until the macro reopens (idempotent)."""
+        with self._lock:
+            if self.closed_for_pause:
+                return
+            self.closed_for_pause = True  # no renewal while paused, even if the close fails
+            try:
+                (laser or proxy(self._laser)).command_inout("CloseShutter")
+                log.warning("Door paused: laser shutter closed (reopened by %s on resume)", self._macro._name)
+            except tango.DevFailed as exc:
+                log.error("Door paused but CloseShutter failed (the lease closes it): %s", _desc(exc))
 
     def ensure_open(self) -> bool:
         """Macro thread, before a measurement: reopen after a pause; True when it reopened.
@@ -203,6 +210,12 @@ class LabMacro:
         self._init_safety()
         if self._hold is not None and self._hold.ensure_open():
             self.output("laser shutter reopened after the pause")
+
+    def on_pause(self) -> None:
+        """Sardana's pause hook (macro thread, at a pause point of this macro): close the shutter."""
+        self._init_safety()
+        if self._hold is not None:
+            self._hold.close_for_pause()
 
     def uses(self, *motors: str) -> None:
         self._init_safety()
@@ -273,6 +286,10 @@ class LabMacro:
         self.setEnv("ActiveMntGrp", "mg_power")
         scan_macro, _ = self.createMacro("ascan", motor, start, end, intervals, count_time)
         scan_macro.appendHook((self.light_check, ["pre-acq"]))
+        # Sardana pauses whichever macro runs when PauseMacro arrives, and resumes whichever runs
+        # when ResumeMacro arrives: a pause that lands on this macro (not yet in its scan) is
+        # honoured here, where this macro is still the one running, so the resume reaches it.
+        self.pausePoint()
         self.runMacro(scan_macro)
         return scan_macro
 
@@ -528,6 +545,7 @@ class waveplate_calibration(LabMacro, Macro):
             with open(path, "a") as out:
                 for i in range(first, len(points)):
                     w, p, h, q = points[i]
+                    self.pausePoint()  # a pause landing on this macro between points (on_pause closes)
                     self.execMacro("mv", "wavelength_tracked", w, "pol", p, "hwp", h, "qwp", q)
                     self.light_check()
                     _, values = mg.count(count_time)
@@ -567,6 +585,7 @@ class stage_camera_raster(LabMacro, Macro):
         try:
             mesh, _ = self.createMacro("mesh", "stage_x", x0, x1, nx, "stage_y", y0, y1, ny, exposure)
             mesh.appendHook((self.light_check, ["pre-acq"]))
+            self.pausePoint()  # see LabMacro.scan
             self.guarded(self.runMacro, mesh)
         finally:
             self.setEnv("ActiveMntGrp", "mg_power")
