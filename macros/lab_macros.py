@@ -192,6 +192,7 @@ class LabMacro:
             self._moved: list[str] = []
             self._opened_shutter = False
             self._hold: ShutterHold | None = None
+            self._borrowed_light = False  # the shutter was already open (someone else's lease)
 
     def open_shutter(self) -> None:
         """Open the laser shutter under a lease renewed while this macro runs (``ShutterHold``).
@@ -204,12 +205,17 @@ class LabMacro:
             self._hold = ShutterHold(self, laser)
             self._opened_shutter = True  # from the request on: a late opening is ours to close
             self._hold.open()
+        else:
+            self._borrowed_light = True
 
     def light_check(self, *_args) -> None:
         """Before each measurement (a scan's pre-acq hook): the light this macro asked for is there."""
         self._init_safety()
         if self._hold is not None and self._hold.ensure_open():
             self.output("laser shutter reopened after the pause")
+        elif self._borrowed_light and not proxy(device("laser")).read_attribute("Shutter").value:
+            raise RuntimeError("the laser shutter, open when this macro started, was closed by its owner or when its "
+                               "lease ran out: stopping instead of measuring in the dark")
 
     def on_pause(self) -> None:
         """Sardana's pause hook (macro thread, at a pause point of this macro): close the shutter."""
