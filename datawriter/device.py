@@ -175,6 +175,21 @@ def read_manifest(devices: list[str], timeout_ms: int = 2000) -> dict[str, dict[
     return out
 
 
+def manifest_devices_from_roles(own_name: str) -> list[str]:
+    """Every instrument the lab's roles name (tango_db.roles), for an empty ManifestDevices:
+    a renamed lab records its own devices with no list to keep in step. Sardana's servers and
+    this DataWriter are left out."""
+    from tango_db.roles import lab_roles
+
+    out: list[str] = []
+    for role, dev in sorted(lab_roles().items()):
+        if role in {"pool", "macroserver", "door", "datawriter"} or dev.lower() == own_name.lower():
+            continue
+        if dev not in out:
+            out.append(dev)
+    return out
+
+
 class DataWriter(Device):
     """Records the lab's shared-memory data streams into HDF5/NeXus files (SWMR, readable while written)."""
 
@@ -182,7 +197,9 @@ class DataWriter(Device):
     Streams = device_property(dtype=(str,), default_value=[], doc="stream names to record (a stream whose ring does not exist yet is recorded from when it "
         "appears); empty: every ring, including rings that appear during the recording")
     ManifestDevices = device_property(
-        dtype=(str,), default_value=[], doc="devices whose attributes are stored at start and end of each recording"
+        dtype=(str,), default_value=[],
+        doc="devices whose attributes are stored at start and end of each recording; "
+        "empty: every instrument the lab's roles name (tango_db.roles)",
     )
     Compression = device_property(dtype=str, default_value="none", doc=f"frame compression: one of {', '.join(COMPRESSIONS)}")
 
@@ -322,7 +339,7 @@ class DataWriter(Device):
         except OSError as exc:  # the file could be created, so this is unlikely; record without a journal
             self._journal = None
             self.warn_stream(f"no recovery journal for {path}: {exc}")
-        devices = list(self.ManifestDevices)
+        devices = list(self.ManifestDevices) or manifest_devices_from_roles(self.get_name())
         self._stats = RecorderStats()
         self._streams = list(readers)
         self._file_path = path

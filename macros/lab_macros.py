@@ -26,8 +26,6 @@ import importlib
 import json
 import logging
 import math
-import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,13 +34,11 @@ import numpy as np
 import tango
 from sardana.macroserver.macro import Macro, Type
 
+import tangodaq_macros._polarization_analysis as polarization_analysis
 from tango_db.roles import MOUNT_ROLES, STAGE_ROLES, device, lab_roles
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import polarization_analysis  # noqa: E402
-
 importlib.reload(polarization_analysis)  # so that `relmaclib lab_macros` also picks up the maths
-from polarization_analysis import fit_offsets, periodicity  # noqa: E402
+from tangodaq_macros._polarization_analysis import fit_offsets, periodicity  # noqa: E402
 
 MOUNTS = ("hwp", "qwp", "pol")  # Sardana motor names (the Pool's elements), not Tango devices
 WARMUP_TIMEOUT_S = 600

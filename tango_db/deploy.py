@@ -115,22 +115,37 @@ def _serial_devices(config: dict) -> dict[str, tuple[str, dict]]:
     return out
 
 
-def check_hardware(config: dict, simulated: dict) -> list[str]:
-    """What a hardware deployment still takes from the simulated lab (empty when all is named).
+def _overlay_props(overlay: dict) -> dict[str, dict]:
+    """Device -> properties as the hardware file itself names them (before any merge)."""
+    out: dict[str, dict] = {}
+    for insts in (overlay.get("servers") or {}).values():
+        for classes in (insts or {}).values():
+            for devices in (classes or {}).values():
+                for dev, data in (devices or {}).items():
+                    if isinstance(data, dict):
+                        out[dev.lower()] = data.get("properties") or {}
+    return out
 
-    Every serial instrument's ``SerialURL`` and the camera's ``Backend`` must be set by the
-    hardware file: a value equal to the simulated lab's means the file forgot that device (a
-    facility must never end up talking to ``socket://127.0.0.1:10003`` by accident)."""
+
+def check_hardware(config: dict, overlay: dict) -> list[str]:
+    """What a hardware deployment would still take from the simulated lab (empty when all is named).
+
+    Every serial instrument's ``SerialURL`` and every camera's ``Backend`` must be named by the
+    hardware file itself: one inherited from lab.json means the file forgot that device, and a
+    facility must never end up talking to the bench's ``socket://127.0.0.1:10003`` by accident.
+    ``sim://`` URLs are refused even when named (in-process simulators are for tests)."""
+    named = _overlay_props(overlay)
     problems = []
-    sim = _serial_devices(simulated)
     for dev, (cls, props) in sorted(_serial_devices(config).items()):
-        sim_props = sim.get(dev, (cls, {}))[1]
+        mine = named.get(dev.lower(), {})
         url = props.get("SerialURL")
-        if url is not None and (url == sim_props.get("SerialURL") or url[0].startswith("sim://")):
-            problems.append(f"{dev} ({cls}): SerialURL is still the simulator's {url[0]}")
-        backend = props.get("Backend")
-        if backend is not None and backend == sim_props.get("Backend") and backend[0] == "sim":
-            problems.append(f"{dev} ({cls}): Backend is still 'sim' (set \"pyvcam\", or \"sim\" on purpose)")
+        if url is not None:
+            if "SerialURL" not in mine:
+                problems.append(f"{dev} ({cls}): no SerialURL in the hardware file (lab.json's is {url[0]})")
+            elif url[0].startswith("sim://"):
+                problems.append(f"{dev} ({cls}): SerialURL {url[0]} is an in-process simulator")
+        if props.get("Backend") is not None and "Backend" not in mine:
+            problems.append(f"{dev} ({cls}): no Backend in the hardware file (\"pyvcam\" for a real camera)")
     return problems
 
 
@@ -171,12 +186,13 @@ def site_config(args, site: Site, db_port: int) -> dict:
             f"                           {Path(__file__).with_name('examples') / 'hardware.json'}\n"
             "  --simulated              the virtual bench, run by Starter like the other servers"
         )
-    simulated = load_config(None, args.lab, data_dir=site.data_dir, port=db_port)
     if args.simulated:
+        simulated = load_config(None, args.lab, data_dir=site.data_dir, port=db_port)
         config = add_bench(simulated, db_port, fast=args.bench_fast)
     else:
         config = load_config(args.config, args.lab, data_dir=site.data_dir, port=db_port)
-        problems = check_hardware(config, simulated)
+        with open(args.config) as f:
+            problems = check_hardware(config, json.load(f))
         if problems:
             raise DeployError(
                 f"{args.config} leaves devices on the simulated lab's settings:\n  "

@@ -231,6 +231,7 @@ class Supervisor:
         _supervisor_pid = os.getpid()
         spec = child.spec
         env = {**os.environ, **self.env, **spec.env}
+        env.setdefault("TANGODAQ_LOG_DIR", str(paths.logs_dir()))  # each server's fault history
         with contextlib.suppress(OSError):
             if child.log.stat().st_size > LOG_MAX_BYTES:
                 child.log.replace(child.log.with_suffix(".log.1"))

@@ -158,12 +158,14 @@ class FacilityStack:
 
         In its own PID namespace, as on a host of its own: Starter decides whether a server runs by
         looking for a process of that name and instance in /proc, so a developer's laptop lab
-        (``Esp300 lab``, same names) on this machine would otherwise look "already running"."""
+        (``Esp300 lab``, same names) on this machine would otherwise look "already running".
+        PID 1 of the namespace is ``init.py``, which reaps what dies, as a host's init does."""
         log = self.logs / "Starter.log"
         base_env = {"PATH": "/usr/bin:/bin", "TANGO_HOST": self.tango_host, "HOME": "/var/lib/tango"}
         self.procs["Starter"] = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
-             "runuser", "-u", SERVICE_USER, "--", "env", *[f"{k}={v}" for k, v in {**base_env, **(env or {})}.items()],
+             "/usr/bin/python3", str(Path(__file__).with_name("init.py")),
+             "runuser", "-u", SERVICE_USER, "--", "env", "-i", *[f"{k}={v}" for k, v in {**base_env, **(env or {})}.items()],
              STARTER, self.hostname],
             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -21,10 +21,8 @@ from deviceservers.bench.control import BenchClient
 from deviceservers.bench.optics import OpticsModel, Polariser, WavePlate
 from tango_db.config import load_config, server_instances
 from tango_db.door_client import MacroFailed, run_macro, stop_macro
+from tangodaq_macros._polarization_analysis import fit_malus  # noqa: E402
 from tests.waiting import wait_until
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "macros"))
-from polarization_analysis import fit_malus  # noqa: E402
 
 pytestmark = pytest.mark.system
 

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from deviceservers.bench.optics import OpticsModel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "macros"))
-from polarization_analysis import fit_malus, fit_offsets, periodicity  # noqa: E402
+from tangodaq_macros._polarization_analysis import fit_malus, fit_offsets, periodicity  # noqa: E402
 
 MOUNTS = ("hwp", "qwp", "pol")
 

@@ -1,8 +1,9 @@
 """Polarisation analysis for the lab's macros: Malus fits and the three-element Jones model.
 
 Pure numpy (no Sardana, no Tango) so the maths is tested on its own against the bench's optics
-model (tests/unit/test_polarization_analysis.py). The MacroServer loads this file as a macro
-library too; it defines no macro.
+model (tests/unit/test_polarization_analysis.py). Its name starts with ``_`` so that the
+MacroServer, which loads every other file of its MacroPath as a macro library, leaves it alone
+(it defines no macro; as a library it made every start log "Invalid module").
 
 Conventions (same as deviceservers/bench/optics.py): horizontally polarised input, then the
 half-wave plate, the quarter-wave plate, the polariser; an element's axis is at

@@ -1,0 +1,164 @@
+"""The facility tier: a pip-installed release deployed into Debian's Tango and run by Starter.
+
+One facility for the module, built as a control engineer builds it:
+
+1. a wheel of this tree installed (not editable) into a fresh virtual environment made with
+   Debian's own Python, the way an operator installs a release (nothing of the source checkout
+   or of the developer's environment is on its path);
+2. MariaDB + Debian's C++ ``DataBaseds`` (``tests/facility/stack.py``), on free ports;
+3. ``tangodaq deploy --simulated --write`` from the release, with a site file whose folders the
+   deploy creates for the ``tango`` service user;
+4. Debian's ``Starter`` as ``tango``, in a PID namespace of its own (a host of its own: Starter
+   recognises servers by process name, and a laptop lab of the same names may run here).
+
+The tests then act only through the Starter device (as Astor does), the Door and the database.
+Teardown stops Starter (the namespace takes every server with it), the database and MariaDB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.facility.stack import FacilityStack, missing_requirements
+
+ROOT = Path(__file__).resolve().parents[2]
+DEBIAN_PYTHON = "/usr/bin/python3"
+PIP_TIMEOUT_S = 600
+
+
+class Facility:
+    """The deployed facility: its stack, the release's environment and the site's folders."""
+
+    def __init__(self, base: Path, stack: FacilityStack, venv: Path) -> None:
+        self.base, self.stack, self.venv = base, stack, venv
+        self.tango_host = stack.tango_host
+        self.host = stack.hostname
+        self.site_file = base / "site.json"
+        self.data_dir = base / "site" / "data"
+        self.log_dir = base / "site" / "logs"
+        self.env = {
+            "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+            "HOME": str(base),
+            "TANGO_HOST": self.tango_host,
+            "LANG": "C.UTF-8",
+        }
+
+    def tangodaq(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        """The release's own ``tangodaq`` (run from a folder outside the source tree)."""
+        return subprocess.run(
+            [str(self.venv / "bin" / "tangodaq"), *args], env=self.env, cwd=self.base,
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    def proxy(self, name: str, timeout_ms: int = 10000):
+        import tango
+
+        proxy = tango.DeviceProxy(f"tango://{self.tango_host}/{name}")
+        proxy.set_timeout_millis(timeout_ms)
+        return proxy
+
+    def database(self):
+        import tango
+
+        host, port = self.tango_host.split(":")
+        return tango.Database(host, int(port))
+
+    def starter(self):
+        return self.proxy(f"tango/admin/{self.host}", timeout_ms=20000)
+
+    def server_pids(self) -> dict[str, int]:
+        """``Server/instance`` -> pid of every server of the release running on this machine."""
+        found = {}
+        prefix = str(self.venv)
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv if a]
+            if len(args) >= 3 and args[1].startswith(prefix):
+                found[f"{Path(args[1]).name}/{args[2]}"] = int(entry)
+        return found
+
+    def logs(self) -> str:
+        out = []
+        for log in sorted(self.base.rglob("*.log")):
+            with contextlib.suppress(OSError):
+                out.append(f"----- {log}\n" + log.read_text(errors="replace")[-2500:])
+        return "\n".join(out)
+
+
+def _release_venv(base: Path) -> Path:
+    """A wheel of this tree in a fresh venv of Debian's Python (readable by the service user)."""
+    wheels = base / "wheel"
+    src = base / "src"  # built from a copy: setuptools leaves build/ and egg-info beside the sources
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "build", "*.egg-info"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(src)],
+        check=True, capture_output=True, timeout=PIP_TIMEOUT_S,
+    )
+    shutil.rmtree(src)
+    wheel = next(wheels.glob("tangodaq-*.whl"))
+    venv = base / "venv"
+    subprocess.run([DEBIAN_PYTHON, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    out = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(wheel)],
+        capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
+    )
+    if out.returncode:
+        raise RuntimeError(f"pip install of the release failed:\n{out.stdout}\n{out.stderr}")
+    return venv
+
+
+@pytest.fixture(scope="module")
+def facility():
+    why = missing_requirements()
+    if why is None and not os.path.exists(DEBIAN_PYTHON):
+        why = f"{DEBIAN_PYTHON} is missing: the release is installed with Debian's Python (apt-get install python3-venv)"
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="tangodaq-facility-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    stack = FacilityStack(base / "stack")
+    the = None
+    try:
+        venv = _release_venv(base)
+        stack.start_mariadb()
+        stack.create_tango_database()
+        stack.start_databaseds()
+        the = Facility(base, stack, venv)
+        the.site_file.write_text(json.dumps({
+            "service_user": "tango", "data_dir": str(the.data_dir), "log_dir": str(the.log_dir),
+        }))
+        for folder in (base / "site",):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o755)
+        result = the.tangodaq("deploy", "--simulated", "--bench-fast", "--site", str(the.site_file), "--write")
+        if result.returncode != 0:
+            raise RuntimeError(f"deploy failed:\n{result.stdout}\n{result.stderr}")
+        the.deploy_output = result.stdout
+        the.servers_before_start = sorted(the.database().get_host_server_list(the.host))
+        # as a Starter unit would set it: the servers' fault histories go to the site's log folder
+        stack.start_starter(env={"TANGODAQ_LOG_DIR": str(the.log_dir)})
+        yield the
+    except Exception:
+        if the is not None:
+            print(the.logs())
+        raise
+    finally:
+        stack.stop()
+        ring_dirs = [p for p in Path("/dev/shm").glob(f"tangodaq*{stack.db_port}*")]
+        for ring in ring_dirs:
+            shutil.rmtree(ring, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
