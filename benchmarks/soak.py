@@ -54,7 +54,7 @@ SUBSCRIPTIONS = (
     ("stage_y", ("Position", "State")),
     ("hwp", ("Position", "State")),
     ("camera", ("State",)),
-    ("datawriter", ("RecordsWritten", "State")),
+    ("datawriter", ("RecordsWritten", "Recording", "State")),
 )
 
 
@@ -135,6 +135,8 @@ class Events:
         self.lock = threading.Lock()
         self.counts: dict[str, int] = defaultdict(int)
         self.errors: dict[str, int] = defaultdict(int)
+        self.devices: set[str] = set()  # subscribed, so a device that went quiet shows 0
+        self.since = time.monotonic()
 
     def push(self, ev) -> None:  # noqa: ANN001 - tango.EventData
         dev = ev.device.dev_name() if ev.device is not None else "?"
@@ -144,12 +146,16 @@ class Events:
             else:
                 self.counts[dev] += 1
 
-    def take(self) -> tuple[dict[str, int], dict[str, int]]:
+    def take(self) -> tuple[dict[str, int], dict[str, int], float]:
+        """Counts since the last call (every subscribed device, 0 included) and the seconds they cover."""
         with self.lock:
-            counts, errors = dict(self.counts), dict(self.errors)
+            counts = {d: self.counts.get(d, 0) for d in self.devices | set(self.counts)}
+            errors = dict(self.errors)
             self.counts.clear()
             self.errors.clear()
-        return counts, errors
+            now = time.monotonic()
+            seconds, self.since = now - self.since, now
+        return counts, errors, seconds
 
 
 def wait_for(what: str, condition, timeout: float) -> None:  # noqa: ANN001
@@ -183,6 +189,7 @@ def start_load(lab: Lab, stop: threading.Event, events: Events, errors: dict[str
         for attr in attrs:
             try:
                 subs.append((p, p.subscribe_event(attr, tango.EventType.CHANGE_EVENT, events.push)))
+                events.devices.add(p.dev_name())
             except tango.DevFailed as exc:
                 print(f"    cannot subscribe to {p.dev_name()}/{attr}: {exc.args[0].desc.strip()}")
 
@@ -287,11 +294,13 @@ def growth_table(sampler: Sampler, rss_mib: float, rss_slope: float, threads: in
               f"{f_slope:+6.2f}  {'GREW: ' + ', '.join(why) if why else 'ok'}")
 
 
-def print_minute(minute: int, events: Events, load: dict, errors: dict[str, int], last: dict) -> None:
-    counts, ev_errors = events.take()
+def print_minute(events: Events, load: dict, errors: dict[str, int], last: dict) -> None:
+    counts, ev_errors, seconds = events.take()
     rec, dropped = load["writer"].RecordsWritten, load["writer"].DroppedRecords
-    print("    events received: " + (", ".join(f"{d} {n}" for d, n in sorted(counts.items())) or "none")
-          + (f"; error events: {dict(ev_errors)}" if ev_errors else ""))
+    per_min = 60.0 / seconds if seconds > 0 else 0.0
+    print(f"    events received per minute (over {seconds:.0f} s): "
+          + (", ".join(f"{d} {n * per_min:.0f}" for d, n in sorted(counts.items())) or "none")
+          + (f"; error events: {ev_errors}" if ev_errors else ""))
     print(f"    DataWriter: records {rec} (+{rec - last.get('rec', 0)}), dropped {dropped}; "
           f"motor moves {load['moves'][0]}, State/Status reads {load['reads'][0]}; "
           f"client errors {dict(errors) or 0}", flush=True)
@@ -332,6 +341,7 @@ def main() -> None:
         print(f"lab up in {time.monotonic() - t_up:.1f} s", flush=True)
         load, threads = start_load(lab, stop, events, errors)
         sampler = Sampler(lab)
+        events.take()  # rates count from the start row
         sampler.sample()
         sampler.print_row("start")
         last: dict = {}
@@ -344,12 +354,12 @@ def main() -> None:
                 next_sample += SAMPLE_S
             if time.monotonic() >= next_minute and next_minute < end:
                 sampler.print_row(f"minute {minute}")
-                print_minute(minute, events, load, errors, last)
+                print_minute(events, load, errors, last)
                 next_minute += 60
                 minute += 1
         sampler.sample()
         sampler.print_row(f"end ({(time.monotonic() - sampler.t0) / 60:.1f} min)")
-        print_minute(minute, events, load, errors, last)
+        print_minute(events, load, errors, last)
         growth_table(sampler, a.rss_mib, a.rss_slope, a.threads, a.fds)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the lab", flush=True)
