@@ -234,12 +234,23 @@ def sardana_changes(db, description: dict) -> list[Change]:
     )]
 
 
-def roles_changes(db, roles: dict[str, str]) -> list[Change]:
+def deployed_roles(config: dict, stored: dict[str, str]) -> dict[str, str]:
+    """The roles after this deployment: the stored ones, with the roles of the devices this
+    configuration deploys set on top. A deployment of part of the lab (a second host's servers)
+    thus changes only its own devices' roles and keeps everyone else's."""
+    devices = {dev.lower() for si in server_instances(config) for dev in si.devices}
+    mine = {role: dev for role, dev in config.get("roles", {}).items() if dev.lower() in devices}
+    return {**stored, **mine}
+
+
+def roles_changes(db, config: dict) -> list[Change]:
     from .roles import ROLES_OBJECT, ROLES_PROPERTY, decode, write_roles
 
-    if decode(db.get_property(ROLES_OBJECT, ROLES_PROPERTY)[ROLES_PROPERTY]) == roles:
+    stored = decode(db.get_property(ROLES_OBJECT, ROLES_PROPERTY)[ROLES_PROPERTY])
+    roles = deployed_roles(config, stored)
+    if roles == stored:
         return []
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(roles.items()))
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(roles.items()) if stored.get(k) != v)
     return [Change("roles", f"put_property({ROLES_OBJECT}, {ROLES_PROPERTY}: {shown})", lambda: write_roles(db, roles))]
 
 
@@ -377,19 +388,29 @@ def folder_changes(site: Site) -> list[Change]:
 def plan(args, db, db_port: int) -> tuple[list[Change], list[tuple], dict]:
     site = Site.load(args.site)
     config = site_config(args, site, db_port)
-    host = args.starter_host or socket.gethostname().split(".")[0]
+    host = (args.starter_host or socket.gethostname()).split(".")[0]  # Starter's own name: tango/admin/<short host>
     folder = launcher_dir()
     ds_path = [str(folder), str(Path(sys.executable).parent)] if not args.start_ds_path else args.start_ds_path
     from .config import db_changes
 
     calls = db_changes(config, db)
     changes = [Change("configuration", line, lambda: None) for line in describe_calls(calls)]
-    changes += roles_changes(db, config["roles"])
-    changes += sardana_changes(db, sardana_description(config, args.sardana, site.data_dir))
+    changes += roles_changes(db, config)
+    if any(si.server == "Pool" for si in server_instances(config)):  # a host without the Pool leaves it alone
+        changes += sardana_changes(db, sardana_description(config, args.sardana, site.data_dir))
     changes += starter_changes(config, db, host, ds_path, site)
     changes += launcher_changes(config, folder)
     changes += folder_changes(site)
-    return changes, calls, {"config": config, "site": site, "host": host}
+    notes = []
+    if not args.simulated and _has_server(db, f"{BENCH_SERVER}/lab"):
+        notes.append(f"{BENCH_SERVER}/lab (the virtual bench of a simulated deployment) is still in the database "
+                     f"and controlled by Starter: once the real instruments are deployed, stop it from Astor and "
+                     f"remove it (tango_admin --delete-server {BENCH_SERVER}/lab)")
+    return changes, calls, {"config": config, "site": site, "host": host, "notes": notes}
+
+
+def _has_server(db, name: str) -> bool:
+    return bool(list(db.get_server_list(name)))
 
 
 def run(args, say: Callable[[str], None]) -> int:
@@ -410,6 +431,8 @@ def run(args, say: Callable[[str], None]) -> int:
     except DeployError as exc:
         say(f"not deployed: {exc}")
         return 2
+    for note in info["notes"]:
+        say(f"note: {note}")
     kind = "simulated lab (virtual bench)" if args.simulated else f"hardware from {args.config}"
     say(f"deploying the {kind} to the Tango database at {host}:{port}, Starter on {info['host']}, "
         f"servers run as {info['site'].service_user}:")

@@ -22,6 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tango_db.embedded_db import port_open
 from tests.ports import free_port_block
 
 DATABASEDS = "/usr/lib/tango/DataBaseds"
@@ -57,14 +58,6 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = N
             tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
             raise RuntimeError(f"{what}: not ready after {timeout:.0f} s\n{tail}")
         time.sleep(0.2)
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class FacilityStack:
@@ -106,7 +99,7 @@ class FacilityStack:
              "--innodb-log-file-size=8M", "--skip-name-resolve"],
             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_for(lambda: port_open(self.mysql_port), 60, "mariadbd", self.procs["mariadb"], log)
+        wait_for(lambda: port_open("127.0.0.1", self.mysql_port), 60, "mariadbd", self.procs["mariadb"], log)
 
     def sql(self, statements: str, database: str | None = None) -> str:
         argv = ["mariadb", f"--socket={self.mysql_socket}", "-uroot", "--batch", "--skip-column-names"]
