@@ -12,14 +12,18 @@ folder (``.tangodaq-journal.<device>.json``):
   number) of the next record not yet in the file;
 * marked ``stopping`` when a stop is requested, and removed when the file is closed.
 
-A DataWriter that starts and finds a journal of a writer that is gone (:func:`stale_journal`)
-repairs the file (:func:`repair`): it clears the file's consistency flags the way ``h5clear -s``
-does (through HDF5's own file-access property, not an external tool that may not be installed),
-cuts every stream to the rows that all its datasets have, and writes ``end_time`` (the last
-flush), an ``ended_abnormally`` note, ``lost_records`` per stream and the link to the file the
-recording continues in. If the crashed writer was recording (not stopping), the DataWriter then
-continues in a new file from the first record the old file lacks, as long as the producer's
-ring still holds it (see :mod:`datawriter.device`).
+A DataWriter that starts and finds a journal of a writer that is gone (:func:`stale_journal`:
+its process has exited or is a zombie; a journal of this very process never is) repairs the
+file (:func:`repair`): it clears the file's consistency flags the way ``h5clear -s`` does
+(through HDF5's own file-access property, not an external tool that may not be installed),
+cuts every stream to the rows the journal says the last flush made durable (and that all its
+datasets have: rows written after the last journal update may lack their data, and the
+continuation re-reads those records from the ring), and writes ``end_time`` (the last flush),
+an ``ended_abnormally`` note, ``lost_records`` per stream and the link to the file the recording
+continues in. If the crashed writer was recording (not stopping), the DataWriter then continues
+in a new file from the first record the old file lacks, as long as the producer's ring still
+holds it (see :mod:`datawriter.device`). A writer killed after it closed its file properly but
+before it removed the journal left nothing to repair: the file is left as it is.
 
 No Tango here: the device calls these functions.
 """
@@ -40,6 +44,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from deviceservers.common import procfs
+
 JOURNAL_PREFIX = ".tangodaq-journal."
 JOURNAL_VERSION = 1
 
@@ -54,17 +60,6 @@ def journal_path(output_dir: str, device: str) -> str:
     return os.path.join(output_dir, f"{JOURNAL_PREFIX}{safe}.json")
 
 
-def _process_start(pid: int) -> str:
-    """Start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat): with
-    the pid it identifies a process, so a recycled pid is not mistaken for the writer."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode("ascii", "replace")
-    except OSError:
-        return ""
-    return stat.rpartition(")")[2].split()[19]
-
-
 class Journal:
     """The journal of the recording in progress; owned by one DataWriter."""
 
@@ -75,7 +70,7 @@ class Journal:
             "version": JOURNAL_VERSION,
             "state": "recording",
             "pid": os.getpid(),
-            "pid_start": _process_start(os.getpid()),
+            "pid_start": procfs.own_start_time(),  # with the pid it identifies this process
             "host": socket.gethostname(),
             "started": _now_iso(),
             "flushed": None,
@@ -125,7 +120,9 @@ def stale_journal(output_dir: str, device: str) -> dict[str, Any] | None:
     """The journal of a recording whose writer is gone (killed), or None.
 
     A journal whose writer process is still alive (same host, same pid and start time) is left
-    alone: another server instance of the same device is recording.
+    alone: another server instance of the same device is recording, or this very process is
+    (an Init of the device while its recording still drains must not repair the file being
+    written). A zombie (killed, not reaped yet) is gone; so is a later process with the pid.
     """
     path = journal_path(output_dir, device)
     try:
@@ -137,9 +134,11 @@ def stale_journal(output_dir: str, device: str) -> dict[str, Any] | None:
         return {"path": "", "journal": path, "error": f"unreadable journal {path}: {exc}"}
     if not isinstance(data, dict):
         return {"path": "", "journal": path, "error": f"unreadable journal {path}: not an object"}
-    pid = int(data.get("pid") or 0)
-    if (data.get("host") == socket.gethostname() and pid and pid != os.getpid()
-            and _process_start(pid) == data.get("pid_start")):
+    try:
+        pid = int(data.get("pid") or 0)
+    except (TypeError, ValueError):
+        pid = 0
+    if data.get("host") == socket.gethostname() and procfs.alive(pid, data.get("pid_start")):
         return None
     data["journal"] = path
     return data
@@ -158,14 +157,21 @@ class RecoveryReport:
     lost_unknown: list[str] = field(default_factory=list)
     last_flush: str = ""
     continued_in: str = ""
+    #: the file had been closed properly (end time, losses) before its writer died; only the
+    #: journal was left: nothing was changed, nothing is to be continued
+    closed_cleanly: bool = False
 
     def text(self) -> str:
         if not self.ok:
             return f"{self.time}: could not repair {self.path or 'the unfinished recording'}: {self.error}"
+        if self.closed_cleanly:
+            return (f"{self.time}: {self.path} was closed properly before its writer stopped (only its "
+                    "recovery journal was left): nothing to recover")
         out = (f"{self.time}: recovered {self.path}, whose writer died during the recording: "
                f"{self.records} records kept up to {self.last_flush or 'the start'}, {self.lost} lost")
         if self.lost_unknown:
-            out += f" (plus an unknown number from {', '.join(self.lost_unknown)}: ring replaced or gone)"
+            out += (f" (plus an unknown number from {', '.join(self.lost_unknown)}: ring replaced or gone, "
+                    "or not flushed yet)")
         if self.continued_in:
             out += f"; the recording continues in {self.continued_in}"
         return out
@@ -181,6 +187,17 @@ def _libhdf5() -> ctypes.CDLL:
             if base.startswith("libhdf5") and not base.startswith("libhdf5_hl") and ".so" in base:
                 return ctypes.CDLL(lib)
     raise OSError("the HDF5 library used by h5py is not loaded in this process")
+
+
+def closed_cleanly(path: str) -> bool:
+    """The file opens without clearing any flag (its writer closed it) and has its ``end_time``
+    (written only by a proper close): a finished recording, not one to repair."""
+    try:
+        with h5py.File(path, "r") as f:
+            entry = f.get("entry")
+            return isinstance(entry, h5py.Group) and "end_time" in entry
+    except OSError:  # still marked open for writing (the writer died with it open), or unreadable
+        return False
 
 
 def open_unfinished(path: str) -> h5py.File:
@@ -204,16 +221,24 @@ def open_unfinished(path: str) -> h5py.File:
     return h5py.File(fid)
 
 
-def _consistent_rows(grp: h5py.Group) -> int:
-    """Cut every dataset of a stream group to the rows they all have (the last flush)."""
+def _cut_rows(grp: h5py.Group, durable: int) -> int:
+    """Cut every dataset of a stream group to the ``durable`` rows the journal says the last
+    flush made durable, or fewer if a dataset has fewer. Rows beyond are not kept even when
+    every dataset has them: HDF5 may have written a dataset's new size before its data (frame
+    chunks, column rows) when it evicted metadata, or a flush completed without the journal
+    update that follows it, and the continuation re-reads those records from the ring."""
     datasets = [ds for ds in grp.values() if isinstance(ds, h5py.Dataset) and ds.maxshape and ds.maxshape[0] is None]
     if not datasets:
         return 0
-    n = min(ds.shape[0] for ds in datasets)
+    n = max(0, min(durable, *(ds.shape[0] for ds in datasets)))
     for ds in datasets:
         if ds.shape[0] != n:
             ds.resize(n, axis=0)
     return n
+
+
+def _has_rows(grp: h5py.Group) -> bool:
+    return any(isinstance(ds, h5py.Dataset) and ds.ndim and ds.shape[0] for ds in grp.values())
 
 
 def unflushed_records(journal: dict[str, Any]) -> tuple[dict[str, int], list[str]]:
@@ -254,6 +279,9 @@ def repair(journal: dict[str, Any], *, continued_in: str = "", count_unflushed: 
     if not os.path.exists(path):
         report.ok, report.error = False, "the file is gone"
         return report
+    if closed_cleanly(path):  # killed between closing the file and removing the journal
+        report.closed_cleanly = True
+        return report
     unflushed, unknown = unflushed_records(journal) if count_unflushed else ({}, [])
     report.lost_unknown = unknown
     groups: dict[str, Any] = journal.get("groups") or {}
@@ -268,8 +296,11 @@ def repair(journal: dict[str, Any], *, continued_in: str = "", count_unflushed: 
                 for grp in dev.values():
                     if not isinstance(grp, h5py.Group) or "stream" not in grp.attrs:
                         continue
-                    rows = _consistent_rows(grp)
-                    lost = int((groups.get(grp.name) or {}).get("lost", 0))
+                    flushed = groups.get(grp.name)
+                    if flushed is None and _has_rows(grp):  # appeared after the last journal update
+                        report.lost_unknown.append(str(grp.attrs["stream"]))
+                    rows = _cut_rows(grp, int((flushed or {}).get("rows", 0)))
+                    lost = int((flushed or {}).get("lost", 0))
                     stream = current.get(grp.name)
                     if stream is not None:
                         lost += unflushed.get(stream, 0)
