@@ -200,13 +200,22 @@ class MaiTaiComponent(Component):
         self._publish(values)
 
     def poll(self) -> None:
+        """Read, then enforce the lease and probe for LOCAL, even when the reads failed.
+
+        A reply that keeps failing (garbled, refused) must not suspend the lease: the polls'
+        queries keep feeding the laser's watchdog, so nothing else would ever close the shutter.
+        Enforcement then works on the last shutter state read, and SHUTter 0 needs no reply."""
         self._polls += 1
-        values = self.run(self._read_fast, idempotent=True, description="status, wavelength, shutter, power")
-        if self._polls % SLOW_EVERY == 0:
-            values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
-        self._publish(values)
-        self._enforce_shutter()
-        self._probe_remote()
+        try:
+            values = self.run(self._read_fast, idempotent=True, description="status, wavelength, shutter, power")
+            if self._polls % SLOW_EVERY == 0:
+                values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
+            self._publish(values)
+        finally:
+            try:
+                self._enforce_shutter()
+            finally:
+                self._probe_remote()
 
     # ------------------------------------------------------------------ safety (poll thread)
     def _enforce_shutter(self) -> None:
@@ -227,6 +236,18 @@ class MaiTaiComponent(Component):
                 self._must_close = "the interlock is open (or an internal fault, *STB? bit 5)"
             elif shutter and self._emission_lost and not self._must_close:
                 self._must_close = "emission stopped without an Off from this server"
+            elif shutter and self._opened_by_us and self._lease_until is None and not self._must_close:
+                # Ours, open, and nobody holds it: an opening confirmed only after its OpenShutter
+                # had failed (the lease was dropped then), or a CloseShutter/Off the laser ignored
+                # (LOCAL, key off) whose lease is gone. Either way the lease has ended: close it.
+                request = self._shutter_request
+                if request is None or now > request[1]:  # a close still within its confirmation time is not
+                    self._must_close = (
+                        f"it opened at {time.strftime('%H:%M:%S')}, after its OpenShutter had been reported failed "
+                        f"(not confirmed within {SHUTTER_CONFIRM_S:.0f} s), so its lease had ended and nobody holds it"
+                        if request is None or request[0] else
+                        "a close (CloseShutter or Off) was not followed by the laser (LOCAL or key switch off) and its "
+                        "lease has ended: nobody holds the shutter open")
             if not self._must_close:
                 return
             pending_open = self._shutter_request is not None and self._shutter_request[0]
@@ -423,10 +444,15 @@ class MaiTaiComponent(Component):
         else:
             self.close_shutter()
 
-    def _command_shutter(self, open_: bool, deadline: float) -> bool:
-        """Send SHUTter 0|1 and wait for SHUTter? to agree, at most until ``deadline``."""
+    def _command_shutter(self, open_: bool, deadline: float, *, drop_lease: bool = False) -> bool:
+        """Send SHUTter 0|1 and wait for SHUTter? to agree, at most until ``deadline``.
+
+        ``drop_lease`` ends the lease together with registering the request (one lock), so the
+        poll thread never sees our open shutter with no lease and no request (an ended lease)."""
         command = f"SHUTter {int(open_)}"
         with self._lock:
+            if drop_lease:
+                self._lease_until = None  # from the request on: a renewal cannot keep it open
             if open_:
                 self._opened_by_us = True  # from the moment we ask: a late opening is ours too
             change = self.shutter.value is not open_  # following a no-op proves nothing about REMOTE
@@ -481,8 +507,12 @@ class MaiTaiComponent(Component):
             self._closed_note = ""
         if not self._command_shutter(True, time.monotonic() + SHUTTER_CONFIRM_S):
             with self._lock:
+                # No lease from now on: the request stays pending, and an opening that follows it
+                # late is ours with no lease, which the poll thread closes (_enforce_shutter).
                 self._lease_until = None
-            raise RuntimeError(self._shutter_failure(True))
+            failure = self._shutter_failure(True)
+            self._derive()  # ShutterLease 0 at once, not a countdown of a lease that is gone
+            raise RuntimeError(failure)
         with self._lock:  # the lease runs from the moment the shutter is confirmed open
             self._lease_until = time.monotonic() + lease
         self.log.info("%s: shutter open, held by a %s of %.1f s", self.label, kind, lease)
@@ -493,6 +523,26 @@ class MaiTaiComponent(Component):
         """The lease ends ``seconds`` from now; refused (never reopening) when nobody holds the shutter."""
         seconds = self.check_lease(seconds)
         with self._lock:
+            now = time.monotonic()
+            until = self._lease_until
+            if until is not None and now >= until and self.shutter.value and not self._must_close:
+                # Expired, and the poll thread has not closed it yet: a late renewal must not
+                # revive a lease the server has already stopped honouring. Close it now.
+                self._lease_until = None
+                self._must_close = (f"its lease expired at {time.strftime('%H:%M:%S')}, {now - until:.1f} s before "
+                                    f"a renewal arrived (the owner of the {self._lease_kind} is late or stuck)")
+                late = now - until
+            else:
+                late = None
+        if late is not None:
+            self.log.warning("%s: renewal refused: the %s expired %.1f s earlier; closing the shutter",
+                             self.label, self._lease_kind, late)
+            self.request_poll()
+            self.update_state()
+            raise RuntimeError(f"Shutter lease expired {late:.1f} s before this renewal: the shutter is being closed. "
+                               "A renewal never revives an expired lease: open the shutter again "
+                               "(OpenShutterWithLease) once it is closed, if the light is still wanted.")
+        with self._lock:
             if self._lease_until is None or not self.shutter.value or self._must_close:
                 note = self._closed_note or "the shutter is closed"
                 raise RuntimeError(f"No shutter lease to renew: {note.strip()} A renewal never reopens the "
@@ -502,9 +552,7 @@ class MaiTaiComponent(Component):
         return seconds
 
     def close_shutter(self) -> None:
-        with self._lock:
-            self._lease_until = None  # from the request on: a renewal cannot keep it open
-        if not self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S):
+        if not self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S, drop_lease=True):
             raise RuntimeError(self._shutter_failure(False))
         self._derive()
         self.update_state()
@@ -578,9 +626,7 @@ class MaiTaiComponent(Component):
         """Safe stop: close the shutter and confirm, then OFF (sent even if the shutter did not
         confirm, because no emission is the safer state), then confirm emission is off."""
         problems = []
-        with self._lock:
-            self._lease_until = None
-        if not self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S):
+        if not self._command_shutter(False, time.monotonic() + SHUTTER_CONFIRM_S, drop_lease=True):
             problems.append(self._shutter_failure(False))
         with self._lock:
             self._emission_expected = False
