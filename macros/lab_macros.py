@@ -26,15 +26,16 @@ import importlib
 import json
 import logging
 import math
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import tango
 from sardana.macroserver.macro import Macro, Type
+from sardana.macroserver.msexception import InterruptException
 
 import tangodaq_macros._polarization_analysis as polarization_analysis
+from deviceservers.MaiTai.lease import DEFAULT_LEASE_S, RENEW_EVERY_S, ShutterLease, describe
 from tango_db.roles import MOUNT_ROLES, STAGE_ROLES, device, lab_roles
 
 importlib.reload(polarization_analysis)  # so that `relmaclib lab_macros` also picks up the maths
@@ -42,11 +43,9 @@ from tangodaq_macros._polarization_analysis import fit_offsets, periodicity  # n
 
 MOUNTS = ("hwp", "qwp", "pol")  # Sardana motor names (the Pool's elements), not Tango devices
 WARMUP_TIMEOUT_S = 600
-#: the laser server closes the shutter this long after the last renewal: covers a renewal stuck
-#: ~2 s behind another client's shutter command on the laser server, and bounds the light after a
-#: MacroServer death to ~6 s (lease + the laser server's poll + the shutter's travel)
-MACRO_LEASE_S = 5.0
-RENEW_EVERY_S = 1.0
+#: the laser server closes the shutter this long after the last renewal (renewed every
+#: RENEW_EVERY_S): see deviceservers.MaiTai.lease, shared with the demo experiment
+MACRO_LEASE_S = DEFAULT_LEASE_S
 
 log = logging.getLogger("tangodaq.macros")
 
@@ -78,41 +77,23 @@ def proxy(name: str, timeout_ms: int = 10000) -> tango.DeviceProxy:
     return p
 
 
-def _desc(exc: tango.DevFailed) -> str:
-    return exc.args[0].desc.strip() if exc.args else str(exc)
-
-
-class ShutterHold:
+class ShutterHold(ShutterLease):
     """The laser shutter held open for one macro, by a lease the laser server enforces.
 
-    A daemon thread renews the lease every ``RENEW_EVERY_S`` while the macro is on its Door's
+    The shared client side (``deviceservers.MaiTai.lease``, also used by the demo experiment):
+    a daemon thread renews the lease every ``RENEW_EVERY_S`` while the macro is on its Door's
     stack and the Door is not paused. It stops renewing (so the shutter closes within
     ``MACRO_LEASE_S``) when the macro is gone; it closes the shutter at once when the Door is
-    paused. It never reopens: only the macro's own thread does, in :meth:`ensure_open`.
-    The thread talks to Sardana only through non-``mAPI`` accessors (``door``,
+    paused. It never reopens: only the macro's own thread does, in :meth:`ensure_open`. Any
+    failure of the thread is kept in ``lost``, and :meth:`ensure_open` raises then, or when the
+    thread has died. The thread talks to Sardana only through non-``mAPI`` accessors (``door``,
     ``executor``, ``parent_macro``), which never raise a StopException into it.
     """
 
     def __init__(self, macro: Macro, laser: str) -> None:
+        super().__init__(laser, owner=macro._name, lease_s=MACRO_LEASE_S, renew_every_s=RENEW_EVERY_S,
+                         alive=self._macro_running, paused=self._door_paused, connect=proxy, logger=log)
         self._macro = macro
-        self._laser = laser
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.closed_for_pause = False
-        self.lost = ""  # why the laser refused a renewal (the shutter was closed by someone else)
-        self._thread: threading.Thread | None = None
-
-    def open(self) -> None:
-        proxy(self._laser).command_inout("OpenShutterWithLease", MACRO_LEASE_S)
-        self._thread = threading.Thread(target=self._renew_loop, name=f"shutter lease {self._macro._name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def release(self) -> None:
-        """Stop renewing (the caller then closes the shutter)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(RENEW_EVERY_S + 11)  # at most one renewal in flight (10 s client time-out)
 
     def _macro_running(self) -> bool:
         try:
@@ -131,53 +112,12 @@ class ShutterHold:
         except Exception:  # noqa: BLE001 - no state: not a reason to close
             return False
 
-    def _renew_loop(self) -> None:
-        laser = proxy(self._laser)
-        while not self._stop.wait(RENEW_EVERY_S):
-            if not self._macro_running():
-                log.warning("%s is no longer running: its shutter lease is left to expire", self._macro._name)
-                return
-            if self._door_paused():
-                self.close_for_pause(laser)
-            with self._lock:
-                if self.closed_for_pause:
-                    continue
-            try:
-                laser.command_inout("RenewShutterLease", MACRO_LEASE_S)
-            except tango.DevFailed as exc:
-                with self._lock:
-                    if not self.closed_for_pause:
-                        self.lost = _desc(exc)
-                        log.error("shutter lease of %s refused: %s", self._macro._name, self.lost)
-                        return
-
-    def close_for_pause(self, laser: tango.DeviceProxy | None = None) -> None:
-        """The Door is paused: close now, renew nothing until the macro reopens (idempotent)."""
-        with self._lock:
-            if self.closed_for_pause:
-                return
-            self.closed_for_pause = True  # no renewal while paused, even if the close fails
-            try:
-                (laser or proxy(self._laser)).command_inout("CloseShutter")
-                log.warning("Door paused: laser shutter closed (reopened by %s on resume)", self._macro._name)
-            except tango.DevFailed as exc:
-                log.error("Door paused but CloseShutter failed (the lease closes it): %s", _desc(exc))
-
     def ensure_open(self) -> bool:
         """Macro thread, before a measurement: reopen after a pause; True when it reopened.
 
-        Raises when the shutter was closed by someone else: the macro must not measure darkness."""
-        with self._lock:
-            lost, reopen = self.lost, self.closed_for_pause
-        if lost:
-            raise RuntimeError(f"the laser shutter this macro held open was closed outside it ({lost}): "
-                               "stopping instead of measuring in the dark")
-        if not reopen:
-            return False
-        proxy(self._laser).command_inout("OpenShutterWithLease", MACRO_LEASE_S)
-        with self._lock:
-            self.closed_for_pause = False
-        return True
+        Raises when the shutter was closed by someone else, or when nobody renews the lease any
+        more (the renewing thread died): the macro must not measure darkness."""
+        return self.reopen()
 
 
 class LabMacro:
@@ -223,7 +163,13 @@ class LabMacro:
         self._init_safety()
         self._moved.extend(m for m in motors if m not in self._moved)
 
-    def make_safe(self) -> None:
+    def make_safe(self, *, from_hook: bool = False) -> None:
+        """Stop the motors this macro moved, stop renewing, close the shutter it opened.
+
+        Every step is tried whatever the others do. A close that fails is raised at the end
+        (the macro must not end "finish" with the light possibly on), except from the stop and
+        abort hooks (``from_hook``), where Sardana ends the macro anyway and the error is logged;
+        the lease, no longer renewed, then closes the shutter within ``MACRO_LEASE_S``."""
         self._init_safety()
         for name in self._moved:
             try:
@@ -233,25 +179,49 @@ class LabMacro:
         if self._hold is not None:
             self._hold.release()
             self._hold = None
-        if self._opened_shutter:
-            try:
-                proxy(device("laser")).command_inout("CloseShutter")
-                self._opened_shutter = False
-                self.warning("laser shutter closed (this macro had opened it)")
-            except tango.DevFailed as exc:
-                self.error("COULD NOT CLOSE THE LASER SHUTTER: %s", exc.args[0].desc)
+        if not self._opened_shutter:
+            return
+        try:
+            proxy(device("laser")).command_inout("CloseShutter")
+        except Exception as exc:  # noqa: BLE001 - reported below, after being logged
+            reason = describe(exc)
+            self.error("COULD NOT CLOSE THE LASER SHUTTER: %s (no longer renewed: the laser server closes it when "
+                       "its lease runs out, within %.0f s)", reason, MACRO_LEASE_S)
+            if from_hook:
+                return
+            raise RuntimeError(f"could not close the laser shutter this macro opened: {reason}. Its lease is no "
+                               f"longer renewed, so the laser server closes it within {MACRO_LEASE_S:.0f} s; check "
+                               "the laser (State, Status) before the next measurement") from exc
+        self._opened_shutter = False
+        self.warning("laser shutter closed (this macro had opened it)")
 
     def on_abort(self) -> None:
-        self.make_safe()
+        self.make_safe(from_hook=True)
 
     def on_stop(self) -> None:
-        self.make_safe()
+        self.make_safe(from_hook=True)
+
+    def lit(self, body, *args):
+        """Open the shutter, then run ``body``; both guarded, so a failed opening is made safe too
+        (an OpenShutterWithLease that times out may still open the shutter late)."""
+
+        def opened_then_body():
+            self.open_shutter()
+            return body(*args)
+
+        return self.guarded(opened_then_body)
 
     def guarded(self, body, *args):
-        """Run ``body``; on an error make safe and re-raise (stop/abort call the hooks)."""
+        """Run ``body``; on an error make safe and re-raise (stop/abort call the hooks).
+
+        A stop or abort passing through here stays what it is: its hooks follow, so a failed close
+        is only logged then (``from_hook``), as Sardana ends the macro anyway."""
         self._init_safety()
         try:
             return body(*args)
+        except InterruptException:
+            self.make_safe(from_hook=True)
+            raise
         except Exception:
             self.make_safe()
             raise
@@ -371,8 +341,7 @@ class wavelength_scan(LabMacro, Macro):
             raise ValueError("intervals must be >= 1 and count_time > 0")
         self.check_motor_range("wavelength", start, end)
         self.uses("wavelength_tracked")
-        self.open_shutter()
-        m = self.guarded(self.scan, "wavelength_tracked", start, end, intervals, count_time)
+        m = self.lit(self.scan, "wavelength_tracked", start, end, intervals, count_time)
         x, y = self.scan_columns(m, "wavelength_tracked")
         self.make_safe()
         return json.dumps({"wavelength_nm": x.tolist(), "power_w": y.tolist()})
@@ -398,8 +367,7 @@ class polarization_scan(LabMacro, Macro):
             raise ValueError("sweep at least 90 degrees to fit Malus's law")
         self.check_motor_range(name, start, end)
         self.uses(name)
-        self.open_shutter()
-        m = self.guarded(self.scan, name, start, end, intervals, count_time)
+        m = self.lit(self.scan, name, start, end, intervals, count_time)
         x, y = self.scan_columns(m, name)
         self.make_safe()
         k, f1, f2 = periodicity(x, y)
@@ -432,8 +400,7 @@ class polarization_characterization(LabMacro, Macro):
             raise ValueError("step must be within 1..30 degrees and count_time > 0")
         self.check_motor_range("wavelength", 800.0, second_wavelength)
         self.uses(*MOUNTS, "wavelength_tracked")
-        self.open_shutter()
-        return self.guarded(self._run, step, count_time, second_wavelength)
+        return self.lit(self._run, step, count_time, second_wavelength)
 
     def _run(self, step, count_time, second_wavelength):
         intervals = int(round(180 / step))
@@ -539,7 +506,6 @@ class waveplate_calibration(LabMacro, Macro):
         estimate = (len(points) - first) * (count_time + self.MOTION_S_PER_POINT)
         self.output("%d points to measure, about %s", len(points) - first, format_duration(estimate))
         self.uses("wavelength_tracked", *MOUNTS)
-        self.open_shutter()
         mg = self.getMeasurementGroup("mg_power")
 
         def body():
@@ -559,7 +525,7 @@ class waveplate_calibration(LabMacro, Macro):
                     self.output("point %d/%d, %s left", i + 1, len(points), format_duration(left))
                     self.checkPoint()
 
-        self.guarded(body)
+        self.lit(body)
         self.unsetEnv(PROGRESS_ENV)
         self.make_safe()
         self.output("calibration complete: %s", path)
@@ -582,13 +548,16 @@ class stage_camera_raster(LabMacro, Macro):
         self.check_motor_range("stage_x", x0, x1)
         self.check_motor_range("stage_y", y0, y1)
         self.uses("stage_x", "stage_y")
-        self.open_shutter()  # the spot is the laser's: no light, no spot
         self.setEnv("ActiveMntGrp", "mg_camera")
         try:
             mesh, _ = self.createMacro("mesh", "stage_x", x0, x1, nx, "stage_y", y0, y1, ny, exposure)
             mesh.appendHook((self.light_check, ["pre-acq"]))
-            self.pausePoint()  # see LabMacro.scan
-            self.guarded(self.runMacro, mesh)
+
+            def raster():
+                self.pausePoint()  # see LabMacro.scan
+                self.runMacro(mesh)
+
+            self.lit(raster)  # the spot is the laser's: no light, no spot
         finally:
             self.setEnv("ActiveMntGrp", "mg_power")
         self.make_safe()

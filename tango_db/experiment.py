@@ -1,7 +1,10 @@
 """The demo experiment on the virtual bench, run as a scientist would: Sardana macros through
 the Door (as spock does), with Tango for the rest.
 
-1. ``laser_on`` (warm-up with progress, emission) and open the shutter;
+1. ``laser_on`` (warm-up with progress, emission) and open the shutter under a lease renewed by
+   a thread of this process for as long as the experiment needs light (``hold_light``, the same
+   ``deviceservers.MaiTai.lease.ShutterLease`` the lab macros use): if this process dies, the
+   laser server closes the shutter within the lease (docs/laser-safety.md);
 2. set the power meter to the laser's wavelength and stream it into its ring;
 3. record everything with the DataWriter;
 4. ``polarization_scan hwp``: sweep the half-wave plate, average the streamed power at each angle
@@ -28,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import tango
+
+from deviceservers.MaiTai.lease import LeaseLost, ShutterLease, describe
 
 Say = Callable[[str], None]
 
@@ -95,9 +100,49 @@ def move(proxy: tango.DeviceProxy, position: float, timeout: float = 30.0) -> fl
     return proxy.Position
 
 
+# ---------------------------------------------------------------------- light
+_light: ShutterLease | None = None  # the lease this process holds on the laser's shutter, if any
+
+
+def hold_light() -> None:
+    """Open the shutter under a renewed lease, or check the one this process already holds.
+
+    ExperimentError when the light this process held was lost (closed by someone else, the lease
+    refused): the experiment stops instead of measuring in the dark."""
+    global _light
+    if _light is not None:
+        light_check()
+        return
+    hold = ShutterLease(device("laser"), owner="the demo experiment")
+    hold.open()
+    _light = hold
+
+
+def light_check() -> None:
+    """Between steps: the light this process holds is still there (ExperimentError if not)."""
+    if _light is None:
+        raise ExperimentError("the laser shutter is not held open by this experiment")
+    try:
+        _light.check()
+    except LeaseLost as exc:
+        raise ExperimentError(str(exc)) from None
+
+
+def release_light() -> None:
+    """Stop renewing and close the shutter (DevFailed when the close fails: the lease, no longer
+    renewed, then closes it within its few seconds)."""
+    global _light
+    hold, _light = _light, None
+    if hold is not None:
+        hold.close()
+    else:
+        proxy("laser").CloseShutter()
+
+
 # ---------------------------------------------------------------------- steps
 def laser_on(say: Say) -> tango.DeviceProxy:
-    """The ``laser_on`` macro (safe start, warm-up progress printed live), then the shutter."""
+    """The ``laser_on`` macro (safe start, warm-up progress printed live), then the shutter, held
+    open by this process's renewed lease until :func:`release_light`."""
     from .door_client import run_macro
 
     laser = proxy("laser")
@@ -107,7 +152,7 @@ def laser_on(say: Say) -> tango.DeviceProxy:
         run_macro(device("door"), "laser_on", say=lambda line: say(f"   {line}"))
     laser.Wavelength = WAVELENGTH_NM
     wait_for("the end of tuning", lambda: not laser.Tuning and laser.State() != tango.DevState.MOVING, 60)
-    laser.OpenShutter()
+    hold_light()
     wait_for("the shutter to open", lambda: laser.Shutter, 5)
     say(f"   laser: emission on, {laser.Wavelength:.1f} nm, {laser.Power:.3f} W, shutter open "
         f"({laser.State()})")
@@ -294,18 +339,21 @@ def run_experiment(say: Say) -> Results:
         say(f"   DataWriter → {res.file}")
         say("\n== half-wave plate sweep: polarization_scan " + " ".join(map(str, HWP_SCAN)))
         hwp_sweep(say, res)
+        light_check()
         say("\n== camera raster: stage_camera_raster " + " ".join(map(str, RASTER)))
         cam = proxy("camera")
         lost_before = cam.FramesLost
         camera_raster(say, res)
+        light_check()  # every frame had the light this experiment held
         res.summary["camera"] = {"lost": int(cam.FramesLost - lost_before)}
     finally:
-        if laser is not None:
+        if laser is not None or _light is not None:
             try:
-                laser.CloseShutter()
+                release_light()
                 say("   shutter closed")
             except tango.DevFailed as exc:
-                say(f"   COULD NOT CLOSE THE SHUTTER: {exc.args[0].desc} — close it by hand")
+                say(f"   COULD NOT CLOSE THE SHUTTER: {describe(exc)} — its lease is no longer renewed, so the "
+                    "laser server closes it within a few seconds; check the laser")
         if meter is not None:
             meter.Streaming = False
         if recording:
