@@ -22,7 +22,10 @@ Light only while someone who asked for it is alive (docs/laser-safety.md has the
   expires the server closes the shutter. ``OpenShutterWithLease(s)`` takes a short lease that its
   owner (a macro) renews with ``RenewShutterLease(s)`` from a thread that lives exactly as long as
   the macro; ``OpenShutter``/``Shutter = True`` (a person at a GUI or itango) takes the longer
-  ``manual_lease_s`` lease, renewed by opening again. A renewal never reopens a closed shutter;
+  ``manual_lease_s`` lease, renewed by opening again. A renewal never reopens a closed shutter
+  and never revives an expired lease. Enforcement runs after every poll, even one whose reads
+  failed, and treats an open shutter of ours that nobody holds (an opening confirmed too late, a
+  close ignored in LOCAL) as an ended lease;
 * the laser's own serial watchdog (``TIMer:WATChdog``, ``watchdog_s``) switches the pump off when
   this server stops sending (server dead, link dead): the case a lease cannot cover;
 * at the first connection of a server run, an open shutter has no living owner: it is closed;
