@@ -334,6 +334,7 @@ def main() -> None:
     threads: list[threading.Thread] = []
     errors: dict[str, int] = defaultdict(int)
     events = Events()
+    interrupted = False
     try:
         print(f"soak: lab at TANGO_HOST={lab.tango_host}, TANGODAQ_HOME={home}, {minutes:g} min", flush=True)
         t_up = time.monotonic()
@@ -363,6 +364,7 @@ def main() -> None:
         growth_table(sampler, a.rss_mib, a.rss_slope, a.threads, a.fds)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the lab", flush=True)
+        interrupted = True
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
         with contextlib.suppress(Exception):
@@ -372,6 +374,8 @@ def main() -> None:
         left = lab.leftovers()
         shutil.rmtree(home, ignore_errors=True)
         print(f"lab stopped; processes left behind: {left or 'none'}", flush=True)
+    if interrupted:
+        sys.exit(130)  # as a shell reports a Ctrl-C'd command, so a caller does not take it for a full run
 
 
 if __name__ == "__main__":
