@@ -424,6 +424,8 @@ class PvcamComponent(StateReporter):
         t = self._acq_thread
         if t is not None and t is not threading.current_thread():
             t.join(5)
+        # the thread's own last publish may have run while it was still alive: say it now
+        self.live.publish(self._live_mode and self.acquiring)
         self.update_state()
 
     def software_trigger(self) -> None:

@@ -68,6 +68,14 @@ def starter_states(facility) -> dict[str, str]:
     return {line.split("\t")[0]: line.split("\t")[1] for line in lines if "\t" in line}
 
 
+def wait_running(facility, servers) -> None:
+    """Until Starter holds every one of ``servers`` as running (ON). A device can answer before
+    Starter's ping thread has moved its server from "starting" to ON, and Starter ignores a
+    DevStop/DevStopAll for a server it still sees starting."""
+    wait_until(lambda: all(starter_states(facility).get(s) == "ON" for s in servers), timeout=60,
+               interval=0.5, what=f"Starter sees {', '.join(servers)} running")
+
+
 def wait_stopped(facility, server: str) -> None:
     """Until the server's process is gone and Starter holds it as stopped (FAULT, the only state
     in which it accepts DevStart; its ping thread notices a stop a moment after the process ends)."""
@@ -202,6 +210,7 @@ def _datasets(group, prefix: str = ""):
 
 def test_one_server_stopped_and_started_through_starter(facility):
     starter = facility.starter()
+    wait_running(facility, ["Newport1830C/lab"])
     starter.DevStop("Newport1830C/lab")
     wait_stopped(facility, "Newport1830C/lab")
     starter.DevStart("Newport1830C/lab")
@@ -211,6 +220,7 @@ def test_one_server_stopped_and_started_through_starter(facility):
 def test_the_macroserver_environment_survives_a_restart(facility):
     macro(facility, "senv", "FacilityNote", "kept")
     starter = facility.starter()
+    wait_running(facility, ["MacroServer/lab"])
     starter.DevStop("MacroServer/lab")
     wait_stopped(facility, "MacroServer/lab")
     starter.DevStart("MacroServer/lab")
@@ -263,6 +273,7 @@ def test_a_renamed_lab_on_a_hardware_file_runs_the_same_macros(facility):
     roles = overlay["roles"]
 
     starter = facility.starter()
+    wait_running(facility, LAB_SERVERS)
     for level in (4, 3, 2):
         starter.DevStopAll(level)
     for server in LAB_SERVERS:
@@ -300,6 +311,7 @@ def test_a_killed_server_is_restarted_by_starter(facility):
     The bench's server: it has run since Starter started (the others were restarted by the
     rename), and the instrument servers must then find their instruments again by themselves."""
     name = "VirtualBench/lab"
+    wait_running(facility, [name])
     pid = facility.server_pids()[name]
     wait_until(lambda: process_age_s(pid) > 65, timeout=90, interval=1.0,
                what="the server has run longer than AutoRestartDuration")
