@@ -41,7 +41,7 @@ from sardana.pool.controller import (
     Type,
 )
 
-from tango_db.roles import device as role_device
+from tango_db.roles import device_or_empty as role_default
 
 TIMEOUT_MS = 3000
 FRAME_TIMEOUT_S = 10.0  # beyond the exposure
@@ -52,14 +52,6 @@ def safe(name: str) -> str:
     return name.strip("/").replace("/", "_")
 
 
-def role_default(role: str) -> str:
-    """The device playing ``role`` in the deployed lab (``tango_db.roles``: the database's
-    ``tangodaq``/``Roles``), or "" when the lab has no such role. Asked when an axis is created,
-    so a deployment's names apply without a Pool restart (roles are cached a few seconds)."""
-    try:
-        return role_device(role)
-    except KeyError:
-        return ""
 
 
 class CameraTwoDController(TwoDController, Referable):

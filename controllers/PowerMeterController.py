@@ -43,7 +43,7 @@ from sardana.pool.controller import (
     Type,
 )
 
-from tango_db.roles import device as role_device
+from tango_db.roles import device_or_empty as role_default
 
 TIMEOUT_MS = 2000
 SAMPLE_PERIOD_S = 0.02  # how often the Tango attribute is re-read (its value changes at PollPeriodMs)
@@ -56,14 +56,6 @@ def default_stream(device: str) -> str:
     return device.strip("/").replace("/", ".") + ".power"
 
 
-def role_default(role: str) -> str:
-    """The device playing ``role`` in the deployed lab (``tango_db.roles``: the database's
-    ``tangodaq``/``Roles``), or "" when the lab has no such role. Asked when an axis is created,
-    so a deployment's names apply without a Pool restart (roles are cached a few seconds)."""
-    try:
-        return role_device(role)
-    except KeyError:
-        return ""
 
 
 class Count:

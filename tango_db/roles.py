@@ -124,3 +124,13 @@ def device(role: str, db=None) -> str:
             f"the lab has no device for the role {role!r} (roles: {', '.join(sorted(roles))}); "
             f"add it to the 'roles' section of the lab's configuration and deploy again"
         ) from None
+
+
+def device_or_empty(role: str) -> str:
+    """The device playing ``role``, or "" when the lab has none: a default for a Sardana
+    controller's axis attribute, asked when the axis is created (a deployment's names apply
+    without a Pool restart; roles are cached a few seconds)."""
+    try:
+        return device(role)
+    except KeyError:
+        return ""
