@@ -231,15 +231,17 @@ def test_the_server_closes_the_shutter_when_its_lease_is_not_renewed(
     with pytest.raises(tango.DevFailed, match="No shutter lease"):
         laser.RenewShutterLease(5.0)  # nothing to renew: a renewal never opens
     assert not sim_ok.shutter_open
-    laser.OpenShutterWithLease(1.0)
-    assert sim_ok.shutter_open and 0 < laser.ShutterLease <= 1.0
-    for _ in range(4):  # renewed for 2 s, twice the lease: stays open
-        wait_until(lambda: laser.ShutterLease < 0.6, 2, interval=0.05, what="the lease to run down")
-        assert laser.RenewShutterLease(1.0) == 1.0
-        assert sim_ok.shutter_open
-    t0 = time.monotonic()
-    wait_until(lambda: not sim_ok.shutter_open, 4, interval=0.05, what="the server to close the shutter")
-    assert time.monotonic() - t0 < 1.0 + 0.1 + 0.3 + 0.5  # lease + poll period + shutter lag + margin
+    laser.OpenShutterWithLease(2.0)
+    assert sim_ok.shutter_open and 0 < laser.ShutterLease <= 2.0
+    opened = time.monotonic()
+    while time.monotonic() - opened < 3.0:  # renewed past the first lease's end: stays open
+        # early, with 1.5 s to spare: a renewal delayed by a loaded machine still comes in time
+        wait_until(lambda: laser.ShutterLease <= 1.5, 3, interval=0.05, what="the lease to run down a little")
+        renewed = time.monotonic()  # before the call: the server's lease ends 2 s after this, or later
+        assert laser.RenewShutterLease(2.0) == 2.0
+        assert sim_ok.shutter_open  # checked well before the renewed lease can end
+    wait_until(lambda: not sim_ok.shutter_open, 10, interval=0.05, what="the server to close the shutter")
+    assert time.monotonic() - renewed >= 2.0  # closed after the lease, never before it
     wait_until(lambda: "lease expired" in laser.Status() and laser.State() == ON, 3,
                what="Status to say why the shutter closed")
     with pytest.raises(tango.DevFailed, match="No shutter lease"):
@@ -318,3 +320,38 @@ def test_usb_link_emission_bit_and_server_stop_closes_the_shutter() -> None:
             assert b"TIMER:WATCHDOG 30" in {raw.upper() for _, raw in sim.log}
         assert not sim.shutter_open  # the server closed what it opened when it stopped
         assert sim.emission
+
+
+# ---------------------------------------------------------------------- the client's side (macros, experiment)
+def test_shutter_lease_client_holds_the_light_past_its_lease_and_closes_it(
+        laser: tango.DeviceProxy, sim_ok: MaiTaiSimulator) -> None:
+    """deviceservers.MaiTai.lease against the real server: its thread renews a lease shorter than
+    the hold, the server vouches for it (macro lease), and close() ends it; a renewal refused
+    (the shutter closed by somebody else) is a lost lease that check() reports."""
+    from deviceservers.MaiTai.lease import LeaseLost, ShutterLease
+
+    emitting(laser, sim_ok)
+
+    def connect(_: str) -> tango.DeviceProxy:  # the test context's device has no database name: copy
+        proxy = tango.DeviceProxy(laser)
+        proxy.set_timeout_millis(10000)
+        return proxy
+
+    hold = ShutterLease("laser", owner="test", lease_s=1.0, renew_every_s=0.25, connect=connect)
+    hold.open()
+    opened = time.monotonic()
+    assert sim_ok.shutter_open and "macro lease" in laser.Status()
+    wait_until(lambda: time.monotonic() - opened > 2.5, 5, what="2.5 s: past the 1 s lease, renewed")
+    assert sim_ok.shutter_open and laser.ShutterLease > 0
+    hold.check()
+    hold.close()
+    assert not sim_ok.shutter_open and laser.ShutterLease == 0.0
+
+    hold = ShutterLease("laser", owner="test", lease_s=1.0, renew_every_s=0.25, connect=connect)
+    hold.open()
+    laser.CloseShutter()  # somebody else closes it: the next renewal is refused
+    wait_until(lambda: hold.lost, 5, what="the refused renewal to be kept")
+    with pytest.raises(LeaseLost, match="No shutter lease"):
+        hold.check()
+    hold.release()
+    assert not sim_ok.shutter_open
