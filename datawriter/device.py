@@ -41,7 +41,8 @@ from .recorder import Recorder, RecorderStats
 from .ring import RingError, RingReader, list_streams
 
 EVENT_ATTRIBUTES = ("Recording", "RecordsWritten", "BytesWritten", "WriteRate", "Backlog", "DroppedRecords")
-STOP_WAIT_S = 2.0  # StopRecording waits this long for the file to close (under the 3 s client time-out)
+STOP_WAIT_S = 2.0  # StopRecording and Init wait this long for the file to close (under the 3 s client time-out)
+SHUTDOWN_WAIT_S = 10.0  # a server shutting down waits this long for the file to close before it exits
 
 
 START_KEYS = {"name": "file name prefix and title (text, at most 200 characters)",
@@ -205,23 +206,55 @@ class DataWriter(Device):
 
     def init_device(self) -> None:
         super().init_device()
-        self._recorder: Recorder | None = None
-        self._journal: recovery.Journal | None = None
-        self._file_path = ""
-        self._stats = RecorderStats()
-        self._streams: list[str] = []
+        # An Init whose delete_device could not wait for a stop to finish: that recorder still
+        # writes its file (and owns its journal); it is kept, never dropped, never taken for a crash.
+        finishing: Recorder | None = getattr(self, "_recorder", None)
+        if finishing is not None and not finishing.running:
+            finishing = None
+        self._recorder = finishing
+        self._journal: recovery.Journal | None = getattr(self, "_journal", None) if finishing else None
+        self._file_path = self._file_path if finishing else ""
+        self._stats = finishing.stats() if finishing else RecorderStats()
+        self._streams: list[str] = list(finishing.stream_names) if finishing else []
         self._last_push = 0.0
         self._last_recovery = ""
         for name in EVENT_ATTRIBUTES:
             self.set_change_event(name, True, False)
-        self.set_state(DevState.ON)
-        self.set_status("Idle: call StartRecording to record " + (", ".join(self.Streams) or "every stream on this host"))
+        if finishing is not None:
+            self.set_state(DevState.RUNNING)
+            self.set_status(f"Finishing {finishing.path} (stopped by Init): writing the {finishing.stats().backlog} "
+                            "records still in the rings; Recording turns False when done")
+        else:
+            self.set_state(DevState.ON)
+            self.set_status("Idle: call StartRecording to record " + (", ".join(self.Streams) or "every stream on this host"))
         self._recover()
 
     def delete_device(self) -> None:
+        """Stop the recording (Init, server shutdown). Its journal is marked ``stopping`` first:
+        if the process dies before the file is closed, the next start repairs the file and does
+        not continue a recording that was being stopped. An Init waits as long as a client waits
+        for StopRecording and lets a longer stop finish in the background (init_device keeps the
+        recorder); a server shutting down waits longer, since its threads die with it."""
         rec = self._recorder
-        if rec is not None and rec.running:
-            rec.stop(timeout=10.0)
+        if rec is None or not rec.running:
+            return
+        self._mark_stopping()
+        try:
+            shutting_down = tango.Util.instance().is_svr_shutting_down()
+        except tango.DevFailed:  # no Util (not in a server): treat as shutting down, wait longest
+            shutting_down = True
+        if not rec.stop(timeout=SHUTDOWN_WAIT_S if shutting_down else STOP_WAIT_S):
+            self.warn_stream(f"{rec.path} still being written after the stop request "
+                             f"({rec.stats().backlog} records left); it finishes in the background")
+
+    def _mark_stopping(self) -> None:
+        journal = self._journal
+        if journal is None:
+            return
+        try:
+            journal.set_state("stopping")
+        except OSError as exc:
+            self.warn_stream(f"recovery journal not updated: {exc}")
 
     # ------------------------------------------------------------------------- attributes
 
@@ -351,7 +384,8 @@ class DataWriter(Device):
             awaited_streams=awaited,
             manifest=(lambda: read_manifest(devices)) if devices else None,
             on_stats=self._on_stats,
-            on_finished=self._on_finished,
+            # the journal goes with its recording: an Init meanwhile may have reset self._journal
+            on_finished=lambda p, e, j=journal: self._on_finished(p, e, j),
             on_flush=journal.update if journal is not None else None,
             thread_context=tango.EnsureOmniThread,
         )
@@ -372,12 +406,8 @@ class DataWriter(Device):
         rec = self._recorder
         if rec is None:
             return self._file_path
-        journal = self._journal
-        if rec.running and journal is not None:
-            try:  # killed while finishing: recover the file, do not continue the recording
-                journal.set_state("stopping")
-            except OSError as exc:
-                self.warn_stream(f"recovery journal not updated: {exc}")
+        if rec.running:  # killed while finishing: recover the file, do not continue the recording
+            self._mark_stopping()
         if rec.running and not rec.stop(timeout=STOP_WAIT_S):
             self.set_status(
                 f"Finishing {rec.path}: writing the {rec.stats().backlog} records still in the rings; Recording turns False when done"
@@ -409,11 +439,21 @@ class DataWriter(Device):
             return
         if journal is None:
             return
-        continuing = journal.get("state") == "recording" and not journal.get("error") and os.path.exists(
-            str(journal.get("path") or ""))
+        busy = self._recorder is not None and self._recorder.running  # an Init while a stop drains
+        continuing = (journal.get("state") == "recording" and not journal.get("error") and not busy
+                      and os.path.exists(str(journal.get("path") or "")))
         name = str(journal.get("name") or "recording")
         new_path = self._new_path(name) if continuing else ""
         report = recovery.repair(journal, continued_in=new_path, count_unflushed=not continuing)
+        if report.closed_cleanly:  # killed after closing the file, before removing the journal
+            self.info_stream(report.text())
+            try:
+                os.unlink(journal["journal"])
+            except OSError:
+                pass
+            if not busy:
+                self.set_status(f"{self.get_status()}. {report.text()}")
+            return
         self._last_recovery = report.text()
         fault_log.record(self.get_name(), "CRASH_RECOVERY" if report.ok else "FAULT", self._last_recovery,
                          logging.WARNING if report.ok else logging.ERROR)
@@ -436,6 +476,11 @@ class DataWriter(Device):
                 self._last_recovery += f"; it could not be continued: {exc.args[0].desc}"
                 self.error_stream(self._last_recovery)
                 self.set_status(f"{self.get_status()} {self._last_recovery}")
+            return
+        if busy:  # the recording still finishing keeps the Status; the recovery is added to it
+            if journal.get("state") == "recording":
+                self._last_recovery += "; not continued: the previous recording was still finishing"
+            self.set_status(f"{self.get_status()}. {self._last_recovery}")
             return
         self.set_status(f"Idle. {self._last_recovery}")
 
@@ -474,12 +519,16 @@ class DataWriter(Device):
         self.push_change_event("Backlog", s.backlog)
         self.push_change_event("DroppedRecords", s.dropped_records)
 
-    def _on_finished(self, path: str, error: BaseException | None) -> None:
+    def _on_finished(self, path: str, error: BaseException | None, journal: recovery.Journal | None) -> None:
         rec = self._recorder
-        journal = self._journal
-        if journal is not None and journal.data.get("path") == path:  # not a newer recording's
+        # The file is closed: nothing to recover any more. Unless a newer recording already wrote
+        # its own journal at the same path (it may start as soon as this one stops running).
+        if journal is not None and (self._journal is journal or self._journal is None):
             self._journal = None
-            journal.remove()
+            try:
+                journal.remove()
+            except OSError as exc:
+                self.warn_stream(f"recovery journal {journal.path} not removed: {exc}")
         frame_io = ""
         if rec is not None:
             self._stats = rec.stats()

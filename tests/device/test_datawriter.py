@@ -21,6 +21,7 @@ import datawriter
 from datawriter.device import DataWriter
 from datawriter.ring import FrameStreamWriter, ScalarStreamWriter, create_frame_stream, create_scalar_stream
 from tests.ports import free_port_block
+from tests.unit.test_recovery import kill, run_writer
 
 
 class Motor(Device):
@@ -37,6 +38,27 @@ class Motor(Device):
     @attribute(dtype=float)
     def Broken(self) -> float:
         raise RuntimeError("sensor unplugged")
+
+
+class SlowMotor(Device):
+    """A manifest subject whose reading takes ``Delay`` seconds: makes a recording's end slow."""
+
+    def init_device(self) -> None:
+        super().init_device()
+        self._delay = 0.0
+
+    @attribute(dtype=float, unit="s")
+    def Delay(self) -> float:
+        return self._delay
+
+    @Delay.write
+    def Delay(self, value: float) -> None:
+        self._delay = value
+
+    @attribute(dtype=float, unit="mm")
+    def Position(self) -> float:
+        time.sleep(self._delay)
+        return 1.0
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
@@ -349,3 +371,57 @@ def test_bad_start_arguments_refused_without_side_effect(tmp_path, streams) -> N
         dw.StopRecording()
         wait_until(lambda: dw.state() == DevState.ON, what="ON")
     assert os.path.basename(path).startswith("ok_")
+
+
+def test_restart_and_init_never_recover_a_recording_that_is_not_crashed(tmp_path, streams, ring_device) -> None:
+    """Two journals that are no crash. (1) The writer was killed after it closed its file and
+    before it removed the journal: the restarted DataWriter drops the journal, leaves the file
+    as it is and starts nothing. (2) Init while a stop drains (here a slow end manifest): Init
+    answers within the client time-out, the recording finishes in the background into its own
+    file, properly closed; the journal of this process is not taken for a crash (no repair, no
+    second recorder, no second file)."""
+    cam, pm = streams
+    prod = Producer(cam, pm)
+    name = "test/datawriter/1"
+    closed = str(tmp_path / "closed.h5")
+    other = create_scalar_stream(ring_device, "power", units="W", rows_per_record=10)
+    try:
+        kill(run_writer(closed, other, tmp_path, "closed", device=name))
+    finally:
+        other.close(unlink=True)
+    before = open(closed, "rb").read()
+    port = free_port_block(1)
+    slow = [f"tango://127.0.0.1:{port}/test/slow/{i}#dbase=no" for i in (1, 2)]
+    info = [
+        {"class": DataWriter, "devices": [{"name": name, "properties": {
+            "OutputDir": str(tmp_path), "Streams": [cam.name, pm.name], "ManifestDevices": slow}}]},
+        {"class": SlowMotor, "devices": [{"name": "test/slow/1"}, {"name": "test/slow/2"}]},
+    ]
+    with MultiDeviceTestContext(info, process=True, host="127.0.0.1", port=port) as ctx:
+        dw = tango.DeviceProxy(ctx.get_device_access(name))
+        assert dw.state() == DevState.ON and not dw.Recording, dw.status()
+        assert "closed properly" in dw.status() and "nothing to recover" in dw.status(), dw.status()
+        assert dw.LastRecovery == ""
+        assert open(closed, "rb").read() == before, "the finished file is not touched"
+        assert sorted(os.listdir(tmp_path)) == ["closed.h5"], "journal dropped, no continuation file"
+
+        path = dw.StartRecording('{"name": "long stop"}')
+        prod.frames(20)
+        wait_until(lambda: dw.RecordsWritten == 40, what="20 frames and 20 power records written")
+        for dev in slow:  # the end manifest now takes about 4 s, more than a client waits
+            tango.DeviceProxy(dev).Delay = 1.9
+        dw.Init()  # with the client's default 3 s time-out: Init must answer before
+        assert dw.state() == DevState.RUNNING and dw.Recording and dw.FilePath == path, dw.status()
+        assert "Finishing" in dw.status() and "Init" in dw.status(), dw.status()
+        assert dw.LastRecovery == "", "its own recording is not a crash"
+        journals = [n for n in os.listdir(tmp_path) if n.startswith(".tangodaq-journal.")]
+        assert len(journals) == 1 and json.loads((tmp_path / journals[0]).read_text())["state"] == "stopping"
+        wait_until(lambda: dw.state() == DevState.ON, 15, what="the background stop to finish")
+        assert "Last recording: " + path in dw.status(), dw.status()
+        assert sorted(os.listdir(tmp_path)) == sorted(["closed.h5", os.path.basename(path)])
+    with h5py.File(path, "r") as f:  # plain h5py: closed properly, by the one recorder
+        entry = f["entry"]
+        assert entry["end_time"][()] and "ended_abnormally" not in entry and "continued_in" not in entry.attrs
+        frames = f"{group(cam.ring.description['producer_device'])}/frames"
+        assert list(f[f"{frames}/frame_number"][:]) == list(range(20))
+        assert int(f[f"{frames}/lost_records"][()]) == 0 and "manifest_end" in entry["instrument"]

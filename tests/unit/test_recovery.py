@@ -39,10 +39,10 @@ from datawriter import recovery
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec
 from datawriter.recorder import Recorder
 from datawriter.ring import RingReader
-path, stream, folder, mode = sys.argv[1:5]
+path, stream, folder, mode, device = sys.argv[1:6]
 r = RingReader(stream, start="oldest")
 sink = Hdf5Sink(path, [StreamSpec(stream, r.schema, r.description)], title="t")
-journal = recovery.Journal(recovery.journal_path(folder, "test/dw/1"), {"path": path, "name": "t", "metadata": {}})
+journal = recovery.Journal(recovery.journal_path(folder, device), {"path": path, "name": "t", "metadata": {}})
 frozen, seen = False, [0]
 def on_flush(progress):
     seen[0] = next(iter(progress["groups"].values()))["rows"]
@@ -78,12 +78,13 @@ def _write(pm: ScalarStreamWriter, values: range) -> None:
         pm.write(time.time() + np.arange(10) * 1e-3, np.full(10, float(i)))
 
 
-def _writer(path: str, pm: ScalarStreamWriter, folder: Path, mode: str) -> subprocess.Popen[str]:
-    """Start the writer on records 0-2 (and 3-4 when it asks for more); return it when it is
-    where ``mode`` says, still running, for the caller to kill."""
+def run_writer(path: str, pm: ScalarStreamWriter, folder: Path, mode: str, device: str = DEVICE) -> subprocess.Popen[str]:
+    """Start a writer of ``device`` on records 0-2 of ``pm`` (a stream of 10 rows per record),
+    and 3-4 when it asks for more; return it when it is where ``mode`` says, still running, for
+    the caller to kill (the DataWriter's device tests use it too)."""
     _write(pm, range(3))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, path, pm.name, str(folder), mode], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, path, pm.name, str(folder), mode, device], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().strip()
@@ -98,7 +99,7 @@ def _writer(path: str, pm: ScalarStreamWriter, folder: Path, mode: str) -> subpr
     return proc
 
 
-def _kill(proc: subprocess.Popen[str]) -> None:
+def kill(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
 
@@ -106,7 +107,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 def test_killed_while_stopping_is_repaired_and_losses_counted(tmp_path, power) -> None:
     pm = power
     path = str(tmp_path / "rec.h5")
-    _kill(_writer(path, pm, tmp_path, "stopping"))
+    kill(run_writer(path, pm, tmp_path, "stopping"))
     _write(pm, range(3, 7))  # committed after the writer died: in no file
     journal = wait_until(lambda: recovery.stale_journal(str(tmp_path), DEVICE), 5, what="a stale journal")
     assert journal["state"] == "stopping" and journal["path"] == path
@@ -130,7 +131,7 @@ def test_rows_flushed_after_the_last_journal_update_are_cut(tmp_path, power) -> 
     continuation counts them lost once, not kept and lost."""
     pm = power
     path = str(tmp_path / "rec.h5")
-    _kill(_writer(path, pm, tmp_path, "ahead"))
+    kill(run_writer(path, pm, tmp_path, "ahead"))
     journal = recovery.stale_journal(str(tmp_path), DEVICE)
     assert journal is not None
     stream = journal["streams"][pm.name]
@@ -152,7 +153,7 @@ def test_file_closed_before_the_kill_is_left_alone(tmp_path, power) -> None:
     removed: the file is finished; nothing is cut, nothing marked abnormal, nothing recovered."""
     pm = power
     path = str(tmp_path / "rec.h5")
-    _kill(_writer(path, pm, tmp_path, "closed"))
+    kill(run_writer(path, pm, tmp_path, "closed"))
     journal = recovery.stale_journal(str(tmp_path), DEVICE)
     assert journal is not None and journal["groups"][journal["streams"][pm.name]["group"]]["rows"] == 30
     with h5py.File(path, "r") as f:  # closed properly: plain h5py opens it
@@ -175,7 +176,7 @@ def test_journal_of_a_killed_unreaped_writer_is_stale(tmp_path, power) -> None:
     recovered, not left alone as if it still ran."""
     pm = power
     path = str(tmp_path / "rec.h5")
-    proc = _writer(path, pm, tmp_path, "stopping")
+    proc = run_writer(path, pm, tmp_path, "stopping")
     try:
         assert recovery.stale_journal(str(tmp_path), DEVICE) is None, "its writer runs"
         os.kill(proc.pid, signal.SIGKILL)
