@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import tango
@@ -106,8 +109,47 @@ def test_laser_server_killed_with_the_shutter_open_restarts_with_it_closed(lab, 
                what="the restarted laser server to close the shutter nobody holds")
     print(f"shutter closed {time.monotonic() - killed:.1f} s after the laser server was killed")
     wait_until(lambda: lab.pid_of("MaiTai/lab") != pid, 5, what="a new laser server")
-    wait_until(lambda: "nobody holds a lease" in laser.Status(), 10, what="Status to say why it closed")
-    assert laser.State() == tango.DevState.ON and not laser.Shutter  # emission kept: the restart was short
+    # "closed by this server": the server has read the shutter closed (while it still reads open,
+    # Status says it is closing it, for the same reason, and State is ALARM)
+    wait_until(lambda: "closed by this server" in laser.Status() and "nobody holds a lease" in laser.Status(), 10,
+               what="Status to say why it closed")
+    assert laser.State() == tango.DevState.ON and not laser.Shutter, laser.Status()  # emission kept: short restart
+
+
+EXPERIMENT_HOLDING_LIGHT = """
+import time
+from tango_db import experiment
+experiment.laser_on(lambda line: None)  # opens the shutter held by the experiment's renewed lease
+print("HELD", flush=True)
+time.sleep(300)
+"""
+
+
+def test_the_experiment_holds_its_light_by_a_renewed_lease_that_ends_with_its_process(lab, bench, laser):
+    """tango_db/experiment.py opens with OpenShutterWithLease and renews from a thread: the shutter
+    stays open past the 5 s lease while the process lives, and closes within it once it is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", EXPERIMENT_HOLDING_LIGHT], env=lab.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "HELD", line + proc.stdout.read() if proc.poll() is not None else line
+        opened = time.monotonic()
+        assert beam_shutter_open(bench) and "macro lease" in laser.Status()
+        # renewed: still open after more than the lease (the check at 6.5 s, a renewal every 1 s)
+        wait_until(lambda: time.monotonic() - opened > MACRO_LEASE_S + 1.5 or not beam_shutter_open(bench),
+                   MACRO_LEASE_S + 5, interval=0.1)
+        assert beam_shutter_open(bench) and laser.ShutterLease > 0
+        proc.kill()
+        killed = time.monotonic()
+        wait_until(lambda: not beam_shutter_open(bench), SHUTTER_CLOSED_AFTER_MACROSERVER_DEATH_S + 5, interval=0.05,
+                   what="the laser server to close the shutter when the dead experiment's lease ran out")
+        print(f"shutter closed {time.monotonic() - killed:.1f} s after the experiment's process was killed")
+        # and read back closed by the server (until then it is still closing it: ALARM, OpenShutter refused)
+        wait_until(lambda: "lease expired" in laser.Status() and "closed by this server" in laser.Status()
+                   and laser.State() == tango.DevState.ON, 5, what="the laser's Status to say why it closed")
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def scan_rows(lines: list[str]) -> list[list[float]]:
@@ -136,7 +178,8 @@ def test_pause_closes_the_shutter_and_only_the_macro_reopens_it_on_resume(lab, b
     that lands on its ascan between two points; after each resume no point is measured dark."""
     door = lab.proxy("door/lab/1", timeout_ms=10000)
     run = MacroInThread(door_name, "polarization_scan", "hwp", 0, 180, 12, 0.3)
-    wait_until(lambda: laser.Shutter and laser.ShutterLease > 0, 20, what="the macro to open the shutter")
+    wait_until(lambda: (laser.Shutter and laser.ShutterLease > 0) or run.error, 20, what="the macro to open the shutter")
+    assert run.error is None, (run.error, run.lines)
     pause_and_resume(door, bench, laser)
     wait_until(lambda: len(scan_rows(run.lines)) >= 3, 20, what="three points of the scan")
     pause_and_resume(door, bench, laser)
