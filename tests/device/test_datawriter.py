@@ -390,35 +390,32 @@ def test_restart_and_init_never_recover_a_recording_that_is_not_crashed(tmp_path
     finally:
         other.close(unlink=True)
     before = open(closed, "rb").read()
-    port = free_port_block(1)
-    slow = [f"tango://127.0.0.1:{port}/test/slow/{i}#dbase=no" for i in (1, 2)]
-    info = [
-        {"class": DataWriter, "devices": [{"name": name, "properties": {
-            "OutputDir": str(tmp_path), "Streams": [cam.name, pm.name], "ManifestDevices": slow}}]},
-        {"class": SlowMotor, "devices": [{"name": "test/slow/1"}, {"name": "test/slow/2"}]},
-    ]
-    with MultiDeviceTestContext(info, process=True, host="127.0.0.1", port=port) as ctx:
-        dw = tango.DeviceProxy(ctx.get_device_access(name))
-        assert dw.state() == DevState.ON and not dw.Recording, dw.status()
-        assert "closed properly" in dw.status() and "nothing to recover" in dw.status(), dw.status()
-        assert dw.LastRecovery == ""
-        assert open(closed, "rb").read() == before, "the finished file is not touched"
-        assert sorted(os.listdir(tmp_path)) == ["closed.h5"], "journal dropped, no continuation file"
+    # A second MultiDeviceTestContext in one test process cannot be connected to (the module's
+    # first test has one): the slow manifest device gets a context of its own.
+    slow_ctx = DeviceTestContext(SlowMotor, device_name="test/slow/1", process=True)
+    with slow_ctx as slow_motor:
+        props = {"OutputDir": str(tmp_path), "Streams": [cam.name, pm.name],
+                 "ManifestDevices": [slow_ctx.get_device_access()] * 2}  # each manifest reads it twice
+        with DeviceTestContext(DataWriter, device_name=name, properties=props, process=True) as dw:
+            assert dw.state() == DevState.ON and not dw.Recording, dw.status()
+            assert "closed properly" in dw.status() and "nothing to recover" in dw.status(), dw.status()
+            assert dw.LastRecovery == ""
+            assert open(closed, "rb").read() == before, "the finished file is not touched"
+            assert sorted(os.listdir(tmp_path)) == ["closed.h5"], "journal dropped, no continuation file"
 
-        path = dw.StartRecording('{"name": "long stop"}')
-        prod.frames(20)
-        wait_until(lambda: dw.RecordsWritten == 40, what="20 frames and 20 power records written")
-        for dev in slow:  # the end manifest now takes about 4 s, more than a client waits
-            tango.DeviceProxy(dev).Delay = 1.9
-        dw.Init()  # with the client's default 3 s time-out: Init must answer before
-        assert dw.state() == DevState.RUNNING and dw.Recording and dw.FilePath == path, dw.status()
-        assert "Finishing" in dw.status() and "Init" in dw.status(), dw.status()
-        assert dw.LastRecovery == "", "its own recording is not a crash"
-        journals = [n for n in os.listdir(tmp_path) if n.startswith(".tangodaq-journal.")]
-        assert len(journals) == 1 and json.loads((tmp_path / journals[0]).read_text())["state"] == "stopping"
-        wait_until(lambda: dw.state() == DevState.ON, 15, what="the background stop to finish")
-        assert "Last recording: " + path in dw.status(), dw.status()
-        assert sorted(os.listdir(tmp_path)) == sorted(["closed.h5", os.path.basename(path)])
+            path = dw.StartRecording('{"name": "long stop"}')
+            prod.frames(20)
+            wait_until(lambda: dw.RecordsWritten == 40, what="20 frames and 20 power records written")
+            slow_motor.Delay = 1.9  # the end manifest now takes about 4 s, more than a client waits
+            dw.Init()  # with the client's default 3 s time-out: Init must answer before
+            assert dw.state() == DevState.RUNNING and dw.Recording and dw.FilePath == path, dw.status()
+            assert "Finishing" in dw.status() and "Init" in dw.status(), dw.status()
+            assert dw.LastRecovery == "", "its own recording is not a crash"
+            journals = [n for n in os.listdir(tmp_path) if n.startswith(".tangodaq-journal.")]
+            assert len(journals) == 1 and json.loads((tmp_path / journals[0]).read_text())["state"] == "stopping"
+            wait_until(lambda: dw.state() == DevState.ON, 15, what="the background stop to finish")
+            assert "Last recording: " + path in dw.status(), dw.status()
+            assert sorted(os.listdir(tmp_path)) == sorted(["closed.h5", os.path.basename(path)])
     with h5py.File(path, "r") as f:  # plain h5py: closed properly, by the one recorder
         entry = f["entry"]
         assert entry["end_time"][()] and "ended_abnormally" not in entry and "continued_in" not in entry.attrs
