@@ -28,6 +28,9 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from deviceservers.common.procfs import alive  # noqa: F401 - also imported by tango_db.cli
+from deviceservers.common.procfs import start_time as proc_starttime
+
 from . import paths
 from .processes import ProcessSpec
 
@@ -54,26 +57,6 @@ def _child_setup() -> None:  # runs in the child between fork and exec
 
 
 # --- /proc helpers (no psutil) ------------------------------------------------------------------
-
-
-def proc_starttime(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (None when gone or a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def alive(pid: int | None, starttime: int | None = None) -> bool:
-    """``pid`` runs and (if given) is the process that started at ``starttime`` (not a reuse)."""
-    if not pid:
-        return False
-    st = proc_starttime(pid)
-    return st is not None and (starttime is None or st == starttime)
 
 
 def kill_group(pgid: int, sig: int) -> bool:
