@@ -120,7 +120,7 @@ def _settled_power(pm: tango.DeviceProxy) -> float | None:
 
 def run_demo(say: Say = print) -> int:
     from .door_client import MacroFailed
-    from .experiment import ExperimentError, laser_on, proxy, run_experiment
+    from .experiment import ExperimentError, laser_on, release_light, run_experiment
 
     t0 = time.monotonic()
     say("tangodaq demo: the simulated lab, through Tango")
@@ -135,7 +135,7 @@ def run_demo(say: Say = print) -> int:
         return 1
     finally:
         try:
-            proxy("laser").CloseShutter()
+            release_light()  # stop renewing this process's shutter lease, then close
         except (tango.DevFailed, ExperimentError):
             say("   COULD NOT CLOSE THE LASER SHUTTER: close it by hand")
     s = res.summary
