@@ -103,6 +103,15 @@ def _supervise(args, config: dict) -> int:
         calls = write_config(config, db)
         if write_roles(db, config["roles"]):
             calls.append(("put_property", ("tangodaq", "Roles"), {}))
+        if any(si.server == "Pool" for si in server_instances(config)):
+            # the same description a facility deployment stores: the MacroServer (started through
+            # tango_db.sardana_servers) restores missing environment variables at every (re)start,
+            # so a MacroServer that crashed does not come back without ScanDir / ActiveMntGrp
+            from .deploy import sardana_changes, sardana_description
+
+            for change in sardana_changes(db, sardana_description(config, None, paths.data_dir())):
+                change.apply()
+                calls.append(("put_property", ("tangodaq", "Sardana"), {}))
         return (
             f"{lab_name} loaded ({len(calls)} change{'s' if len(calls) > 1 else ''})"
             if calls
