@@ -313,11 +313,14 @@ def test_garbled_and_truncated_replies_are_reported_with_their_bytes_not_as_time
 def test_first_connection_is_not_a_failure_until_it_failed():
     """INIT while the first connection is under way; FAULT only once it really failed."""
     from deviceservers.common.component import Component, DeviceState
+    from tests.ports import free_port_block
 
+    # A port below the ephemeral range: links are shared per URL in a process, and an ephemeral
+    # port another test's (still registered) link used would hand this test that old link.
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    port = free_port_block(1)
+    listener.bind(("127.0.0.1", port))
     listener.listen(1)  # accepts the TCP connection but never answers: the hook waits
-    port = listener.getsockname()[1]
     comp = Component(settings(f"socket://127.0.0.1:{port}", timeout_s=0.5, retries=0))
     states: list[DeviceState] = []
     comp.add_state_listener(lambda s, _status: states.append(s))
