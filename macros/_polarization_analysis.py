@@ -136,6 +136,16 @@ def fit_offsets(hwp_deg, qwp_deg, pol_deg, wavelength_nm, power, starts: int = 6
             best = (cost, x)
     assert best is not None
     cost, x = best
+    # A quarter-wave plate turned by 90° is almost the same plate: at its design wavelength the
+    # powers are identical (the light is only conjugated), and only the other wavelengths'
+    # retardance tells the two apart, so the starts above can settle on the wrong branch (88.5°
+    # for a -1.7° plate, seen once in CI). Refine from the mirrored branch too; keep the better.
+    mirrored = x.copy()
+    mirrored[1] += 90.0
+    xm = _levenberg_marquardt(residual, mirrored)
+    cm = float(np.sum(residual(xm) ** 2))
+    if cm < cost:
+        cost, x = cm, xm
     rms = math.sqrt(cost / len(y))
 
     def wrap(v: float, period: float) -> float:
