@@ -139,6 +139,7 @@ class Component(StateReporter):
         self._poll_thread: threading.Thread | None = None
         self._remove_health_listener: Callable[[], None] | None = None
         self._ready = False  # on_connect completed since the last link loss
+        self._hook_error = ""  # why on_connect failed on a link that stayed open (joined a shared link)
         self._error_count = 0
         self._last_error = ""
         self.fast_poll_period_s = min(0.1, poll_period_s)
@@ -243,7 +244,7 @@ class Component(StateReporter):
             # The first connection is still under way: INIT, not a FAULT nobody can act on yet.
             state, status = DeviceState.INIT, f"Connecting to the {self.label} on {self.settings.url}"
         elif link is None or not link.connected or not self._ready:
-            reason = link.health.down_reason if link is not None else "not started"
+            reason = (link.health.down_reason if link is not None else "not started") or self._hook_error or "no answer yet"
             state = DeviceState.FAULT
             status = (
                 f"No communication with the {self.label} on {self.settings.url}: {reason}. "
@@ -267,8 +268,18 @@ class Component(StateReporter):
 
     # ------------------------------------------------------------------ internals
     def _connect_hook(self, port: Port) -> None:
+        """``on_connect`` at every (re)connection. When this component joined a link that was
+        already open (another device on the bus, or the link connected before the hook was added)
+        the hook runs as a plain request and a failure does not take the link down: the state is
+        refreshed here (FAULT with the reason, never a silent INIT) and the poll loop retries."""
         self._ready = False
-        self.on_connect(port)
+        try:
+            self.on_connect(port)
+        except Exception as exc:
+            self._hook_error = str(exc) or type(exc).__name__
+            self._refresh_state()
+            raise
+        self._hook_error = ""
         self._ready = True
 
     def _on_health(self, health: LinkHealth) -> None:
@@ -281,7 +292,14 @@ class Component(StateReporter):
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            if self.link is not None and self.link.connected and self._ready:
+            if self.link is not None and self.link.connected and not self._ready and self._hook_error:
+                try:  # the instrument did not answer the connect hook on an open link: ask again
+                    self.link.submit(self._connect_hook, idempotent=True, description="connect hook").result()
+                except Exception as exc:  # noqa: BLE001 - reported through the state (see _connect_hook)
+                    self.log.debug("%s: connect hook failed again: %s", self.label, exc)
+                else:
+                    self._refresh_state()
+            elif self.link is not None and self.link.connected and self._ready:
                 try:
                     self.poll()
                 except InstrumentError as exc:
