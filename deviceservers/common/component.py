@@ -137,7 +137,6 @@ class Component(StateReporter):
         self._stop = threading.Event()
         self._poll_now = threading.Event()
         self._poll_thread: threading.Thread | None = None
-        self._remove_health_listener: Callable[[], None] | None = None
         self._ready = False  # on_connect completed since the last link loss
         self._hook_error = ""  # why on_connect failed on a link that stayed open (joined a shared link)
         self._error_count = 0
@@ -155,9 +154,10 @@ class Component(StateReporter):
     def start(self) -> None:
         """Acquire the (possibly shared) link and start polling. Returns at once."""
         self._stop.clear()
-        self.link = acquire_link(self.settings, logger=self.log)
-        self._remove_health_listener = self.link.add_health_listener(self._on_health)
-        self.link.add_connect_hook(self._connect_hook)
+        # Hook and listener registered before a new link starts: its first connection runs the hook.
+        self.link = acquire_link(
+            self.settings, logger=self.log, connect_hook=self._connect_hook, health_listener=self._on_health
+        )
         self._poll_thread = threading.Thread(target=self._poll_loop, name=f"poll {self.label}", daemon=True)
         self._poll_thread.start()
         if not self.link.connected:
@@ -176,8 +176,7 @@ class Component(StateReporter):
             self._poll_thread.join(5)
         if self.link is not None:
             self.link.remove_connect_hook(self._connect_hook)
-            if self._remove_health_listener:
-                self._remove_health_listener()
+            self.link.remove_health_listener(self._on_health)
             release_link(self.link)
             self.link = None
 
@@ -242,6 +241,9 @@ class Component(StateReporter):
         link = self.link
         if link is not None and not link.health.ever_connected and not link.health.connect_failures:
             # The first connection is still under way: INIT, not a FAULT nobody can act on yet.
+            state, status = DeviceState.INIT, f"Connecting to the {self.label} on {self.settings.url}"
+        elif link is not None and link.connected and not self._ready and not self._hook_error:
+            # Joined a shared link that is up: this device's own first exchange is under way.
             state, status = DeviceState.INIT, f"Connecting to the {self.label} on {self.settings.url}"
         elif link is None or not link.connected or not self._ready:
             reason = (link.health.down_reason if link is not None else "not started") or self._hook_error or "no answer yet"

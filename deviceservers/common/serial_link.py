@@ -284,6 +284,11 @@ class SerialLink:
 
         return remove
 
+    def remove_health_listener(self, listener: HealthListener) -> None:
+        with self._state_lock:
+            if listener in self._health_listeners:
+                self._health_listeners.remove(listener)
+
     def start(self) -> None:
         if self._thread is not None:
             return
@@ -574,11 +579,19 @@ _registry: dict[str, tuple[SerialLink, int]] = {}
 _registry_lock = threading.Lock()
 
 
-def acquire_link(settings: LinkSettings, *, logger: logging.Logger | None = None) -> SerialLink:
+def acquire_link(
+    settings: LinkSettings,
+    *,
+    logger: logging.Logger | None = None,
+    connect_hook: ConnectHook | None = None,
+    health_listener: HealthListener | None = None,
+) -> SerialLink:
     """Return the process's link for ``settings.url``, creating and starting it if needed.
 
     Devices on one controller or bus share one link (the port can be opened only once).
-    Every ``acquire_link`` must be paired with :func:`release_link`.
+    Every ``acquire_link`` must be paired with :func:`release_link`. ``connect_hook`` and
+    ``health_listener`` are registered before a new link starts, so its first connection runs the
+    hook (a hook added afterwards could find the link already up and run as a plain request).
     """
     with _registry_lock:
         entry = _registry.get(settings.url)
@@ -592,8 +605,16 @@ def acquire_link(settings: LinkSettings, *, logger: logging.Logger | None = None
                 ]
                 raise ValueError(f"{settings.url} is already open with other settings: {', '.join(diff)}")
             _registry[settings.url] = (link, count + 1)
+            if health_listener is not None:
+                link.add_health_listener(health_listener)
+            if connect_hook is not None:
+                link.add_connect_hook(connect_hook)
             return link
         link = SerialLink(settings, logger=logger)
+        if health_listener is not None:
+            link.add_health_listener(health_listener)
+        if connect_hook is not None:
+            link.add_connect_hook(connect_hook)
         _registry[settings.url] = (link, 1)
     link.start()
     return link
