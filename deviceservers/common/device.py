@@ -7,7 +7,11 @@ its commands. Everything else is here, once:
   ``TimeoutS``, ``PollPeriodMs``) with per-class defaults (``DEFAULT_BAUD_RATE``...);
 * one dynamic attribute per Parameter, with type, unit, format, limits, description, enum labels
   and access taken from the Parameter;
-* change and archive events pushed whenever a Parameter changes, whatever changed it;
+* change events pushed whenever a Parameter changes, whatever changed it; archive events with
+  detection (``archive_rel_change``/``archive_abs_change``/``archive_period`` in the attribute
+  configuration, so an HDB++ archiver stores real changes, not every noisy poll, and Jive can
+  tune them);
+* change events for State, Status and the health attributes, so no client falls back to polling;
 * State/Status derived by the component (FAULT while the link is down, back by itself);
 * reads served from the Parameter cache: a Tango read never waits on the serial line;
 * health attributes ``CommunicationOk``, ``ErrorCount``, ``LastError``;
@@ -45,6 +49,48 @@ _QUALITY = {
 }
 
 _DEFAULTS: dict[type, Any] = {float: 0.0, int: 0, bool: False, str: ""}
+
+#: health attributes with change events, pushed by the device's health watch when they change
+HEALTH_ATTRIBUTES = ("CommunicationOk", "ErrorCount", "LastError")
+HEALTH_WATCH_S = 0.5
+
+#: archive-event criteria of a scalar numeric attribute without its own (Tango attribute
+#: properties, as strings): a float archives on a 1 % change, an integer on any step, and every
+#: numeric attribute at least once per ``archive_period`` while it is pushed (an archiver's
+#: keep-alive). The database's values, set in Jive or by HDB++'s configurator, override these.
+ARCHIVE_PERIOD_MS = "60000"
+ARCHIVE_DEFAULTS: dict[type, dict[str, str]] = {
+    float: {"archive_rel_change": "1", "archive_period": ARCHIVE_PERIOD_MS},
+    int: {"archive_abs_change": "1", "archive_period": ARCHIVE_PERIOD_MS},
+}
+#: noisy readings by attribute name: a power reading jitters by a few per mille at every poll,
+#: a temperature or humidity by the last digit
+ARCHIVE_NOISY: dict[str, dict[str, str]] = {
+    "Power": {"archive_rel_change": "5", "archive_period": ARCHIVE_PERIOD_MS},
+    "PumpPower": {"archive_rel_change": "5", "archive_period": ARCHIVE_PERIOD_MS},
+    "PowerDbm": {"archive_abs_change": "0.2", "archive_period": ARCHIVE_PERIOD_MS},
+    "Temperature": {"archive_abs_change": "0.5", "archive_period": ARCHIVE_PERIOD_MS},
+    "Humidity": {"archive_abs_change": "1", "archive_period": ARCHIVE_PERIOD_MS},
+}
+
+
+def archive_criteria(p: Parameter[Any]) -> dict[str, str] | None:
+    """The archive-event criteria of ``p``'s attribute, or None when it has no archive events.
+
+    A Parameter may carry its own (``archive_abs_change``, ``archive_rel_change``,
+    ``archive_period`` attributes); otherwise noisy readings get their table entry and other
+    numeric scalars the type's default. Booleans, strings and enums archive on every change
+    (nothing to tune); arrays (images, traces) are not for an archiver and have no archive events.
+    """
+    if p.shape is not None:
+        return None
+    own = {key: str(getattr(p, key)) for key in ("archive_abs_change", "archive_rel_change", "archive_period")
+           if getattr(p, key, None) is not None}
+    if own:
+        return own
+    if p.choices is not None or p.dtype not in ARCHIVE_DEFAULTS:
+        return {}
+    return dict(ARCHIVE_NOISY.get(p.name, ARCHIVE_DEFAULTS[p.dtype]))
 
 
 def raise_devfailed(exc: BaseException, origin: str) -> None:
@@ -163,9 +209,10 @@ class ParameterDevice(Device):
         self._log.setLevel(logging.DEBUG)
         if not any(isinstance(h, TangoLogHandler) for h in self._log.handlers):
             self._log.addHandler(TangoLogHandler(self))
-        for name in ("State", "Status"):
+        for name in ("State", "Status", *HEALTH_ATTRIBUTES):
             self.set_change_event(name, True, False)
         self._events = EventPusher(self.get_name(), self._log)
+        self._health_pushed: tuple[bool, int, str] | None = None
         try:
             self.component = self.build_component()
         except (ValueError, TypeError) as exc:
@@ -178,6 +225,7 @@ class ParameterDevice(Device):
         self.component.add_state_listener(self._on_state_change)
         self._on_state_change(self.component.state, self.component.status)
         self.component.start()
+        self._events.watch(self._push_health, HEALTH_WATCH_S)
         self._restore_memorized()
 
     def delete_device(self) -> None:
@@ -233,9 +281,14 @@ class ParameterDevice(Device):
                 # Tango keeps the client's last write in the database (attribute property
                 # __value); _restore_memorized applies it at every start and Init.
                 kwargs["memorized"] = True
+        archive = archive_criteria(p)
+        if archive:
+            kwargs.update(archive)
         self.add_attribute(attribute(**kwargs))
         self.set_change_event(p.name, True, False)
-        self.set_archive_event(p.name, True, False)
+        if archive is not None:
+            # detection on: Tango passes an archive event only when the criteria are met
+            self.set_archive_event(p.name, True, True)
 
     def _value_for_tango(self, p: Parameter[Any], value: Any) -> Any:
         if value is None:
@@ -325,10 +378,13 @@ class ParameterDevice(Device):
         value = self._value_for_tango(p, r.value)
         quality = _QUALITY[r.quality]
 
+        archived = p.shape is None
+
         def push() -> None:
             try:
                 self.push_change_event(r.name, value, r.timestamp, quality)
-                self.push_archive_event(r.name, value, r.timestamp, quality)
+                if archived:
+                    self.push_archive_event(r.name, value, r.timestamp, quality)
             except tango.DevFailed as exc:  # attribute not created yet during start-up
                 self._log.debug("event for %s not pushed: %s", r.name, exc.args[0].desc)
 
@@ -347,8 +403,24 @@ class ParameterDevice(Device):
                 self.push_change_event("Status", status)
             except tango.DevFailed:
                 pass
+            self._push_health()  # a state change usually comes with a health change
 
         self._events.submit(push)
+
+    def _push_health(self) -> None:
+        """Push change events for the health attributes that changed since the last push (run in
+        the event thread: by the health watch and after each state change)."""
+        component = getattr(self, "component", None)
+        if component is None or getattr(self, "_deleting", False):
+            return
+        now = (bool(component.communication_ok), int(component.error_count), str(component.last_error))
+        before, self._health_pushed = self._health_pushed, now
+        for name, old, new in zip(HEALTH_ATTRIBUTES, before or (None,) * 3, now, strict=True):
+            if old != new:
+                try:
+                    self.push_change_event(name, new)
+                except tango.DevFailed as exc:
+                    self._log.debug("event for %s not pushed: %s", name, exc.args[0].desc)
 
     # ------------------------------------------------------------------ state
     def dev_state(self) -> DevState:
