@@ -27,7 +27,10 @@ Frames are written one per chunk, raw bytes straight from the ring's memory, byp
 selection and filter machinery (what makes per-frame writing about 10x faster than
 ``ds[i] = frame``): uncompressed frames of 64 KiB and more with ``O_DIRECT`` into chunk space
 HDF5 reserved for them (:mod:`datawriter.direct_io`, which says why), others and compressed ones
-(the bytes an hdf5plugin filter would store) with ``write_direct_chunk``.
+(the bytes an hdf5plugin filter would store) with ``write_direct_chunk``. Blosc2 frames
+(``blosc2-lz4``, ``blosc2-zstd``) are compressed by worker threads (:mod:`datawriter.compression`)
+while the writer thread writes earlier ones: the caller submits a record with :meth:`Hdf5Sink.prepare`
+and appends it with the Future's chunks once they are ready.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +52,16 @@ import numpy as np
 import pyarrow as pa
 
 from . import direct_io
-
-COMPRESSIONS = ("none", "bitshuffle-lz4", "lz4", "zstd")
+from .compression import (
+    BLOSC2_CODECS,
+    Blosc2FrameEncoder,
+    CompressionPool,
+    check_compression,
+    filter_kwargs,
+)
+from .compression import (
+    COMPRESSIONS as COMPRESSIONS,  # re-exported: the values of the DataWriter property
+)
 
 
 def package_version() -> str:
@@ -80,17 +92,7 @@ def _device_group_name(device: str) -> str:
 
 
 def _filter_kwargs(compression: str) -> dict[str, Any]:
-    if compression in ("none", "", None):
-        return {}
-    import hdf5plugin
-
-    if compression == "bitshuffle-lz4":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    if compression == "lz4":
-        return dict(hdf5plugin.LZ4())
-    if compression == "zstd":
-        return dict(hdf5plugin.Zstd())
-    raise ValueError(f"unknown compression {compression!r}; choose one of {COMPRESSIONS}")
+    return filter_kwargs(compression)
 
 
 class ChunkCompressor:
@@ -164,7 +166,10 @@ class _StreamDatasets:
         self.lost = 0
         self.tensor: tuple[str, h5py.Dataset] | None = None
         self.columns: list[tuple[str, h5py.Dataset, bool]] = []  # (column, dataset, is_timestamp)
-        self.compressor: ChunkCompressor | None = None
+        self.compressor: ChunkCompressor | None = None  # HDF5's own filter, in the writer thread
+        self.encoder: Blosc2FrameEncoder | None = None  # Blosc2, in worker threads (see prepare)
+        self.raw_frame_bytes = 0  # frame bytes appended, and what they took in the file
+        self.stored_frame_bytes = 0
         self._tensor_index = -1
         self._frame_shape: tuple[int, ...] = ()
         self._frame_dtype = np.dtype(np.uint8)
@@ -205,7 +210,9 @@ class _StreamDatasets:
                 self._frame_shape, self._frame_dtype = shape, dtype
                 self._frame_items = int(np.prod(shape))
                 self._frame_bytes = self._frame_items * dtype.itemsize
-                if compression not in ("none", "", None):
+                if compression in BLOSC2_CODECS:
+                    self.encoder = Blosc2FrameEncoder(compression, dtype.itemsize, self._frame_bytes)
+                elif compression not in ("none", "", None):
                     self.compressor = ChunkCompressor(shape, dtype, compression)
             elif pa.types.is_timestamp(f.type):
                 ds = group.create_dataset(f.name, shape=(0,), maxshape=(None,), chunks=(chunk_rows,), dtype=np.int64)
@@ -244,11 +251,22 @@ class _StreamDatasets:
                 return ds
         return self.columns[-1][1]
 
-    def append(self, batch: pa.RecordBatch, still_valid: Callable[[], bool] | None = None) -> int:
+    def frames(self, batch: pa.RecordBatch) -> list[pa.Buffer]:
+        """The frames of a record, zero-copy (they alias the ring slot the batch lives in)."""
+        storage = batch.column(self._tensor_index).storage  # FixedSizeListArray over the ring
+        values = storage.values
+        fb = self._frame_bytes
+        base = (values.offset + storage.offset * self._frame_items) * self._frame_dtype.itemsize
+        buf = values.buffers()[1]
+        return [buf.slice(base + i * fb, fb) for i in range(batch.num_rows)]
+
+    def append(self, batch: pa.RecordBatch, still_valid: Callable[[], bool] | None = None,
+               chunks: list[bytes] | None = None) -> int:
         """Append all rows; returns the bytes handed to HDF5, or -1 if ``still_valid()`` said,
         after the frames were written and the columns copied, that the batch's memory was
         overwritten meanwhile (a torn ring record). A torn record's rows are not kept: its frame
-        chunks are overwritten by the next record or cut off by :meth:`settle`."""
+        chunks are overwritten by the next record or cut off by :meth:`settle`. ``chunks``: the
+        record's frames already compressed (:meth:`Hdf5Sink.prepare`), written instead of them."""
         k = batch.num_rows
         if k == 0:
             return 0
@@ -259,14 +277,20 @@ class _StreamDatasets:
             if n0 + k > self._extent:
                 self._extent = n0 + k
                 ds_id.set_extent((self._extent, *self._frame_shape))
-            storage = batch.column(self._tensor_index).storage  # FixedSizeListArray over the ring
-            values = storage.values
             fb = self._frame_bytes
-            base = (values.offset + storage.offset * self._frame_items) * self._frame_dtype.itemsize
-            buf = values.buffers()[1]
             zeros = (0,) * len(self._frame_shape)
-            for i in range(k):
-                chunk: Any = buf.slice(base + i * fb, fb)  # zero-copy: the ring slot's pixels
+            if chunks is None and self.encoder is not None:
+                chunks = [self.encoder.encode(f) for f in self.frames(batch)]  # not prepared: here
+            if chunks is not None:
+                if len(chunks) != k:
+                    raise ValueError(f"{len(chunks)} compressed frames for a record of {k}")
+                for i, chunk in enumerate(chunks):
+                    ds_id.write_direct_chunk((n0 + i, *zeros), chunk)
+                    nbytes += len(chunk)
+                frames: list[Any] = []
+            else:
+                frames = self.frames(batch)  # zero-copy: the ring slot's pixels
+            for i, chunk in enumerate(frames):
                 if self.compressor is not None:
                     frame = np.frombuffer(chunk, self._frame_dtype).reshape(self._frame_shape)
                     chunk = self.compressor.compress(frame)
@@ -275,6 +299,7 @@ class _StreamDatasets:
                     continue
                 ds_id.write_direct_chunk((n0 + i, *zeros), chunk)
                 nbytes += len(chunk)
+        frame_nbytes = nbytes
         copies = []
         for idx, dt in zip(self._col_index, self._col_dtype, strict=True):
             col = batch.column(idx)
@@ -285,6 +310,9 @@ class _StreamDatasets:
             return -1
         for pend, c in zip(self._pending, copies, strict=True):
             pend.append(c)
+        if self.tensor is not None:
+            self.raw_frame_bytes += k * self._frame_bytes
+            self.stored_frame_bytes += frame_nbytes
         self._pending_rows += k
         self.n = n0 + k
         return nbytes
@@ -461,10 +489,11 @@ class Hdf5Sink:
     ) -> None:
         """``continues``: the file of a crashed recording this one goes on from (stored as
         ``/entry/continues``; that file names this one in ``/entry/continued_in``)."""
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"unknown compression {compression!r}; choose one of {COMPRESSIONS}")
+        compression = check_compression(compression)  # ValueError naming the allowed values
         self.path = path
         self.compression = compression
+        #: worker threads compressing Blosc2 frames (see :meth:`prepare`); None for other values
+        self._pool: CompressionPool | None = CompressionPool() if compression in BLOSC2_CODECS else None
         self.chunk_rows = chunk_rows
         self.bytes_written = 0
         self._streams: dict[str, _StreamDatasets] = {}
@@ -610,10 +639,37 @@ class Hdf5Sink:
     def _write_tree(self, group: h5py.Group, tree: Mapping[str, Any]) -> None:
         write_tree(group, tree)
 
+    def prepare(self, stream: str, batch: pa.RecordBatch) -> Future[list[bytes]] | None:
+        """Start compressing the frames of a record in a worker thread; None when the stream's
+        frames are not compressed that way (append the record as it is). The batch may alias a
+        ring slot: once the Future is done, append the record with its result
+        (``append_record(..., chunks=future.result())``), which checks the record is still valid
+        (the compression read the slot), so a frame overwritten meanwhile is never kept."""
+        sd = self._streams[stream]
+        if self._pool is None or sd.encoder is None or batch.num_rows == 0:
+            return None
+        return self._pool.submit(sd.encoder, sd.frames(batch))
+
+    @property
+    def compression_workers(self) -> int:
+        """Worker threads compressing frames (0: frames are written by the calling thread)."""
+        return self._pool.workers if self._pool is not None else 0
+
+    @property
+    def compression_ratio(self) -> float:
+        """Frame bytes appended / bytes they take in the file (1.0 for raw frames, 0 if none yet)."""
+        raw = sum(sd.raw_frame_bytes for sd in self._streams.values())
+        stored = sum(sd.stored_frame_bytes for sd in self._streams.values())
+        return raw / stored if stored else 0.0
+
     @property
     def frame_io(self) -> str:
         """How frames reach the disk: "O_DIRECT (n frames, ...)", "buffered (reason)" or
         "compressed (filter)"."""
+        if self._pool is not None:
+            ratio = self.compression_ratio
+            return (f"compressed ({self.compression} in {self._pool.workers} worker threads, write_direct_chunk"
+                    + (f", ratio {ratio:.2f})" if ratio else ")"))
         if self.compression != "none":
             return f"compressed ({self.compression}, write_direct_chunk)"
         if self._direct is None:
@@ -685,12 +741,14 @@ class Hdf5Sink:
         self.bytes_written += nbytes
         return n0, nbytes
 
-    def append_record(self, stream: str, batch: pa.RecordBatch, still_valid: Callable[[], bool]) -> bool:
+    def append_record(self, stream: str, batch: pa.RecordBatch, still_valid: Callable[[], bool],
+                      chunks: list[bytes] | None = None) -> bool:
         """Append a batch that aliases a ring slot; ``still_valid`` (the record's seqlock check)
         is called after its bytes were handed to HDF5. Returns False, keeping nothing of the
-        batch, when the producer overwrote the slot meanwhile."""
-        self._space.take(batch.nbytes)
-        nbytes = self._streams[stream].append(batch, still_valid)
+        batch, when the producer overwrote the slot meanwhile. ``chunks``: its frames compressed
+        by :meth:`prepare`."""
+        self._space.take(batch.nbytes)  # an upper bound for compressed frames
+        nbytes = self._streams[stream].append(batch, still_valid, chunks)
         if nbytes < 0:
             return False
         self.bytes_written += nbytes
@@ -732,6 +790,8 @@ class Hdf5Sink:
 
     def _release(self) -> None:
         self._closed = True
+        if self._pool is not None:
+            self._pool.close()
         for s in self._streams.values():
             s.close()
         if self._direct is not None:

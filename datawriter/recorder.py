@@ -1,7 +1,11 @@
 """The background writer of one recording: drains ring readers into an :class:`Hdf5Sink`.
 
 One thread per recording does all HDF5 work, because h5py serialises every call behind one
-global lock anyway; a second writer thread would only add contention. The thread:
+global lock anyway; a second writer thread would only add contention. Blosc2 compression
+(``blosc2-lz4``, ``blosc2-zstd``) is the exception: it needs no HDF5, so the sink's worker threads
+compress the next few frames (straight from their ring slots) while this thread writes the
+finished ones, in order; a record is kept only if its slot was still valid after both. The
+thread:
 
 1. reads the start manifest (through a callable, so this module stays free of Tango) and writes
    it while the file is still in ordinary mode, then switches the file to SWMR;
@@ -30,14 +34,16 @@ import contextlib
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from .hdf5_sink import DiskNearlyFull, Hdf5Sink, StreamSpec, _now_iso
-from .ring import RingReader, list_streams
+from .ring import Record, RingReader, list_streams
 
 Manifest = Mapping[str, Mapping[str, Any]]
 
@@ -137,6 +143,9 @@ class Recorder:
         #: streams seen but not recordable (schema HDF5 cannot take): name -> reason
         self.skipped: dict[str, str] = {}
         self._stats = RecorderStats()
+        #: records being compressed by the sink's workers, oldest first (appended in this order)
+        self._inflight: deque[tuple[_Followed, str, Record, Future[list[bytes]]]] = deque()
+        self._max_inflight = sink.compression_workers + 2  # every worker busy, one result waiting
         self._rate_window: list[tuple[float, int]] = []
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"recorder:{sink.path}", daemon=True)
@@ -199,9 +208,11 @@ class Recorder:
                 self.sink.close(manifest_end=end)
             except DiskNearlyFull as exc:  # stopped with room to spare: close the file properly
                 self.error = exc
+                self._drop_inflight()
                 self._close_after_error()
             except BaseException as exc:  # an OSError is the expected case; anything else is a bug, reported the same way
                 self.error = as_os_error(exc)
+                self._drop_inflight()
                 self.sink.abort()
             finally:
                 for f in self._followed.values():
@@ -237,15 +248,48 @@ class Recorder:
         for _ in range(max_records):
             if limit is not None and reader.next_seq >= limit:
                 break
+            if len(self._inflight) >= self._max_inflight:
+                self._complete("one")
             rec = reader.read_next(copy=False, min_headroom=reader.slot_count // 8)
             if rec is None:
                 break
             did += 1
+            compressing = sink.prepare(key, rec.batch)
+            if compressing is not None:  # appended by _complete once compressed, in order
+                self._inflight.append((f, key, rec, compressing))
+                continue
             # torn (overwritten while HDF5 read it): nothing kept, counted in reader.lost_torn
             if sink.append_record(key, rec.batch, rec.is_valid):
                 f.records += 1
             del rec
         return did
+
+    def _complete(self, wait: str = "none") -> int:
+        """Append the records whose frames the workers have compressed, oldest first, stopping
+        at the first one not done yet (``wait="none"``), after waiting for the oldest (``"one"``)
+        or after waiting for every one (``"all"``: before a flush, a ring switch, a new stream or
+        the end). A record overwritten in its ring meanwhile is not kept and counts as lost
+        (``reader.lost_torn``), exactly as for raw frames. Returns how many were appended."""
+        done = 0
+        while self._inflight:
+            f, key, rec, compressing = self._inflight[0]
+            if not compressing.done() and not (wait == "all" or (wait == "one" and done == 0)):
+                break
+            chunks = compressing.result()  # a compression error ends the recording, as a write error does
+            self._inflight.popleft()
+            if self.sink.append_record(key, rec.batch, rec.is_valid, chunks):
+                f.records += 1
+            del rec
+            done += 1
+        return done
+
+    def _drop_inflight(self) -> None:
+        """The recording ends on an error: records still being compressed are not written; they
+        count as lost."""
+        while self._inflight:
+            f, _, _, compressing = self._inflight.popleft()
+            compressing.cancel()
+            f.lost_retired += 1
 
     def _drain_loop(self) -> None:
         sink = self.sink
@@ -259,11 +303,13 @@ class Recorder:
             did = 0
             for name, f in list(self._followed.items()):
                 did += self._drain(f, targets[name] if targets is not None else None, self.max_records_per_pass)
+            did += self._complete()
             now = time.monotonic()
             if targets is None and now - last_scan >= self.scan_interval:
                 self._scan()
                 last_scan = now
             if now - last_flush >= self.flush_interval:
+                self._complete("all")  # the file and the journal's ring positions agree
                 sink.flush()
                 self._flushed()
                 last_flush = now
@@ -273,10 +319,13 @@ class Recorder:
             if targets is not None and all(
                 f.reader.next_seq >= targets[n] or f.reader.finished() for n, f in self._followed.items()
             ):
+                self._complete("all")
                 sink.flush()
                 return
             if did:
                 idle_delay = 0.0
+            elif self._inflight:  # nothing new to read: wait for the oldest compression instead
+                self._complete("one")
             else:
                 # nothing anywhere: back off (0.2 .. 5 ms), but wake at once on a stop request
                 idle_delay = min(max(idle_delay * 2, 2e-4), 5e-3)
@@ -329,6 +378,7 @@ class Recorder:
         reader = self._open_new(name)
         if reader is None:
             return
+        self._complete("all")  # the sink may reopen its file to add the stream
         try:
             key = self.sink.add_stream(
                 StreamSpec(name, reader.schema, reader.description),
@@ -347,6 +397,7 @@ class Recorder:
         if new is None:
             return  # removed without a successor (yet): keep draining the old ring
         self._drain(f, f.reader.write_seq, 1 << 30)  # everything the old ring committed
+        self._complete("all")  # before the old ring's memory goes
         old = f.reader
         f.lost_retired += old.lost - f.reader_lost0 + new.next_seq
         f.reader, f.reader_lost0 = new, new.lost

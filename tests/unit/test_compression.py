@@ -1,0 +1,169 @@
+"""Blosc2 frame compression (``blosc2-lz4``, ``blosc2-zstd``): frames compressed in worker threads,
+one frame per chunk under the standard HDF5 Blosc2 filter, readable by plain h5py + hdf5plugin;
+torn and overrun frames counted as for raw frames; a bad Compression value refused up front."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+import tango
+from tango import DevState
+from tango.test_context import DeviceTestContext
+
+from datawriter import compression
+from datawriter.compression import BLOSC2_FILTER_ID, COMPRESSIONS
+from datawriter.device import DataWriter
+from datawriter.hdf5_sink import Hdf5Sink, StreamSpec
+from datawriter.recorder import Recorder
+from datawriter.ring import RingReader, create_frame_stream
+from tests.waiting import wait_until
+
+H, W = 96, 128
+
+# Run in a fresh interpreter: nothing of tangodaq is imported, only what a user of the file has.
+PLAIN_READER = """
+import sys, h5py, hdf5plugin, numpy as np
+path, expected, group = sys.argv[1:4]
+with h5py.File(path, "r") as f:
+    ds = f[group + "/data"]
+    want = np.load(expected)
+    got = ds[()]
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.shape)
+    assert got.tobytes() == want.tobytes(), "frames differ"
+    numbers = f[group + "/frame_number"][()]
+assert not [m for m in sys.modules if m.split(".")[0] in ("datawriter", "deviceservers", "tangodaq")]
+print(len(numbers), ",".join(map(str, numbers)))
+"""
+
+
+def camera_frames(n: int, seed: int = 0) -> np.ndarray:
+    """Frames as a camera gives them: ~100 ADU offset, read noise, a beam spot with shot noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W]
+    spot = 1500.0 * np.exp(-((x - 60) ** 2 + (y - 40) ** 2) / (2 * 12.0**2))
+    out = rng.normal(100 + spot, np.sqrt(1.6**2 + spot), (n, H, W))
+    return np.clip(out.round(), 0, 4095).astype(np.uint16)
+
+
+def _group(device: str) -> str:
+    return f"entry/instrument/{device.replace('/', '_')}/frames"
+
+
+def _record(path: str, name: str, comp: str) -> Recorder:
+    reader = RingReader(name, "oldest")
+    return Recorder(Hdf5Sink(path, [StreamSpec(name, reader.schema, reader.description)], compression=comp),
+                    {name: reader})
+
+
+@pytest.mark.parametrize("comp", ["blosc2-lz4", "blosc2-zstd"])
+def test_blosc2_frames_roundtrip_bit_exact_with_plain_h5py_hdf5plugin(tmp_path, ring_device: str, comp: str) -> None:
+    frames = camera_frames(12, seed=len(comp))
+    cam = create_frame_stream(ring_device, height=H, width=W, slot_count=64)
+    for i, fr in enumerate(frames):
+        cam.write(fr, 1000 + i, time.time(), time.time(), 1e-3)
+    path = str(tmp_path / f"{comp}.h5")
+    rec = _record(path, cam.name, comp)
+    rec.start()
+    wait_until(lambda: rec.stats().records_written == len(frames), what="every frame written")
+    assert rec.stop(10) and rec.error is None
+    assert rec.sink.compression_workers >= 1 and "worker threads" in rec.sink.frame_io
+    np.save(tmp_path / "want.npy", frames)
+    out = subprocess.run([sys.executable, "-c", PLAIN_READER, path, str(tmp_path / "want.npy"), _group(ring_device)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["12", ",".join(str(1000 + i) for i in range(12))]
+    with h5py.File(path, "r") as f:  # the layout: the standard filter, one frame per chunk
+        ds = f[_group(ring_device) + "/data"]
+        assert ds.chunks == (1, H, W)
+        dcpl = ds.id.get_create_plist()
+        assert dcpl.get_nfilters() == 1
+        fid, _flags, cd_values, _name = dcpl.get_filter(0)
+        codec = compression.BLOSC2_CODECS[comp]
+        assert fid == BLOSC2_FILTER_ID
+        # hdf5plugin's layout: revision, block size, type size, chunk bytes, clevel, shuffle, codec, rank, shape
+        assert tuple(cd_values[2:]) == (2, H * W * 2, codec.clevel, 2 if codec.bitshuffle else 1,
+                                        1 if codec.cname == "lz4" else 5, 3, 1, H, W)
+        assert ds.id.get_num_chunks() == len(frames)
+        sizes = [ds.id.get_chunk_info(i).size for i in range(len(frames))]
+        assert all(0 < s < H * W * 2 for s in sizes), sizes  # each chunk is one compressed frame
+        assert ds.id.get_storage_size() == sum(sizes)
+        assert int(f[_group(ring_device) + "/lost_records"][()]) == 0
+    assert rec.sink.compression_ratio == pytest.approx(frames.nbytes / sum(sizes))
+
+
+def test_torn_and_overrun_frames_counted_as_lost_never_kept(tmp_path, ring_device: str, monkeypatch) -> None:
+    """The first frame is overwritten in its ring slot while a worker compresses it, and the ring
+    laps the reader meanwhile: the torn frame is dropped and counted, the overrun ones too, and
+    every frame kept is the frame its number says (written + lost = produced)."""
+    slots = 4
+    frames = camera_frames(3 * slots + 2, seed=7)
+    for i, fr in enumerate(frames):
+        fr[0, :4] = i  # the frame's own number in its pixels
+    cam = create_frame_stream(ring_device, height=H, width=W, slot_count=slots)
+    started, release = threading.Event(), threading.Event()
+    real_encode = compression.Blosc2FrameEncoder.encode
+    calls = []
+
+    def slow_first(self, frame):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            assert release.wait(10)
+        return real_encode(self, frame)
+
+    monkeypatch.setattr(compression.Blosc2FrameEncoder, "encode", slow_first)
+    cam.write(frames[0], 0, time.time())
+    path = str(tmp_path / "torn.h5")
+    rec = _record(path, cam.name, "blosc2-lz4")
+    reader = rec.readers[cam.name]
+    rec.start()
+    assert started.wait(10)
+    for i in range(1, len(frames)):  # laps the 4-slot ring: slot 0 is overwritten under the worker
+        cam.write(frames[i], i, time.time())
+    release.set()
+    wait_until(lambda: rec.stats().records_written + rec.stats().dropped_records == len(frames),
+               what="every frame written or counted lost")
+    torn = reader.lost_torn  # read before stop closes the reader
+    assert rec.stop(10) and rec.error is None
+    assert torn >= 1, "the frame overwritten under the worker must be counted as torn"
+    st = rec.stats()
+    with h5py.File(path, "r") as f:
+        g = f[_group(ring_device)]
+        numbers = [int(n) for n in g["frame_number"][()]]
+        data = g["data"][()]
+        lost = int(g["lost_records"][()])
+    assert 0 not in numbers, "a frame overwritten while being compressed was kept"
+    assert len(numbers) == st.records_written and lost == st.dropped_records > 0
+    assert len(numbers) + lost == len(frames)
+    for n, fr in zip(numbers, data, strict=True):
+        assert fr.tobytes() == frames[n].tobytes(), f"frame {n} is not the frame that was produced"
+
+
+def test_unknown_compression_refused_with_the_allowed_values(tmp_path, ring_device: str) -> None:
+    cam = create_frame_stream(ring_device, height=H, width=W, slot_count=4)
+    r = RingReader(cam.name)
+    for bad in ("blosc2", "gzip", "BLOSC2-LZ4"):
+        with pytest.raises(ValueError, match="must be one of none, .*blosc2-lz4, blosc2-zstd"):
+            Hdf5Sink(str(tmp_path / "x.h5"), [StreamSpec(cam.name, r.schema, r.description)], compression=bad)
+    assert not os.path.exists(tmp_path / "x.h5")
+    assert set(COMPRESSIONS) >= {"none", "blosc2-lz4", "blosc2-zstd", "bitshuffle-lz4", "lz4", "zstd"}
+
+
+def test_device_with_a_bad_compression_is_fault_at_init_and_refuses_to_record(tmp_path) -> None:
+    props = {"OutputDir": str(tmp_path), "Compression": "blosc2-gzip"}
+    with DeviceTestContext(DataWriter, properties=props, process=True) as dw:
+        assert dw.state() == DevState.FAULT
+        status = dw.status()
+        assert "'blosc2-gzip'" in status and "blosc2-lz4, blosc2-zstd" in status and "Init" in status
+        with pytest.raises(tango.DevFailed) as err:
+            dw.StartRecording("{}")
+        assert err.value.args[0].reason == "DataWriter_BadConfiguration"
+        assert "blosc2-lz4" in err.value.args[0].desc
+        assert os.listdir(tmp_path) == []
