@@ -1,23 +1,33 @@
-"""A test double of PyVCAM (``pyvcam.pvc``, ``pyvcam.camera.Camera``, ``pyvcam.constants``).
+"""A test double of PyVCAM 2.3.2 (``pyvcam.pvc``, ``pyvcam.camera.Camera``, ``pyvcam.constants``).
 
 The PVCAM SDK and a camera cannot be installed on the test machines, so the pyvcam backend is
-tested against this double. It mirrors PyVCAM 2.2's documented API and the behaviour of its C
-module (``src/pyvcam/camera.py`` and ``pvcmodule.cpp`` in Photometrics/PyVCAM):
+tested against this double. It follows PyVCAM **2.3.2** as its source reads (Photometrics/PyVCAM
+tag v2.3.2: ``src/pyvcam/camera.py``, ``src/pyvcam/pvcmodule.cpp``, ``constants.py`` and the
+``pvcam.h`` it ships), including the behaviours that surprise a new user:
 
-* lifecycle ``pvc.init_pvcam`` (a second init fails, as PVCAM's does), ``detect_camera`` /
-  ``select_camera`` (RuntimeError for an unknown name), ``open`` / ``close``;
-* parameters by ID and attribute (``get_param``/``set_param``/``check_param``), enum dicts that
-  accept keys or values and raise ValueError otherwise, the port/speed/gain table learnt at open,
-  a port change resetting speed and gain;
-* ``set_roi`` bounds checks (ValueError) and binning from ``binnings``; exposure as an integer in
-  the ``exp_res`` unit, checked against PARAM_EXPOSURE_TIME min/max;
-* ``start_live`` with a circular queue of ``buffer_frame_count`` frames that drops the oldest
-  when the consumer is slow (pvcmodule's queue), ``start_seq``, ``poll_frame(timeout_ms,
-  oldestFrame, copyData)`` returning ``(frame, fps, frame_count)`` with metadata
-  (``frameNr``, ``timestampBofPs``, ``timestampEofPs``, ``exposureTimePs``) and raising
-  ``RuntimeError("Frame timeout. ...")`` after the time-out, ``finish``, ``sw_trigger``;
-* hardware faults a test can cause: ``FakeHardware.drop_frames(n)`` (frame-number gap),
-  ``FakeHardware.stick()`` (no more frames; the camera stays busy until closed and re-opened).
+* constants with the real values (``PARAM_*`` IDs built from class, type and index);
+* ``get_param``/``set_param`` raise AttributeError for a parameter the camera does not have;
+  ``check_param`` says whether it has it; enum properties (``fan_speeds``...) are empty dicts
+  on such cameras, so the ``fan_speed`` *setter* raises **ValueError** (empty-enum look-up) while
+  the getter raises AttributeError;
+* parameters that are not ``ATTR_LIVE`` must not be accessed while the camera is imaging: the
+  double raises RuntimeError (``FakeHardware.temp_live`` says whether ``PARAM_TEMP`` is live);
+* ``PARAM_READOUT_TIME`` (microseconds) changes only when an acquisition is set up
+  (``start_live``/``start_seq``, and the ``exp_mode`` setter, which PyVCAM implements with a
+  2x2-pixel ``pl_exp_setup_seq``);
+* metadata timestamps count from the camera's power-up (``FakeHardware.power_up``, hours before
+  the test) unless ``PARAM_METADATA_RESET_TIMESTAMP`` is written (where the camera has it);
+* ``frame_count`` (third item of ``poll_frame``) counts EOF callbacks: frames lost in the driver
+  (``FakeHardware.drop_frames``) leave no gap in it, only in the metadata ``frameNr``;
+* the live buffer is circular (``CIRC_OVERWRITE``) with the queue as long as the buffer: the
+  oldest queued frame's slot is the one the next frame is being written into, so a slow poller
+  gets pixels (and metadata header) of the newer frame, torn part-way;
+* a metadata decode failure raises RuntimeError after the frame left the queue
+  (``FakeHardware.corrupt_metadata``); ``sw_trigger`` raises **ValueError**; a pulled cable
+  (``FakeHardware.pull_cable``) gives ``"Frame readout failed."`` or the callback's error text;
+  ``poll_frame`` on a closed camera raises **KeyError** (invalid handle);
+* acquisition buffers are capped at 4 GiB (``MemoryError`` from ``start_seq``/``start_live``);
+  pixels are ``uint8`` at 8-bit speeds (PyVCAM's ``_set_dtype``).
 
 ``install(monkeypatch)`` puts the double in ``sys.modules`` as ``pyvcam`` so the backend's
 lazy import finds it exactly as it would find the real package.
@@ -28,20 +38,37 @@ from __future__ import annotations
 import threading
 import time
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-# ---------------------------------------------------------------- constants (values from PyVCAM)
+# ---------------------------------------------------------------- constants (values from PyVCAM 2.3.2)
 constants = types.ModuleType("pyvcam.constants")
+CLASS2, CLASS3 = 2, 3
+TYPE_INT16, TYPE_FLT64, TYPE_UNS16, TYPE_UNS64, TYPE_ENUM, TYPE_BOOLEAN, TYPE_CHAR_PTR = 1, 4, 6, 8, 9, 11, 13
 _C: dict[str, int] = {
     "ATTR_CURRENT": 0, "ATTR_COUNT": 1, "ATTR_TYPE": 2, "ATTR_MIN": 3, "ATTR_MAX": 4, "ATTR_DEFAULT": 5,
     "ATTR_INCREMENT": 6, "ATTR_ACCESS": 7, "ATTR_AVAIL": 8, "ATTR_LIVE": 9,
-    "PARAM_TEMP": (2 << 16) + (1 << 24) + 525,
-    "PARAM_TEMP_SETPOINT": (2 << 16) + (1 << 24) + 526,
-    "PARAM_EXPOSURE_TIME": (3 << 16) + (8 << 24) + 8,
-    "PARAM_METADATA_ENABLED": (3 << 16) + (11 << 24) + 168,
-    "PARAM_READOUT_TIME": (2 << 16) + (6 << 24) + 179,
+    "PARAM_PAR_SIZE": (CLASS2 << 16) + (TYPE_UNS16 << 24) + 57,
+    "PARAM_SER_SIZE": (CLASS2 << 16) + (TYPE_UNS16 << 24) + 58,
+    "PARAM_READOUT_TIME": (CLASS2 << 16) + (TYPE_FLT64 << 24) + 179,
+    "PARAM_TEMP": (CLASS2 << 16) + (TYPE_INT16 << 24) + 525,
+    "PARAM_TEMP_SETPOINT": (CLASS2 << 16) + (TYPE_INT16 << 24) + 526,
+    "PARAM_FAN_SPEED_SETPOINT": (CLASS2 << 16) + (TYPE_ENUM << 24) + 710,
+    "PARAM_EXPOSURE_MODE": (CLASS2 << 16) + (TYPE_ENUM << 24) + 535,
+    "PARAM_BIT_DEPTH": (CLASS2 << 16) + (TYPE_INT16 << 24) + 511,
+    "PARAM_GAIN_INDEX": (CLASS2 << 16) + (TYPE_INT16 << 24) + 512,
+    "PARAM_SPDTAB_INDEX": (CLASS2 << 16) + (TYPE_INT16 << 24) + 513,
+    "PARAM_READOUT_PORT": (CLASS2 << 16) + (TYPE_ENUM << 24) + 247,
+    "PARAM_PIX_TIME": (CLASS2 << 16) + (TYPE_UNS16 << 24) + 516,
+    "PARAM_EXP_RES": (CLASS3 << 16) + (TYPE_ENUM << 24) + 2,
+    "PARAM_EXPOSURE_TIME": (CLASS3 << 16) + (TYPE_UNS64 << 24) + 8,
+    "PARAM_BINNING_SER": (CLASS3 << 16) + (TYPE_ENUM << 24) + 165,
+    "PARAM_BINNING_PAR": (CLASS3 << 16) + (TYPE_ENUM << 24) + 166,
+    "PARAM_METADATA_ENABLED": (CLASS3 << 16) + (TYPE_BOOLEAN << 24) + 168,
+    "PARAM_METADATA_RESET_TIMESTAMP": (CLASS3 << 16) + (TYPE_BOOLEAN << 24) + 176,
+    "PARAM_ROI_COUNT": (CLASS3 << 16) + (TYPE_UNS16 << 24) + 169,
     "EXP_RES_ONE_MILLISEC": 0, "EXP_RES_ONE_MICROSEC": 1, "EXP_RES_ONE_SEC": 2,
     "EXT_TRIG_INTERNAL": 1792, "EXT_TRIG_TRIG_FIRST": 2048, "EXT_TRIG_EDGE_RISING": 2304,
     "EXT_TRIG_LEVEL": 2560, "EXT_TRIG_SOFTWARE_FIRST": 2816, "EXT_TRIG_SOFTWARE_EDGE": 3072,
@@ -61,36 +88,80 @@ SPEED_TABLE = {  # port name -> (port value, [(speed name, pixel time ns, [(gain
 }
 FAN_SPEEDS = {"High": 0, "Medium": 1, "Low": 2, "Off": 3}
 SENSOR = (2048, 2048)
-LINE_TIME_S = 10e-6
+LINE_TIME_PER_PIX_NS = 2e-6  # line time = pixel time (ns) x 2 us: 10 us per row at 5 ns/pixel
+METADATA_BYTES = 256  # frame + ROI header in front of the pixels when metadata is on
+BUFFER_LIMIT = 2**32 - 1  # pvcmodule's AllocateAcqBuffer: "PVCAM supports buffer up to 4GB only"
+POWER_UP_AGO_S = 5 * 3600.0
+NOT_LIVE = ("PVCAM error 185 (C2_CAM_BUSY?): parameter 0x{:08X} cannot be accessed while the camera is imaging "
+            "(ATTR_LIVE is FALSE)")
 
 
 class FakeHardware:
-    """The camera on the other end of the cable: survives Camera objects and re-opens."""
+    """The camera on the other end of the cable: survives Camera objects and re-opens.
 
-    def __init__(self, name: str = "pvcamUSB_0") -> None:
+    Options model what differs between cameras (``has_fan``, ``has_metadata``,
+    ``has_reset_timestamp``, ``temp_live``); methods inject the field faults."""
+
+    def __init__(self, name: str = "pvcamUSB_0", *, has_fan: bool = True, has_metadata: bool = True,
+                 has_reset_timestamp: bool = True, temp_live: bool = False) -> None:
         self.name = name
+        self.has_fan = has_fan
+        self.has_metadata = has_metadata
+        self.has_reset_timestamp = has_reset_timestamp
+        self.temp_live = temp_live
+        self.power_up = time.monotonic() - POWER_UP_AGO_S  # the metadata clock's zero
         self.opened = False
         self.busy = False  # left acquiring (stuck) until a close + re-open
         self.stuck = False
+        self.unplugged = False
+        self.unplug_error = "Frame readout failed."
         self.drop = 0
+        self.corrupt = 0
+        self.fail_open: BaseException | None = None
+        self.before_get_frame: Callable[[], None] | None = None
         self.temp_c = 25.0
         self.setpoint_c = -20.0
         self.fan = 0
+        self.not_live_reads: list[int] = []  # parameters read while imaging (that must not be)
+        self.camera: Camera | None = None  # the open Camera object
 
     def drop_frames(self, n: int) -> None:
-        """The next ``n`` frames not yet handed to the poller are lost on the link: their numbers
-        are skipped (frames already read out but not polled count too, so a test's drop does not
-        depend on how far the lazy read-out ran before the call)."""
+        """The next ``n`` frames the camera reads out are lost in the driver (no EOF callback):
+        their ``frameNr`` never arrives and ``frame_count`` does not count them."""
+        cam = self.camera
+        if cam is not None:
+            cam._catch_up()  # frames already due were delivered before the fault
         self.drop += n
+
+    def corrupt_metadata(self, n: int = 1) -> None:
+        """``pl_md_frame_decode`` fails for the next ``n`` frames polled (each leaves the queue)."""
+        self.corrupt += n
+
+    def pull_cable(self, error: str = "Frame readout failed.") -> None:
+        """The USB/PCIe cable is pulled: the acquisition fails with ``error`` (``"Frame readout
+        failed."`` from READOUT_FAILED, or a callback error such as ``"Failed to get latest frame
+        from PVCAM."``), the camera vanishes until :meth:`plug_cable`."""
+        self.unplugged = True
+        self.unplug_error = error
+
+    def plug_cable(self) -> None:
+        self.unplugged = False
+        self.opened = False
+        self.busy = False
+        self.stuck = False
 
     def stick(self) -> None:
         """The acquisition stops delivering frames and the camera stays busy."""
         self.stuck = True
         self.busy = True
 
+    def clock_ps(self, t_monotonic: float) -> int:
+        return int(round((t_monotonic - self.power_up) * 1e12))
+
 
 HARDWARE: dict[str, FakeHardware] = {}
-_state = {"inited": False}
+_state: dict[str, Any] = {"inited": False, "next_handle": 0}
+_HANDLES: dict[int, FakeHardware] = {}  # pvcmodule's g_cameraMap
 
 # ---------------------------------------------------------------- pvc
 pvc = types.ModuleType("pyvcam.pvc")
@@ -111,11 +182,15 @@ def _uninit_pvcam() -> None:
 def _get_cam_total() -> int:
     if not _state["inited"]:
         raise RuntimeError("PVCAM error 1: PVCAM library not initialized")
-    return len(HARDWARE)
+    return len(_present())
+
+
+def _present() -> list[str]:
+    return [n for n, hw in HARDWARE.items() if not hw.unplugged]
 
 
 def _get_cam_name(index: int) -> str:
-    return list(HARDWARE)[index]
+    return _present()[index]
 
 
 pvc.init_pvcam = _init_pvcam
@@ -126,13 +201,17 @@ pvc.get_cam_name = _get_cam_name
 
 # ---------------------------------------------------------------- camera
 class ReversibleEnumDict(dict):
-    """As PyVCAM's: accepts keys or values, ValueError otherwise."""
+    """As PyVCAM's: accepts keys or values, ValueError otherwise (also when the enum is empty
+    because the camera lacks the parameter)."""
 
-    def __init__(self, name: str, items: dict[str, int]) -> None:
+    def __init__(self, name: str, items: dict[str, int], camera: Camera | None = None) -> None:
         super().__init__(items)
         self.name = name
+        self._camera = camera
 
     def __getitem__(self, key_or_value: Any) -> Any:
+        if self._camera is None or not self._camera.is_open:
+            raise RuntimeError(f"Failed to access {self.name} enum, camera is not open")
         try:
             if isinstance(key_or_value, str):
                 return super().__getitem__(key_or_value)
@@ -158,6 +237,7 @@ class Camera:
     def __init__(self, name: str) -> None:
         self._name = name
         self._hw = HARDWARE[name]
+        self._handle = -1
         self._open = False
         self._rois: list[RegionOfInterest] = []
         self._exp_res = 0
@@ -170,6 +250,8 @@ class Camera:
         self._acq: str | None = None
         self._cond = threading.Condition()
         self._table: dict[str, Any] = {}
+        self._readout_us = 0
+        self._fan_speeds = ReversibleEnumDict("fan_speeds", {})
 
     @staticmethod
     def get_available_camera_names() -> list[str]:
@@ -189,12 +271,17 @@ class Camera:
 
     # -------------------------------------------------------------- lifecycle
     def open(self) -> None:
-        if not _state["inited"]:
+        hw = self._hw
+        if hw.fail_open is not None:
+            raise hw.fail_open
+        if not _state["inited"] or hw.opened or hw.busy or hw.unplugged:
             raise RuntimeError("Failed to open camera.")
-        if self._hw.opened or self._hw.busy:
-            raise RuntimeError("Failed to open camera.")
-        self._hw.opened = True
+        hw.opened = True
+        hw.camera = self
         self._open = True
+        self._handle = _state["next_handle"]
+        _state["next_handle"] += 1
+        _HANDLES[self._handle] = hw
         self._rois = [RegionOfInterest(0, SENSOR[0] - 1, 1, 0, SENSOR[1] - 1, 1)]
         self._table = {}
         for port_name, (port_value, speeds) in SPEED_TABLE.items():
@@ -206,12 +293,17 @@ class Camera:
                 entry[speed_name] = sp
             self._table[port_name] = entry
         self._port, self._speed, self._gain = 0, 0, 1
+        self._fan_speeds = ReversibleEnumDict("fan_speeds", FAN_SPEEDS if hw.has_fan else {}, self)
+        self._readout_us = self._readout_us_for(SENSOR[1])  # whatever the last setup before power-up left
 
     def close(self) -> None:
-        if not self._open:
+        if not self._open or self._hw.unplugged and not self._hw.opened:
             raise RuntimeError("Failed to close camera.")
+        _HANDLES.pop(self._handle, None)
+        self._handle = -1
         self._open = False
         self._hw.opened = False
+        self._hw.camera = None
         self._hw.busy = False  # closing the handle (after abort) frees the camera
         self._hw.stuck = False
         with self._cond:
@@ -223,12 +315,42 @@ class Camera:
             raise RuntimeError("Camera is not open")
 
     # -------------------------------------------------------------- parameters
+    def _available(self) -> dict[int, bool]:
+        """param id -> ATTR_LIVE, for the parameters this camera has."""
+        hw = self._hw
+        params = {const.PARAM_TEMP: hw.temp_live, const.PARAM_TEMP_SETPOINT: False, const.PARAM_EXPOSURE_TIME: False,
+                  const.PARAM_READOUT_TIME: False, const.PARAM_EXP_RES: False, const.PARAM_EXPOSURE_MODE: False,
+                  const.PARAM_BIT_DEPTH: False, const.PARAM_READOUT_PORT: False, const.PARAM_SPDTAB_INDEX: False,
+                  const.PARAM_GAIN_INDEX: False, const.PARAM_PIX_TIME: False, const.PARAM_ROI_COUNT: False,
+                  const.PARAM_SER_SIZE: True, const.PARAM_PAR_SIZE: True}
+        if hw.has_metadata:
+            params[const.PARAM_METADATA_ENABLED] = False
+            if hw.has_reset_timestamp:
+                params[const.PARAM_METADATA_RESET_TIMESTAMP] = False
+        if hw.has_fan:
+            params[const.PARAM_FAN_SPEED_SETPOINT] = False
+        return params
+
     def check_param(self, param_id: int) -> bool:
-        return param_id in (const.PARAM_METADATA_ENABLED, const.PARAM_TEMP, const.PARAM_TEMP_SETPOINT,
-                            const.PARAM_EXPOSURE_TIME, const.PARAM_READOUT_TIME)
+        if self._handle not in _HANDLES:
+            raise RuntimeError("PVCAM error 8: invalid camera handle")
+        return param_id in self._available()
+
+    def _access(self, param_id: int, param_attr: int = 0) -> None:
+        avail = self._available()
+        if param_id not in avail:
+            raise AttributeError(f"Invalid setting for this camera. Parameter ID 0x{param_id:08X} is not available.")
+        if self._acq is not None and param_attr in (const.ATTR_CURRENT,) and not avail[param_id]:
+            self._hw.not_live_reads.append(param_id)
+            raise RuntimeError(NOT_LIVE.format(param_id))
 
     def get_param(self, param_id: int, param_attr: int = 0) -> Any:
         self._require_open()
+        if param_attr == const.ATTR_AVAIL:
+            return param_id in self._available()
+        self._access(param_id, param_attr)
+        if param_attr == const.ATTR_LIVE:
+            return self._available()[param_id]
         if param_id == const.PARAM_EXPOSURE_TIME:
             lo, hi = {0: (0, 3_600_000), 1: (1, 3_600_000_000), 2: (0, 3600)}[self._exp_res]
             return {const.ATTR_MIN: lo, const.ATTR_MAX: hi}.get(param_attr, self._exp_time)
@@ -239,20 +361,32 @@ class Camera:
         if param_id == const.PARAM_METADATA_ENABLED:
             return self._metadata
         if param_id == const.PARAM_READOUT_TIME:
-            return int(self._readout_s() * 1e6)
-        raise AttributeError(f"parameter {param_id} is not available")
+            return self._readout_us
+        if param_id == const.PARAM_FAN_SPEED_SETPOINT:
+            return self._hw.fan
+        if param_id == const.PARAM_EXPOSURE_MODE:
+            return self._exp_mode
+        if param_id == const.PARAM_BIT_DEPTH:
+            return self.bit_depth
+        raise AttributeError(f"Invalid setting for this camera. Parameter ID 0x{param_id:08X} is not available.")
 
     def set_param(self, param_id: int, value: Any) -> None:
         self._require_open()
+        self._access(param_id)
         if param_id == const.PARAM_METADATA_ENABLED:
-            if self._acq is not None:
-                raise RuntimeError("PVCAM error 185: parameter cannot be changed during acquisition")
             self._metadata = bool(value)
+            return
+        if param_id == const.PARAM_METADATA_RESET_TIMESTAMP:
+            if value:
+                self._hw.power_up = time.monotonic()
             return
         if param_id == const.PARAM_TEMP_SETPOINT:
             self._hw.setpoint_c = value / 100.0
             return
-        raise AttributeError(f"parameter {param_id} is not available")
+        if param_id == const.PARAM_FAN_SPEED_SETPOINT:
+            self._hw.fan = int(value)
+            return
+        raise AttributeError(f"parameter {param_id} cannot be set in this double")
 
     def _setup_param(self, what: str) -> None:
         if self._acq is not None:
@@ -261,6 +395,10 @@ class Camera:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def handle(self) -> int:
+        return self._handle
 
     @property
     def is_open(self) -> bool:
@@ -277,15 +415,15 @@ class Camera:
 
     @property
     def exp_modes(self) -> ReversibleEnumDict:
-        return ReversibleEnumDict("exp_modes", EXP_MODES)
+        return ReversibleEnumDict("exp_modes", EXP_MODES, self)
 
     @property
     def exp_resolutions(self) -> ReversibleEnumDict:
-        return ReversibleEnumDict("exp_resolutions", {"One Millisecond": 0, "One Microsecond": 1, "One Second": 2})
+        return ReversibleEnumDict("exp_resolutions", {"One Millisecond": 0, "One Microsecond": 1, "One Second": 2}, self)
 
     @property
     def fan_speeds(self) -> ReversibleEnumDict:
-        return ReversibleEnumDict("fan_speeds", FAN_SPEEDS)
+        return self._fan_speeds
 
     @property
     def binnings(self) -> list[tuple[int, int]]:
@@ -348,7 +486,7 @@ class Camera:
 
     @property
     def exp_mode(self) -> int:
-        return self._exp_mode
+        return self.get_param(const.PARAM_EXPOSURE_MODE)
 
     @exp_mode.setter
     def exp_mode(self, value: Any) -> None:
@@ -356,6 +494,7 @@ class Camera:
         _ = self.exp_modes[mode]
         self._setup_param("exposure mode")
         self._exp_mode = mode
+        self._readout_us = self._readout_us_for(2)  # pvc.set_exp_modes: pl_exp_setup_seq of a 2x2 region
 
     @property
     def readout_port(self) -> int:
@@ -363,7 +502,7 @@ class Camera:
 
     @readout_port.setter
     def readout_port(self, value: Any) -> None:
-        ports = ReversibleEnumDict("readout_ports", {k: v[0] for k, v in SPEED_TABLE.items()})
+        ports = ReversibleEnumDict("readout_ports", {k: v[0] for k, v in SPEED_TABLE.items()}, self)
         value = ports[value] if isinstance(value, str) else value
         _ = ports[value]
         self._setup_param("readout port")
@@ -401,13 +540,13 @@ class Camera:
 
     @property
     def fan_speed(self) -> int:
-        return self._hw.fan
+        return self.get_param(const.PARAM_FAN_SPEED_SETPOINT)
 
     @fan_speed.setter
     def fan_speed(self, value: Any) -> None:
-        value = self.fan_speeds[value] if isinstance(value, str) else value
-        _ = self.fan_speeds[value]
-        self._hw.fan = value
+        value = self._fan_speeds[value] if isinstance(value, str) else value
+        _ = self._fan_speeds[value]  # ValueError on a camera without fan control (empty enum)
+        self.set_param(const.PARAM_FAN_SPEED_SETPOINT, value)
 
     @property
     def temp(self) -> float:
@@ -420,8 +559,10 @@ class Camera:
     @temp_setpoint.setter
     def temp_setpoint(self, value: float) -> None:
         t = int(value * 100.0)
-        if not -2500 <= t <= 2500:
-            raise ValueError(f"Invalid temp {value} : Valid temps are in the range -25.0 - 25.0.")
+        lo = self.get_param(const.PARAM_TEMP_SETPOINT, const.ATTR_MIN)
+        hi = self.get_param(const.PARAM_TEMP_SETPOINT, const.ATTR_MAX)
+        if not lo <= t <= hi:
+            raise ValueError(f"Invalid temp {value} : Valid temps are in the range {lo / 100.0} - {hi / 100.0}.")
         self.set_param(const.PARAM_TEMP_SETPOINT, t)
 
     @property
@@ -436,15 +577,28 @@ class Camera:
     def readout_time(self) -> int:
         return self.get_param(const.PARAM_READOUT_TIME)
 
+    def _line_time_s(self) -> float:
+        return self._speeds()[self._speed][1] * LINE_TIME_PER_PIX_NS
+
+    def _readout_us_for(self, rows: int) -> int:
+        return int(round(rows * self._line_time_s() * 1e6))
+
     def _readout_s(self) -> float:
         roi = self._rois[0]
-        return (roi.p2 - roi.p1 + 1) * LINE_TIME_S
+        return (roi.p2 - roi.p1 + 1) * self._line_time_s()  # every sensor row is read, binned or not
 
     # -------------------------------------------------------------- acquisition
+    def _frame_bytes(self) -> int:
+        w, h = self._rois[0].shape
+        return w * h * (1 if self.bit_depth <= 8 else 2) + (METADATA_BYTES if self._metadata else 0)
+
     def _start(self, mode: str, exp_time: int | None, capacity: int, total: int) -> None:
         self._require_open()
-        if self._hw.busy:
+        if self._hw.busy or self._hw.unplugged:
             raise RuntimeError("PVCAM error 3016: camera busy")
+        frame_bytes = self._frame_bytes()
+        if frame_bytes * capacity > BUFFER_LIMIT:  # pvc.setup_seq / setup_live: AllocateAcqBuffer
+            raise MemoryError(f"Unable to allocate acquisition buffer for {capacity} frame {frame_bytes} bytes each.")
         exp = self._exp_time if not isinstance(exp_time, int) else exp_time
         with self._cond:
             self._acq = mode
@@ -452,12 +606,16 @@ class Camera:
             self._total = total
             self._exp_s = exp * {0: 1e-3, 1: 1e-6, 2: 1.0}[self._exp_res]
             self._period = self._exp_s + self._readout_s()
+            self._readout_us = int(round(self._readout_s() * 1e6))  # set up: the camera computes it now
             self._t0 = time.monotonic()
-            self._produced = 0  # frames read out so far (drives the queue)
+            self._camera_frames = 0  # frames the sensor made (frameNr)
+            self._delivered = 0  # EOF callbacks (frame_count)
             self._queue: list[tuple[int, int, float, float]] = []  # (count, nr, bof, eof)
-            self._next_nr = 1
+            self._slots: dict[int, tuple[int, int, float, float]] = {}  # slot -> frame written there
             self._triggers: list[float] = []
             self._shape = self._rois[0].shape
+            self._dtype = np.uint8 if self.bit_depth <= 8 else np.uint16
+            self._md = self._metadata
 
     def start_live(self, exp_time: int | None = None, buffer_frame_count: int = 16, stream_to_disk_path: str | None = None,
                    reset_frame_counter: bool = False) -> None:
@@ -467,16 +625,18 @@ class Camera:
         self._start("Sequence", exp_time, num_frames, num_frames)
 
     def sw_trigger(self) -> None:
-        if self._acq is None or self._exp_mode not in (2816, 3072):
-            raise RuntimeError("PVCAM error 3: pl_exp_trigger failed: camera not in a software trigger mode")
+        if self._handle not in _HANDLES or self._acq is None or self._exp_mode not in (2816, 3072):
+            raise ValueError("Failed to deliver software trigger.")  # pvcmodule: ValueError, not RuntimeError
         with self._cond:
             self._triggers.append(time.monotonic())
             self._cond.notify_all()
 
-    def _advance(self, now: float) -> None:
-        """Read out every frame due by ``now`` into the queue (what the EOF callback does)."""
-        if self._hw.stuck:
-            return
+    def _catch_up(self) -> None:
+        with self._cond:
+            if self._acq is not None:
+                self._advance(time.monotonic())
+
+    def _due(self, now: float) -> int:
         if self._exp_mode == 1792:
             due = int((now - self._t0) / self._period)
         elif self._exp_mode == 2816:
@@ -485,47 +645,81 @@ class Camera:
             due = sum(1 for t in self._triggers if t + self._period <= now)
         else:
             due = 0  # no edge ever reaches the trigger input
-        if self._total:
-            due = min(due, self._total)
-        while self._produced < due:
-            self._produced += 1
+        return min(due, self._total) if self._total else due
+
+    def _advance(self, now: float) -> None:
+        """Read out every frame due by ``now`` (what the EOF callback does)."""
+        if self._hw.stuck or self._hw.unplugged:
+            return
+        due = self._due(now)
+        while self._camera_frames < due:
+            self._camera_frames += 1
+            nr = self._camera_frames
             if self._hw.drop:
-                self._hw.drop -= 1
-                self._next_nr += 1  # lost on the link: this frame number never arrives
+                self._hw.drop -= 1  # lost in the driver: no callback, no count, no slot
                 continue
-            eof = self._t0 + self._produced * self._period
-            self._queue.append((self._produced, self._next_nr, eof - self._period, eof))
-            self._next_nr += 1
+            self._delivered += 1
+            eof = self._t0 + nr * self._period
+            entry = (self._delivered, nr, eof - self._period, eof)
+            self._slots[(self._delivered - 1) % self._capacity] = entry
+            self._queue.append(entry)
             while len(self._queue) > self._capacity:
                 self._queue.pop(0)
 
+    def _render(self, nr: int, h: int, w: int) -> np.ndarray:
+        pixels = np.full((h, w), 100, dtype=self._dtype)
+        pixels[:, 0] = nr & (0xFF if self._dtype == np.uint8 else 0xFFFF)  # the number in every row
+        return pixels
+
     def poll_frame(self, timeout_ms: int = WAIT_FOREVER, oldestFrame: bool = True, copyData: bool = True) -> Any:
+        hook = self._hw.before_get_frame
+        if hook is not None:
+            self._hw.before_get_frame = None
+            hook()
+        if self._handle not in _HANDLES:
+            raise KeyError("Invalid camera handle (map::at).")
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms >= 0 else 1e9)
         with self._cond:
             while True:
                 if self._acq is None:
                     raise RuntimeError("Acquisition not active.")
+                if self._hw.unplugged:
+                    raise RuntimeError(self._hw.unplug_error)
                 now = time.monotonic()
                 self._advance(now)
-                while self._hw.drop and self._queue:  # lost on the link before the host saw them
-                    self._queue.pop(0)
-                    self._hw.drop -= 1
                 if self._queue:
                     break
                 if now >= deadline:
                     raise RuntimeError("Frame timeout. Verify the timeout exceeds the exposure time. "
                                        "If applicable, check external trigger source.")
                 self._cond.wait(min(deadline - now, 0.002))
-            count, nr, bof, eof = self._queue.pop(0) if oldestFrame else self._queue[-1]
-        w, h = self._shape
-        pixels = np.full((h, w), 100, dtype=np.uint16)
-        pixels[0, 0] = nr & 0xFFFF
+            entry = self._queue.pop(0) if oldestFrame else self._queue[-1]
+            count, nr, bof, eof = entry
+            w, h = self._shape
+            pixels = self._render(nr, h, w)
+            header_entry = entry
+            writing_now = self._exp_mode == 1792 and not (self._hw.drop or self._hw.stuck)
+            if self._acq == "Live" and writing_now:
+                # the circular buffer: the frame after the newest delivered one is being written into
+                # the slot of the oldest queued frame (CIRC_OVERWRITE)
+                writing = self._delivered + 1
+                if count == writing - self._capacity:
+                    next_nr = self._camera_frames + 1
+                    frac = (now - (self._t0 + self._camera_frames * self._period)) / self._period
+                    rows = max(1, min(h, int(frac * h) + 1))
+                    pixels[:rows] = self._render(next_nr, rows, w)
+                    header_entry = (writing, next_nr, self._t0 + self._camera_frames * self._period,
+                                    self._t0 + next_nr * self._period)
+            if self._md and self._hw.corrupt and oldestFrame:
+                self._hw.corrupt -= 1
+                raise RuntimeError("PVCAM error 1006 (PL_ERR_MD_DECODE?): failed to decode the frame metadata")
         frame: dict[str, Any] = {"pixel_data": pixels}
-        if self._metadata:
+        if self._md:
+            _c, hnr, hbof, heof = header_entry
             frame["meta_data"] = {
                 "frame_header": {
-                    "signature": "PVCAM", "version": 3, "frameNr": nr, "roiCount": 1,
-                    "timestampBofPs": int((bof - self._t0) * 1e12), "timestampEofPs": int((eof - self._t0) * 1e12),
+                    "signature": "PVCAM", "version": 3, "frameNr": hnr, "roiCount": 1,
+                    "timestampBofPs": self._hw.clock_ps(hbof), "timestampEofPs": self._hw.clock_ps(heof),
                     "exposureTimePs": int(self._exp_s * 1e12), "bitDepth": self.bit_depth, "colorMask": 0, "flags": 0,
                     "extendedMdSize": 0, "imageFormat": 0, "imageCompression": 0,
                 },
@@ -536,6 +730,11 @@ class Camera:
 
     def finish(self) -> None:
         with self._cond:
+            if self._acq is None:
+                return
+            if self._hw.unplugged:
+                self._acq = None
+                raise RuntimeError("PVCAM error 3014: pl_exp_abort failed: the camera does not respond")
             if self._hw.stuck:
                 return  # a stuck camera stays busy: only closing the handle frees it
             self._acq = None
@@ -548,14 +747,17 @@ package = types.ModuleType("pyvcam")
 package.pvc = pvc
 package.camera = camera
 package.constants = constants
+package.__version__ = "2.3.2"
 package.__path__ = []  # a package, so `import pyvcam.camera` works
 
 
-def install(monkeypatch: Any, names: tuple[str, ...] = ("pvcamUSB_0",)) -> dict[str, FakeHardware]:
-    """Make ``import pyvcam`` find the double; fresh hardware and library state for each test."""
+def install(monkeypatch: Any, names: tuple[str, ...] = ("pvcamUSB_0",), **options: Any) -> dict[str, FakeHardware]:
+    """Make ``import pyvcam`` find the double; fresh hardware and library state for each test.
+    ``options`` are FakeHardware options (``has_fan=False`` ...) for every camera."""
     HARDWARE.clear()
+    _HANDLES.clear()
     for n in names:
-        HARDWARE[n] = FakeHardware(n)
+        HARDWARE[n] = FakeHardware(n, **options)
     _state["inited"] = False
     for mod_name, mod in (("pyvcam", package), ("pyvcam.pvc", pvc), ("pyvcam.camera", camera),
                           ("pyvcam.constants", constants)):

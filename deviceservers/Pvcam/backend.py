@@ -77,6 +77,21 @@ class AcquisitionNotActive(CameraError):
     """``poll_frame`` was called with no acquisition running, or after a sequence completed."""
 
 
+class FrameLost(CameraError):
+    """``count`` frames were taken from the camera but cannot be delivered (metadata that cannot be
+    decoded, a live-buffer slot overwritten by a newer frame while it was read). They took the
+    next frame number(s): the consumer counts them lost and carries on."""
+
+    def __init__(self, message: str, count: int = 1) -> None:
+        super().__init__(message)
+        self.count = count
+
+
+class CameraConnectionLost(CameraError):
+    """The camera stopped answering during an acquisition (cable pulled, power cut, driver
+    error): the handle is unusable and the camera must be closed and re-opened."""
+
+
 @dataclass(frozen=True)
 class Gain:
     """One gain of a speed: PVCAM gain index (starts at 1), name and the resulting bit depth."""
@@ -254,6 +269,12 @@ class CameraBackend(abc.ABC):
     def temperature_setpoint_limits(self) -> tuple[float, float]: ...
 
     # ------------------------------------------------------------------ settings
+    @property
+    def counts_driver_losses(self) -> bool:
+        """True when frame numbers come from the camera, so frames lost between the camera and
+        the host show as gaps; False when only the host's frame counter is known (no metadata)."""
+        return True
+
     @abc.abstractmethod
     def get_exposure(self) -> float: ...
 
@@ -300,14 +321,15 @@ class CameraBackend(abc.ABC):
 
     @abc.abstractmethod
     def temperature(self) -> float:
-        """Sensor temperature in degrees Celsius (readable while acquiring)."""
+        """Sensor temperature in degrees Celsius. Callable while acquiring: a camera that must not
+        be asked while imaging answers with the last value read before the acquisition."""
 
     @abc.abstractmethod
     def bit_depth(self) -> int: ...
 
     @abc.abstractmethod
     def readout_time_s(self) -> float:
-        """Time to read one frame with the current ROI and speed."""
+        """Time to read one frame with the current ROI and speed (callable while acquiring)."""
 
     def frame_shape(self) -> tuple[int, int]:
         """(height, width) of the frames with the current ROI and binning."""
@@ -329,8 +351,10 @@ class CameraBackend(abc.ABC):
 
     @abc.abstractmethod
     def poll_frame(self, timeout_s: float) -> Frame:
-        """The oldest frame waiting; raises FrameTimeout after ``timeout_s``, AcquisitionNotActive
-        when nothing runs or the sequence is complete."""
+        """The oldest frame waiting; raises FrameTimeout after ``timeout_s`` (also once a sequence is
+        complete), AcquisitionNotActive when nothing runs, FrameLost for a frame that cannot be
+        delivered (counted, the acquisition goes on), CameraConnectionLost when the camera stopped
+        answering."""
 
     @abc.abstractmethod
     def stop(self) -> None:

@@ -8,8 +8,15 @@ Threads, and why there are two:
   shared-memory ring) and keeps a reference to the newest one. It never publishes a Parameter,
   so it never waits for Tango clients;
 * the **monitor thread** always runs: it reads the temperature (idle or acquiring), publishes the
-  counters and the preview (``LastImage`` at most ``preview_max_fps`` times per second), derives
-  the state, and re-opens the camera if it was not available.
+  counters and the preview (``LastImage`` at most ``preview_max_fps`` times per second, binned by
+  ``PreviewBinning``, its frame number and time in ``LastImageFrameNumber``/``LastImageTime``
+  published just before it), derives the state, and re-opens the camera if it was not available.
+
+Frames the backend cannot deliver (:class:`FrameLost`: undecodable metadata, a live-buffer slot
+overwritten while it was read) are counted lost and the acquisition goes on. A camera that stops
+answering (:class:`CameraConnectionLost`: cable pulled) is closed and FAULT says so; the monitor
+re-opens it when it is back. Any exception from opening the camera is the camera's FAULT: the
+server never dies of it.
 
 Stuck acquisitions (no frame for far longer than a frame period in internal trigger mode) are
 recovered by abort + re-open + restart, continuing the frame numbering so the ring stays
@@ -41,7 +48,9 @@ from .backend import (
     AcquisitionNotActive,
     AcquisitionRunning,
     CameraBackend,
+    CameraConnectionLost,
     CameraError,
+    FrameLost,
     FrameSink,
     FrameTimeout,
     Roi,
@@ -52,6 +61,18 @@ POLL_TIMEOUT_S = 0.2
 MAX_SEQUENCE = 65535
 REOPEN_PERIOD_S = 2.0
 FPS_WINDOW = 32
+PREVIEW_BINNINGS = (1, 2, 4, 8)
+NO_FAN = "Not-available"
+
+
+def bin_image(image: np.ndarray, binning: int) -> np.ndarray:
+    """Mean of ``binning`` x ``binning`` pixel blocks (edge rows/columns that do not fill a block are
+    dropped), as uint16: a preview that keeps the whole field of view with 1/binning² of the bytes."""
+    if binning <= 1:
+        return image
+    h, w = (image.shape[0] // binning) * binning, (image.shape[1] // binning) * binning
+    blocks = image[:h, :w].reshape(h // binning, binning, w // binning, binning)
+    return (blocks.sum(axis=(1, 3), dtype=np.uint32) // (binning * binning)).astype(np.uint16)
 
 
 def enum_label(name: str) -> str:
@@ -83,6 +104,7 @@ class PvcamComponent(StateReporter):
         trigger_timeout_s: float = 10.0,
         buffer_frames: int = 32,
         stall_timeout_s: float = 2.0,
+        reopen_period_s: float = REOPEN_PERIOD_S,
         logger: logging.Logger | None = None,
     ) -> None:
         if not preview_max_fps > 0:
@@ -97,6 +119,7 @@ class PvcamComponent(StateReporter):
         self.trigger_timeout_s = trigger_timeout_s
         self.buffer_frames = buffer_frames
         self.stall_timeout_s = stall_timeout_s
+        self.reopen_period_s = reopen_period_s
         self.backend: CameraBackend | None = None
         self.parameters = ParameterSet()
         StateReporter.__init__(self, DeviceState.INIT, "Opening the camera")
@@ -116,9 +139,12 @@ class PvcamComponent(StateReporter):
         self._recoveries = 0
         self._fps = 0.0
         self._latest: np.ndarray | None = None
+        self._latest_meta: tuple[int, float] = (0, 0.0)  # (frame number, wall-clock EOF) of _latest
         self._latest_seq = 0
+        self._ended_by = ""  # why the last acquisition ended early (connection loss), for Status
         self._published_seq = 0
         self._last_preview = 0.0
+        self._force_preview = False
         self._trigger_modes: dict[str, int] = dict(PVCAM_EXPOSURE_MODES)
         self._live_mode = False  # the running (or last) acquisition is continuous
         self._open_backend()
@@ -136,7 +162,7 @@ class PvcamComponent(StateReporter):
         b = self.backend
         exp_lo, exp_hi = b.exposure_limits_s if b else (1e-6, 3600.0)
         t_lo, t_hi = b.temperature_setpoint_limits if b else (-25.0, 25.0)
-        fans = b.fan_speeds if b else FAN_SPEEDS
+        fans = (b.fan_speeds or (NO_FAN,)) if b else FAN_SPEEDS
         if b is not None:
             self._trigger_modes = b.trigger_modes
         sensor = b.sensor_size if b else (2048, 2048)
@@ -183,8 +209,9 @@ class PvcamComponent(StateReporter):
             writer=lambda v: self._camera().set_temperature_setpoint(v),
             description="Sensor temperature the cooler regulates to"))
         self.fan_speed = add(Parameter(
-            "FanSpeed", int, choices=[enum_label(n) for n in fans], writable=True, writer=lambda v: self._camera().set_fan_speed(v),
-            description="Cooling fan speed; Off needs liquid cooling to hold low temperatures"))
+            "FanSpeed", int, choices=[enum_label(n) for n in fans], writable=True, writer=self._write_fan,
+            description="Cooling fan speed; Off needs liquid cooling to hold low temperatures "
+                        f"({NO_FAN} on a camera without fan control)"))
         self.nb_frames = add(Parameter(
             "NbFrames", int, minimum=0, maximum=2**31 - 1, writable=True, initial=0,
             description="Frames per StartAcquisition; 0 = continuous (live) until StopAcquisition"))
@@ -196,14 +223,40 @@ class PvcamComponent(StateReporter):
         self.frames_acquired = add(Parameter("FramesAcquired", int, initial=0,
                                              description="Frames received in the current or last acquisition"))
         self.frames_lost = add(Parameter("FramesLost", int, initial=0, description=(
-            "Frames lost in the current or last acquisition (gaps in the camera's frame numbers: consumer too slow "
-            "or link errors)")))
+            "Frames lost in the current or last acquisition (gaps in the camera's frame numbers: consumer too slow, "
+            "link errors, frames that could not be read). Without frame metadata, frames lost between camera and "
+            "host cannot be counted: Status says so")))
         self.frame_rate = add(Parameter("FrameRate", float, unit="Hz", fmt="%.2f", initial=0.0,
                                         description="Frame rate from the camera's timestamps over the last frames"))
+        self.preview_binning = add(Parameter(
+            "PreviewBinning", int, unit="px", minimum=1, maximum=max(PREVIEW_BINNINGS), writable=True, initial=1,
+            local=True, memorized=True, writer=self._write_preview_binning,
+            description="LastImage shows the mean of PreviewBinning x PreviewBinning pixel blocks (1, 2, 4 or 8): the "
+                        "whole field of view in fewer bytes, so a full-frame preview keeps up with a fast camera. "
+                        "Frames in the ring are never binned by it"))
+        self.last_image_frame_number = add(Parameter(
+            "LastImageFrameNumber", int, initial=0, polled=False,
+            description="Frame number of the image in LastImage; its change event is pushed just before LastImage's"))
+        self.last_image_time = add(Parameter(
+            "LastImageTime", float, unit="s", fmt="%.6f", initial=0.0, polled=False,
+            description="End of exposure of the image in LastImage, seconds since 1970 (camera clock); pushed just "
+                        "before LastImage"))
         self.last_image = add(Parameter(
             "LastImage", np.uint16, shape=(2048, 2048), polled=False,
-            description="Preview of the newest frame, pushed as change events at most PreviewMaxFps times per second; "
-                        "every frame is in the shared-memory ring"))
+            description="Preview of the newest frame, binned by PreviewBinning, pushed as change events at most "
+                        "PreviewMaxFps times per second (never twice the same frame); every frame is in the "
+                        "shared-memory ring"))
+
+    def _write_preview_binning(self, binning: int) -> None:
+        if binning not in PREVIEW_BINNINGS:
+            raise ParameterError(f"PreviewBinning: {binning} is not one of {', '.join(map(str, PREVIEW_BINNINGS))}")
+        self._force_preview = True  # show the next frame (or the last one again) at the new binning
+
+    def _write_fan(self, value: int) -> None:
+        b = self._camera()
+        if not b.fan_speeds:
+            raise ParameterError(f"FanSpeed: camera {b.name} has no fan speed control")
+        b.set_fan_speed(value)
 
     def _write_live(self, on: bool) -> None:
         if on:
@@ -335,6 +388,11 @@ class PvcamComponent(StateReporter):
             self._open_error = str(exc)
             self.backend = None
             return False
+        except Exception as exc:  # noqa: BLE001 - an SDK surprise is the camera's error, never the server's death
+            self.log.exception("%s: opening the camera failed", self.label)
+            self._open_error = f"opening the camera failed unexpectedly ({type(exc).__name__}: {exc})"
+            self.backend = None
+            return False
         self.backend = backend
         self._open_error = ""
         return True
@@ -394,6 +452,7 @@ class PvcamComponent(StateReporter):
             h, w = b.frame_shape()
             sink = self._sink_factory(h, w)
             self._alarm = ""
+            self._ended_by = ""
             self._frames = self._lost = 0
             self._fps = 0.0
             self._acq_stop.clear()
@@ -463,7 +522,10 @@ class PvcamComponent(StateReporter):
                     elif mode not in SOFTWARE_TRIGGER_MODES and waited > max(self.stall_timeout_s, 5 * period + 1):
                         self.record_error(f"acquisition stuck: no frame for {waited:.1f} s; aborting and re-opening "
                                           "the camera")
-                        b.recover()
+                        try:
+                            b.recover()
+                        except CameraError as exc:
+                            raise CameraConnectionLost(f"the stuck camera could not be re-opened: {exc}") from exc
                         self._recoveries += 1
                         base += last_nr
                         last_nr = 0
@@ -473,22 +535,31 @@ class PvcamComponent(StateReporter):
                     continue
                 except AcquisitionNotActive:
                     break
+                except FrameLost as exc:  # it took the next number(s): count it, go on
+                    self._lost += exc.count
+                    last_nr += exc.count
+                    self.log.debug("%s: %s", self.label, exc)
+                    continue
                 last_frame = time.monotonic()
                 gap = frame.frame_number - last_nr - 1
                 if gap > 0:
                     self._lost += gap
                 last_nr = frame.frame_number
                 eofs.append(frame.timestamp_eof_s)
+                eof_wall = self._wall0 + frame.timestamp_eof_s
                 try:
                     sink.write_frame(frame.pixels, base + frame.frame_number, self._wall0 + frame.timestamp_bof_s,
-                                     self._wall0 + frame.timestamp_eof_s, frame.exposure_s)
+                                     eof_wall, frame.exposure_s)
                 except Exception as exc:  # noqa: BLE001 - a ring problem must not end the acquisition
                     self.record_error(f"frame {base + frame.frame_number} not written to the ring: {exc}")
                 self._frames += 1
                 if len(eofs) >= 2 and eofs[-1] > eofs[0]:
                     self._fps = (len(eofs) - 1) / (eofs[-1] - eofs[0])
+                self._latest_meta = (base + frame.frame_number, eof_wall)
                 self._latest = frame.pixels
                 self._latest_seq += 1
+        except CameraConnectionLost as exc:
+            self._connection_lost(b, exc)
         except CameraError as exc:
             self._alarm = f"Acquisition failed: {exc}. Run Init to re-open the camera."
             self.record_error(self._alarm)
@@ -498,21 +569,35 @@ class PvcamComponent(StateReporter):
             self.record_error(self._alarm)
         finally:
             try:
-                if b.acquiring:
+                if b.acquiring and self.backend is b:
                     b.stop()
             except CameraError as exc:
                 self.record_error(f"the acquisition did not stop cleanly: {exc}")
             self._wake.set()
 
+    def _connection_lost(self, b: CameraBackend, exc: CameraError) -> None:
+        """The camera stopped answering mid-acquisition: close it; FAULT until the monitor re-opens it."""
+        when = time.strftime("%H:%M:%S")
+        self._ended_by = f"the camera connection was lost at {when} ({exc})"
+        self.record_error(f"acquisition ended: {self._ended_by}")
+        self._open_error = "not re-opened yet"
+        self.backend = None
+        try:
+            b.close()
+        except Exception as close_exc:  # noqa: BLE001 - a vanished camera may not close cleanly
+            self.log.warning("%s: closing the lost camera: %s", self.label, close_exc)
+        self._wake.set()
+
     # ------------------------------------------------------------------ monitor
     def _monitor_loop(self) -> None:
         next_poll = 0.0
         next_open = 0.0
+        self._was_acquiring = False
         while not self._stop.is_set():
             now = time.monotonic()
             if self.backend is None:
                 if now >= next_open:
-                    next_open = now + REOPEN_PERIOD_S
+                    next_open = now + self.reopen_period_s
                     if self._open_backend():
                         self.log.info("%s: camera %s opened", self.label, self.backend.name if self.backend else "")
                         try:
@@ -524,6 +609,12 @@ class PvcamComponent(StateReporter):
                 self._wake.clear()
                 continue
             acquiring = self.acquiring
+            if self._was_acquiring and not acquiring:  # the camera computed the readout time at set-up
+                try:
+                    self.readout_time.publish(self.backend.readout_time_s())
+                except CameraError as exc:
+                    self.record_error(f"reading the readout time failed: {exc}")
+            self._was_acquiring = acquiring
             if now >= next_poll:
                 next_poll = now + self.poll_period_s
                 try:
@@ -539,10 +630,19 @@ class PvcamComponent(StateReporter):
     def _publish_progress(self, force: bool = False) -> None:
         # the preview first: a client that sees the new frame count finds the new image too
         now = time.monotonic()
-        if self._latest_seq != self._published_seq and (force or now - self._last_preview >= self.preview_period_s):
+        rebin = self._force_preview and self._latest is not None
+        if rebin or (self._latest_seq != self._published_seq
+                     and (force or now - self._last_preview >= self.preview_period_s)):
+            self._force_preview = False
             self._published_seq = self._latest_seq
             self._last_preview = now
-            self.last_image.publish(self._latest)
+            image, (number, eof_wall) = self._latest, self._latest_meta
+            if image is not None:
+                image = bin_image(image, int(self.preview_binning.value or 1))
+            # number and time first: a client pairs LastImage with the number received just before it
+            self.last_image_frame_number.publish(number, force=True)
+            self.last_image_time.publish(eof_wall, force=True)
+            self.last_image.publish(image, force=True)
         self.frames_acquired.publish(self._frames)
         self.frames_lost.publish(self._lost)
         self.live.publish(self._live_mode and self.acquiring)
@@ -551,15 +651,21 @@ class PvcamComponent(StateReporter):
     # ------------------------------------------------------------------ state
     def evaluate_state(self) -> tuple[DeviceState, str]:
         if self.backend is None:
+            lost = f"{self._ended_by}; re-opening: " if self._ended_by else ""
             return DeviceState.FAULT, (
-                f"Camera not available: {self._open_error}. Retrying every {REOPEN_PERIOD_S:.0f} s; "
+                f"Camera not available: {lost}{self._open_error}. Retrying every {self.reopen_period_s:g} s; "
                 "check the cable, the power and the CameraName and Backend properties.")
+        uncounted = "" if self.backend.counts_driver_losses else (
+            "; frames lost between camera and host cannot be counted (this camera gives no frame metadata): "
+            "FramesLost counts only frames the server could not take in time")
         if self.acquiring:
-            return DeviceState.RUNNING, f"Acquiring {self._acq_desc}"
+            lost = f", {self._lost} lost" if self._lost else ""
+            return DeviceState.RUNNING, f"Acquiring {self._acq_desc}{lost}{uncounted}"
         if self._alarm:
             return DeviceState.ALARM, self._alarm
         lost = f" ({self._lost} lost)" if self._lost else ""
-        return DeviceState.ON, f"Idle; last acquisition: {self._frames} frame(s){lost}"
+        ended = f"; ended early: {self._ended_by}; start it again when ready" if self._ended_by else ""
+        return DeviceState.ON, f"Idle; last acquisition: {self._frames} frame(s){lost}{ended}{uncounted}"
 
     def update_state(self) -> None:
         try:

@@ -14,12 +14,25 @@ from deviceservers.Pvcam.backend import (
     AcquisitionNotActive,
     AcquisitionRunning,
     CameraBackend,
+    CameraConnectionLost,
     CameraError,
+    Frame,
+    FrameLost,
     FrameTimeout,
     Roi,
 )
 from deviceservers.Pvcam.sim import SimulatedPrimeBsi
 from tests import pyvcam_double
+
+
+def poll_good(cam: CameraBackend, timeout: float = 2.0) -> Frame:
+    """The next frame delivered, passing over frames the backend reports lost (FrameLost)."""
+    for _ in range(100):
+        try:
+            return cam.poll_frame(timeout)
+        except FrameLost:
+            continue
+    raise AssertionError("100 frames lost in a row")
 
 
 @pytest.fixture(params=["sim", "pyvcam"])
@@ -71,11 +84,23 @@ def test_live_slow_consumer_sees_gaps_oldest_first(cam):
     # let far more than 4 frames pass: the circular buffer keeps the newest 4
     period = cam.get_exposure() + cam.readout_time_s()
     time.sleep(20 * period + 0.05)
-    nxt = cam.poll_frame(2.0)
-    after = cam.poll_frame(2.0)
+    nxt = poll_good(cam)
+    after = poll_good(cam)
     cam.stop()
     assert nxt.frame_number - first.frame_number > 1  # a gap: lost frames
     assert after.frame_number == nxt.frame_number + 1  # then oldest-first, in order
+
+
+def test_frames_are_uint16_at_8_bit_speeds(cam):
+    """PyVCAM hands uint8 arrays at 8-bit speeds; the contract (and the uint16 ring) wants uint16."""
+    cam.set_readout(1, 0, 1)
+    assert cam.bit_depth() == 8
+    cam.set_roi(Roi(0, 0, 32, 32))
+    cam.start_sequence(2)
+    frames = [cam.poll_frame(2.0) for _ in range(2)]
+    cam.stop()
+    assert all(f.pixels.dtype == np.uint16 and f.pixels.shape == (32, 32) for f in frames)
+    assert [f.frame_number for f in frames] == [1, 2]
 
 
 def test_external_trigger_times_out(cam):
@@ -177,7 +202,7 @@ def test_pyvcam_link_gaps_are_frame_number_gaps(monkeypatch):
     cam = PyVcamBackend("pvcamUSB_0")
     cam.open()
     try:
-        cam.set_exposure(0.001)
+        cam.set_exposure(0.02)  # the drop lands long before frame 2 is read out
         cam.set_roi(Roi(0, 0, 16, 16))
         cam.start_sequence(6)
         assert cam.poll_frame(2.0).frame_number == 1
@@ -215,3 +240,188 @@ def test_sim_spot_from_scene_and_fast_mode():
     fps = n / (time.perf_counter() - t)
     cam.stop()
     assert fps > 100, f"full-frame sim generation at {fps:.0f} fps"
+
+
+# ---------------------------------------------------------------- PyVCAM 2.3.2 as it really behaves
+def open_pyvcam(monkeypatch, **options):
+    hw = pyvcam_double.install(monkeypatch, **options)["pvcamUSB_0"]
+    from deviceservers.Pvcam.pyvcam_backend import PyVcamBackend
+
+    cam = PyVcamBackend("pvcamUSB_0")
+    cam.open()
+    return cam, hw
+
+
+@pytest.fixture
+def closing():
+    cams: list[CameraBackend] = []
+    yield cams.append
+    for c in cams:
+        c.close()
+
+
+@pytest.mark.parametrize("has_reset", [True, False], ids=["reset-timestamp", "no-reset"])
+def test_pyvcam_timestamps_count_from_the_acquisition_not_power_up(monkeypatch, closing, has_reset):
+    """Metadata timestamps count from the camera's power-up (hours ago): frame times must still be
+    seconds since the acquisition started, whether or not the camera can reset its clock."""
+    cam, hw = open_pyvcam(monkeypatch, has_reset_timestamp=has_reset)
+    closing(cam)
+    cam.set_exposure(0.005)
+    cam.set_roi(Roi(0, 0, 32, 32))
+    t0 = time.monotonic()
+    cam.start_sequence(3)
+    frames = [cam.poll_frame(2.0) for _ in range(3)]
+    elapsed = time.monotonic() - t0
+    cam.stop()
+    for f in frames:
+        assert 0 <= f.timestamp_bof_s < f.timestamp_eof_s <= elapsed + 0.05, (f.timestamp_bof_s, f.timestamp_eof_s)
+    period = frames[1].timestamp_eof_s - frames[0].timestamp_eof_s
+    assert period == pytest.approx(0.005 + 32 * 10e-6, rel=0.01)  # the camera clock's spacing is kept
+
+
+def test_pyvcam_camera_without_fan_control_opens(monkeypatch, closing):
+    """PyVCAM's fan_speed setter raises ValueError (empty enum) on cameras without fan control:
+    the optional settings are applied only where check_param says the camera has them."""
+    cam, _hw = open_pyvcam(monkeypatch, has_fan=False)
+    closing(cam)
+    assert cam.fan_speeds == ()
+    with pytest.raises(CameraError, match="no fan"):
+        cam.set_fan_speed(0)
+    cam.set_temperature_setpoint(-5.0)  # the other settings still work
+    assert cam.get_temperature_setpoint() == -5.0
+
+
+def test_pyvcam_software_trigger_refusal_is_a_camera_error(monkeypatch, closing):
+    """pvc.sw_trigger raises ValueError, not RuntimeError: it must still come out as CameraError."""
+    cam, _hw = open_pyvcam(monkeypatch)
+    closing(cam)
+    cam.set_roi(Roi(0, 0, 16, 16))
+    cam.start_live(4)  # internal trigger: the camera refuses a software trigger
+    with pytest.raises(CameraError, match="software trigger"):
+        cam.software_trigger()
+    cam.stop()
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["metadata", "no-metadata"])
+def test_pyvcam_slow_poller_never_gets_an_overwritten_frame(monkeypatch, closing, metadata):
+    """The live buffer is circular: the oldest queued frame's slot is being overwritten by the next
+    frame, so its pixels (and header) belong to a newer frame. Such a frame is reported lost."""
+    cam, _hw = open_pyvcam(monkeypatch, has_metadata=metadata)
+    closing(cam)
+    cam.set_exposure(0.001)
+    cam.set_roi(Roi(0, 0, 64, 64))
+    cam.start_live(4)
+    cam.poll_frame(2.0)
+    time.sleep(0.1)  # ~60 frame periods: the 4-slot buffer wraps many times
+    got, lost = [], 0
+    while len(got) < 12:
+        try:
+            got.append(cam.poll_frame(2.0))
+        except FrameLost as exc:
+            lost += exc.count
+    cam.stop()
+    numbers = [f.frame_number for f in got]
+    assert numbers == sorted(set(numbers)), numbers
+    for f in got:  # every row carries the number of the frame it was read from
+        assert set(np.unique(f.pixels[:, 0]).tolist()) == {f.frame_number & 0xFFFF}, f.frame_number
+    assert lost >= 1
+
+
+def test_pyvcam_metadata_decode_failure_is_one_lost_frame(monkeypatch, closing):
+    cam, hw = open_pyvcam(monkeypatch)
+    closing(cam)
+    cam.set_exposure(0.01)
+    cam.set_roi(Roi(0, 0, 16, 16))
+    cam.start_sequence(5)
+    assert cam.poll_frame(2.0).frame_number == 1
+    hw.corrupt_metadata(1)
+    with pytest.raises(FrameLost) as lost:
+        cam.poll_frame(2.0)
+    assert lost.value.count == 1
+    assert [cam.poll_frame(2.0).frame_number for _ in range(3)] == [3, 4, 5]
+    cam.stop()
+
+
+def test_pyvcam_readout_time_is_never_read_while_imaging_and_follows_the_settings(monkeypatch, closing):
+    """PARAM_READOUT_TIME changes only at the next acquisition set-up (and PyVCAM's exp_mode setter
+    sets up a 2x2 region) and must not be read while imaging."""
+    cam, hw = open_pyvcam(monkeypatch)
+    closing(cam)
+    cam.set_roi(Roi(0, 0, 2048, 256))
+    cam.set_trigger_mode(EXT_TRIG_INTERNAL)
+    assert cam.readout_time_s() == pytest.approx(256 * 10e-6, rel=0.02)
+    cam.set_readout(0, 1, 1)  # 10 ns/pixel: twice the line time
+    assert cam.readout_time_s() == pytest.approx(256 * 20e-6, rel=0.02)
+    cam.start_live(4)
+    assert cam.readout_time_s() == pytest.approx(256 * 20e-6, rel=0.02)
+    cam.poll_frame(2.0)
+    cam.stop()
+    assert cam.readout_time_s() == pytest.approx(256 * 20e-6, rel=0.001)  # the camera's own value now
+    assert hw.not_live_reads == []
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["not-live", "live"])
+def test_pyvcam_temperature_not_read_while_imaging_unless_live(monkeypatch, closing, live):
+    cam, hw = open_pyvcam(monkeypatch, temp_live=live)
+    closing(cam)
+    assert cam.temperature() == 25.0
+    hw.temp_c = 10.0
+    cam.set_roi(Roi(0, 0, 16, 16))
+    cam.start_live(4)
+    assert cam.temperature() == (10.0 if live else 25.0)  # the last value read before imaging
+    with pytest.raises(AcquisitionRunning):
+        cam.set_temperature_setpoint(-10.0)  # PARAM_TEMP_SETPOINT is not live
+    cam.stop()
+    assert cam.temperature() == 10.0
+    assert hw.not_live_reads == []
+
+
+def test_pyvcam_closed_handle_keyerror_ends_the_poll(monkeypatch, closing):
+    """pvc.get_frame raises KeyError for a closed handle (a close from another thread lands just
+    before the poll reaches the C module): the acquisition is simply not active any more."""
+    cam, hw = open_pyvcam(monkeypatch)
+    closing(cam)
+    cam.set_roi(Roi(0, 0, 16, 16))
+    cam.start_live(4)
+    hw.before_get_frame = hw.camera.close
+    with pytest.raises(AcquisitionNotActive):
+        cam.poll_frame(0.5)
+
+
+def test_pyvcam_sequence_beyond_the_4_gib_buffer(monkeypatch, closing):
+    """start_seq holds the whole sequence in one buffer capped at 4 GiB: 600 full frames of 8 MiB
+    cannot start in sequence mode; they run in live mode with a frame count."""
+    cam, _hw = open_pyvcam(monkeypatch)
+    closing(cam)
+    cam.start_sequence(600)
+    assert [cam.poll_frame(2.0).frame_number for _ in range(2)] == [1, 2]
+    cam.stop()
+
+
+def test_pyvcam_live_backed_sequence_ends_like_a_sequence(monkeypatch, closing):
+    from deviceservers.Pvcam.pyvcam_backend import PyVcamBackend
+
+    monkeypatch.setattr(PyVcamBackend, "SEQUENCE_BUFFER_BYTES", 64 * 1024)
+    cam, _hw = open_pyvcam(monkeypatch)
+    closing(cam)
+    cam.set_exposure(0.001)
+    cam.set_roi(Roi(0, 0, 64, 64))  # 8 KiB frames: 20 need 160 KiB, more than the budget
+    cam.start_sequence(20)
+    assert [poll_good(cam).frame_number for _ in range(20)] == list(range(1, 21))
+    with pytest.raises(FrameTimeout):
+        cam.poll_frame(0.05)
+    cam.stop()
+    with pytest.raises(AcquisitionNotActive):
+        cam.poll_frame(0.05)
+
+
+@pytest.mark.parametrize("error", ["Frame readout failed.", "Failed to get latest frame from PVCAM."])
+def test_pyvcam_pulled_cable_is_a_connection_loss(monkeypatch, closing, error):
+    cam, hw = open_pyvcam(monkeypatch)
+    closing(cam)
+    cam.set_roi(Roi(0, 0, 16, 16))
+    cam.start_live(4)
+    cam.poll_frame(2.0)
+    hw.pull_cable(error)
+    with pytest.raises(CameraConnectionLost, match="cable"):
+        cam.poll_frame(0.5)
