@@ -623,8 +623,11 @@ class PvcamComponent(StateReporter):
                     self.record_error(f"temperature read failed: {exc}")
             self._publish_progress(force=not acquiring)  # the last frame of an acquisition at once
             self.update_state()
-            period = self.preview_period_s if acquiring else min(self.poll_period_s, 0.5)
-            self._wake.wait(min(period, max(0.01, next_poll - time.monotonic())))
+            if acquiring:  # wake at the next preview deadline, not one period after this pass
+                wait = max(0.002, self._last_preview + self.preview_period_s - time.monotonic())
+            else:
+                wait = min(self.poll_period_s, 0.5)
+            self._wake.wait(min(wait, max(0.01, next_poll - time.monotonic())))
             self._wake.clear()
 
     def _publish_progress(self, force: bool = False) -> None:
@@ -635,7 +638,8 @@ class PvcamComponent(StateReporter):
                      and (force or now - self._last_preview >= self.preview_period_s)):
             self._force_preview = False
             self._published_seq = self._latest_seq
-            self._last_preview = now
+            # on a fixed cadence (no drift from the time each pass takes), never bunched after a pause
+            self._last_preview = max(self._last_preview + self.preview_period_s, now - self.preview_period_s / 2)
             image, (number, eof_wall) = self._latest, self._latest_meta
             if image is not None:
                 image = bin_image(image, int(self.preview_binning.value or 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -252,3 +253,55 @@ def test_live_acquisition_resumes_after_a_server_restart(shm_dir, tmp_path):
     with DeviceTestContext(Pvcam, device_name=name, properties=props, db=db, process=True, timeout=15) as cam:
         wait_until(lambda: cam.State() == tango.DevState.ON, 10, what="idle after a restart: it was stopped")
         assert cam.Live is False
+
+
+def test_preview_carries_its_frame_number_and_binning(cam):
+    """LastImageFrameNumber and LastImageTime are pushed just before each LastImage: a client pairs
+    every image with its number (the sim burns the number into pixel [0, 0]) and never sees one
+    frame twice as new. PreviewBinning shrinks the preview, not the frames."""
+    cam.Roi = [0, 0, 256, 256]
+    order: list[tuple[str, object]] = []
+    lock = threading.Lock()
+
+    def collect(ev: tango.EventData) -> None:
+        if not ev.err and ev.attr_value is not None:
+            with lock:
+                order.append((ev.attr_value.name.lower(), ev.attr_value.value))
+
+    ids = [cam.subscribe_event(a, tango.EventType.CHANGE_EVENT, collect)
+           for a in ("LastImageFrameNumber", "LastImageTime", "LastImage")]
+    try:
+        with lock:
+            order.clear()  # the values sent at subscription
+        cam.StartAcquisition()
+        wait_until(lambda: sum(1 for n, _ in order if n == "lastimage") >= 4, 10, what="4 previews")
+        cam.StopAcquisition()
+        wait_state(cam, tango.DevState.ON, 5)
+        wait_until(lambda: cam.LastImageFrameNumber == int(cam.LastImage[0, 0]), 5, what="the final preview")
+    finally:
+        for i in ids:
+            cam.unsubscribe_event(i)
+    pairs, number, when = [], None, None
+    with lock:
+        events = list(order)
+    for name, value in events:
+        if name == "lastimageframenumber":
+            number = value
+        elif name == "lastimagetime":
+            when = value
+        elif number is not None:
+            pairs.append((number, when, int(value[0, 0])))
+            number = None
+    assert len(pairs) >= 4
+    assert all(n == pixel for n, _, pixel in pairs), pairs  # each image with its own number
+    numbers = [n for n, _, _ in pairs]
+    assert numbers == sorted(set(numbers)), numbers  # never the same frame twice
+    assert all(abs(t - time.time()) < 30 for _, t, _ in pairs)
+    cam.PreviewBinning = 2
+    snap(cam)
+    wait_until(lambda: cam.LastImage.shape == (128, 128), 5, what="a 2x2-binned preview")
+    with pytest.raises(tango.DevFailed, match="PreviewBinning"):
+        cam.PreviewBinning = 3
+    assert cam.PreviewBinning == 2
+    assert cam.get_attribute_config("PreviewBinning").unit == "px"
+    cam.PreviewBinning = 1
