@@ -127,7 +127,7 @@ class Blosc2FrameEncoder:
         self._blosc2 = blosc2
         self.compression = compression
         self.frame_bytes = frame_bytes
-        self._cparams_kw = dict(
+        self._cparams = blosc2.CParams(
             codec=blosc2.Codec.LZ4 if codec.cname == "lz4" else blosc2.Codec.ZSTD,
             clevel=codec.clevel,
             filters=[blosc2.Filter.BITSHUFFLE if codec.bitshuffle else blosc2.Filter.SHUFFLE],
@@ -137,18 +137,49 @@ class Blosc2FrameEncoder:
 
     def encode(self, frame: Any) -> bytes:
         """Compress one frame; ``frame`` is read once, during this call (a ring slot may be passed
-        as long as its record is checked for validity afterwards)."""
+        as long as its record is checked for validity afterwards).
+
+        ``SChunk(data=...)`` compresses without the GIL into a buffer it owns and ``to_cframe``
+        serialises without it too: the GIL is held only for one copy of the compressed bytes into
+        the returned ``bytes`` (``compress2`` would also zero a frame-sized output buffer and copy
+        the result twice while holding it, which stalls the writer thread)."""
         b2 = self._blosc2
-        chunk = b2.compress2(frame, **self._cparams_kw)
-        schunk = b2.SChunk(chunksize=self.frame_bytes, cparams=b2.CParams(**self._cparams_kw))
-        schunk.append_chunk(chunk)
-        return schunk.to_cframe()
+        return b2.SChunk(chunksize=self.frame_bytes, data=frame, cparams=self._cparams).to_cframe()
+
+
+_malloc_tuned = False
+
+
+def keep_large_buffers() -> bool:
+    """Make glibc keep freed frame-sized buffers for reuse (process-wide, once).
+
+    Blosc2 allocates an output buffer the size of the frame for every frame it compresses. glibc
+    serves allocations of that size with a fresh ``mmap`` and returns them with ``munmap``, so
+    each frame costs a few thousand page faults and the kernel zeroing 8 MiB: measured here, that
+    was a third of the recording's CPU time. With the mmap threshold above a frame and a high trim
+    threshold the buffers come from the heap and are reused. Returns whether it could be set (not
+    on a C library other than glibc).
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = bool(libc.mallopt(m_mmap_threshold, 64 << 20)) and bool(libc.mallopt(m_trim_threshold, 512 << 20))
+    except (OSError, AttributeError):
+        return False
+    _malloc_tuned = ok
+    return ok
 
 
 class CompressionPool:
     """Worker threads compressing frames for one recording (shared by its frame streams)."""
 
     def __init__(self, workers: int | None = None) -> None:
+        keep_large_buffers()
         self.workers = workers or default_workers()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="blosc2")
 

@@ -167,3 +167,33 @@ def test_device_with_a_bad_compression_is_fault_at_init_and_refuses_to_record(tm
         assert err.value.args[0].reason == "DataWriter_BadConfiguration"
         assert "blosc2-lz4" in err.value.args[0].desc
         assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sigma", [12.0, 250.0])
+def test_sim_frames_have_a_real_cameras_noise_for_any_spot(sigma: float) -> None:
+    """Offset, read noise and shot noise (variance = signal at unit gain) in the simulated
+    camera's frames, for the lab's spot and a beam filling the sensor (which had no shot noise
+    before), so compressing them gives the ratio a real camera's frames give."""
+    from deviceservers.Pvcam.sim import OFFSET_ADU, READ_NOISE_ADU, SimulatedPrimeBsi
+
+    peak, cx, cy = 1500.0, 1000.0, 1100.0
+    cam = SimulatedPrimeBsi(scene=lambda t: (cx, cy, sigma, peak), free_run=True, seed=11)
+    cam.open()
+    cam.set_exposure(1e-3)
+    cam.start_live(4)
+    a, b = (cam.poll_frame(1.0).pixels.astype(np.float64) for _ in range(2))
+    cam.stop()
+    r = 12 if sigma < 50 else 40  # around the spot's centre
+    yc, xc = int(cy), int(cx)
+    centre = np.s_[yc - r : yc + r, xc - r : xc + r]
+    y, x = np.mgrid[centre]
+    signal = peak * np.exp(-((x + 0.5 - cx) ** 2 + (y + 0.5 - cy) ** 2) / (2 * sigma**2))
+    assert np.mean(a[centre] - OFFSET_ADU) == pytest.approx(signal.mean(), rel=0.03)
+    noise_var = np.mean((a[centre] - b[centre]) ** 2) / 2  # two frames: the signal cancels, the noise adds
+    assert noise_var == pytest.approx(signal.mean() + READ_NOISE_ADU**2, rel=0.1)
+    dark = np.s_[10:300, 10:300] if sigma < 50 else np.s_[5:40, 1900:2040]  # far from the spot
+    assert np.median(a[dark]) == OFFSET_ADU
+    assert np.std(a[dark]) == pytest.approx(READ_NOISE_ADU, rel=0.1)
+    for comp in compression.BLOSC2_CODECS:  # neither flat nor incompressible: a camera's frame
+        ratio = a.size * 2 / len(compression.Blosc2FrameEncoder(comp, 2, a.size * 2).encode(a.astype(np.uint16)))
+        assert 2.0 < ratio < 7.0, (comp, ratio)
