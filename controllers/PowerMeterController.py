@@ -9,14 +9,15 @@ Two sources, chosen per acquisition:
   ring ``<meter device with dots>.power`` (datawriter.ring); the average is over the ring rows whose
   timestamp falls in the count window (the ring stays open when streaming stops, so the
   device's ``Streaming`` decides, and a ring that brings nothing falls back to Tango);
-- ``tango``: otherwise, the device's ``Power`` attribute (refreshed by the server's polling,
-  ``PollPeriodMs``) is sampled and each distinct reading (by its timestamp) in the window is
-  averaged. When the window is shorter than the meter's poll period the count goes on until the
-  first fresh reading arrives, so the value always postdates the start.
+- ``tango``: otherwise, the meter's ``Measure`` command, called back to back: each call sends
+  ``D?`` at once (ahead of the server's polls), so every reading begins after the start and the
+  count waits only for the meter's own reading time, never for its next poll (``PollPeriodMs``,
+  which cost ~400 ms per scan point). The readings are averaged until the one whose end is
+  nearest the window's end; a window shorter than one reading takes that one reading.
 
 The axis attributes ``Samples`` and ``Source`` tell, after each count, how many samples were
-averaged and from where. Readings with quality INVALID (ERR/UNDER) are skipped; if none is valid
-the count fails with the device's Status.
+averaged and from where. Readings the meter answers with text (SAT, OVER, ERR, UNDER) are skipped; if none is valid
+the count fails with the reason.
 
 The axis attribute ``TangoDevice`` (memorized: the Pool restores it) names the meter; an axis
 that has none memorized gets the lab's ``meter`` role (``tango_db.roles``).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import tango
@@ -46,9 +48,19 @@ from sardana.pool.controller import (
 from tango_db.roles import device_or_empty as role_default
 
 TIMEOUT_MS = 2000
-SAMPLE_PERIOD_S = 0.02  # how often the Tango attribute is re-read (its value changes at PollPeriodMs)
+NO_NUMBER = "InstrumentRefused"  # Measure's reason when the meter answers text (SAT, OVER, ERR, UNDER)
 FRESH_WAIT_MAX_S = 5.0  # longest wait for a first reading after the window, beyond the count time
 RING_GRACE_S = 1.0  # a streaming meter writes a sample every ~10 ms: none a second after the window = stopped
+
+
+def describe(exc: tango.DevFailed) -> str:
+    return exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
+
+
+def _new_proxy(device: str) -> tango.DeviceProxy:
+    proxy = tango.DeviceProxy(device)
+    proxy.set_timeout_millis(TIMEOUT_MS)
+    return proxy
 
 
 def default_stream(device: str) -> str:
@@ -61,8 +73,10 @@ def default_stream(device: str) -> str:
 class Count:
     """One acquisition of one axis, run in its own thread."""
 
-    def __init__(self, device: str, stream: str, integ_time: float) -> None:
+    def __init__(self, device: str, stream: str, integ_time: float,
+                 proxy: Callable[[], tango.DeviceProxy] | None = None) -> None:
         self.device = device
+        self._proxy = proxy or (lambda: _new_proxy(device))
         self.stream = stream
         self.integ_time = integ_time
         self.samples: list[float] = []
@@ -90,6 +104,8 @@ class Count:
             try:
                 if not (self._streaming() and self._from_ring()):
                     self._from_tango()
+            except tango.DevFailed as exc:  # reported through StateOne/ReadOne
+                self.error = f"{self.device}: {describe(exc)}"
             except Exception as exc:  # noqa: BLE001 - reported through StateOne/ReadOne
                 self.error = f"{self.device}: {exc}"
 
@@ -97,9 +113,7 @@ class Count:
         """Is the meter streaming now? Its ring stays open (producer alive) when it is not, so
         the ring alone cannot tell. A device without ``Streaming`` lets the ring decide."""
         try:
-            proxy = tango.DeviceProxy(self.device)
-            proxy.set_timeout_millis(TIMEOUT_MS)
-            return bool(proxy.read_attribute("Streaming").value)
+            return bool(self._proxy().read_attribute("Streaming").value)
         except tango.DevFailed:
             return True
 
@@ -144,29 +158,30 @@ class Count:
             return True
 
     def _from_tango(self) -> None:
+        """Readings asked for one after the other (the meter's ``Measure``), each begun after the
+        start, until the window is covered: the count waits for the meter's own reading time,
+        never for its next poll. A window shorter than one reading takes that one reading."""
         self.source = "tango"
-        proxy = tango.DeviceProxy(self.device)
-        proxy.set_timeout_millis(TIMEOUT_MS)
+        proxy = self._proxy()
         t_end = self.t0 + self.integ_time
         deadline = t_end + FRESH_WAIT_MAX_S
-        seen: set[float] = set()
+        refused = ""
         while not self._stop.is_set():
-            da = proxy.read_attribute("Power")
-            t = da.time.totime()
-            if t >= self.t0 and t not in seen:
-                seen.add(t)
-                if da.quality != tango.AttrQuality.ATTR_INVALID and da.value is not None and (
-                    t <= t_end or not self.samples
-                ):
-                    self.samples.append(float(da.value))
-            now = time.time()
-            if now >= t_end and self.samples:
+            asked = time.time()
+            try:
+                self.samples.append(float(proxy.command_inout("Measure")))
+            except tango.DevFailed as exc:
+                if exc.args and exc.args[0].reason != NO_NUMBER:
+                    raise  # the link or the device: the count fails with it (see _run)
+                refused = describe(exc)  # SAT/OVER/ERR/UNDER: skipped, as the meter says
+            done = time.time()
+            # stop at the reading whose end is nearest to the window's end
+            if self.samples and done + (done - asked) / 2 >= t_end:
                 return
-            if now >= deadline:
+            if done >= deadline:
                 self.error = (f"{self.device}: no valid power reading within {self.integ_time + FRESH_WAIT_MAX_S:.1f} s "
-                              f"of the start ({proxy.status().strip()})")
+                              f"of the start ({refused or proxy.status().strip()})")
                 return
-            self._stop.wait(SAMPLE_PERIOD_S)
 
 
 class PowerMeterController(CounterTimerController):
@@ -202,6 +217,16 @@ class PowerMeterController(CounterTimerController):
         self.counts: dict[int, Count] = {}
         self.integ_time = 1.0
         self._to_start: list[int] = []
+        # one proxy per meter and use, made once: a DeviceProxy costs a database round trip
+        self._count_proxies: dict[str, tango.DeviceProxy] = {}
+        self._state_proxies: dict[str, tango.DeviceProxy] = {}
+
+    @staticmethod
+    def _proxy(device: str, cache: dict[str, tango.DeviceProxy]) -> tango.DeviceProxy:
+        proxy = cache.get(device)
+        if proxy is None:
+            proxy = cache[device] = _new_proxy(device)
+        return proxy
 
     def GetAxisAttributes(self, axis: int) -> dict:
         """Sardana's axis attributes, with the meter's default taken from the lab's roles now."""
@@ -261,7 +286,8 @@ class PowerMeterController(CounterTimerController):
             if old is not None:
                 old.stop()
             device = self.devices[axis]
-            count = Count(device, self.streams[axis] or default_stream(device), self.integ_time)
+            count = Count(device, self.streams[axis] or default_stream(device), self.integ_time,
+                          proxy=lambda device=device: self._proxy(device, self._count_proxies))
             self.counts[axis] = count
             count.start()
 
@@ -272,10 +298,10 @@ class PowerMeterController(CounterTimerController):
         if count is not None and count.error:
             return State.Fault, count.error
         try:
-            proxy = tango.DeviceProxy(self.devices[axis])
-            proxy.set_timeout_millis(TIMEOUT_MS)
-            state = proxy.state()
+            proxy = self._proxy(self.devices[axis], self._state_proxies)
+            state = proxy.state()  # the device's cached state: no serial I/O
         except tango.DevFailed as exc:
+            self._state_proxies.pop(self.devices[axis], None)
             return State.Fault, f"{self.devices[axis]}: {exc.args[0].desc.strip()}"
         if state in (tango.DevState.FAULT, tango.DevState.DISABLE):
             return State.Fault, f"{self.devices[axis]}: {proxy.status().strip()}"

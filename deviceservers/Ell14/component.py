@@ -35,6 +35,8 @@ SETTINGS_EVERY = 10  # re-read velocity, jog step and offset every N polls (the 
 IDENTIFY_RETRY_S = 3.0  # ask a silent mount for its identity this often
 SWEEP_EVERY_MOVES = 10_000  # the mechanics want a full-range cleaning sweep this often
 CLEAN_MAX_S = 900.0  # a cleaning cycle takes minutes; give up waiting for its end after this
+LISTEN_S = 0.02  # during a move the bus is listened to in slices this long (others' requests interleave)
+POSITION_EVERY_S = 0.1  # during a move, gs/gp this often (position events); listened to in between
 
 
 class Ell14Component(Component):
@@ -71,6 +73,7 @@ class Ell14Component(Component):
         self._settling_since: float | None = None
         self._move_error = ""  # the last move's failure, until a move succeeds
         self._target_deg: float | None = None
+        self._last_status_poll = 0.0
 
         self.position = self.add(Parameter(
             "Position", float, unit="deg", fmt="%.3f", minimum=0.0, maximum=360.0, writable=True,
@@ -105,6 +108,21 @@ class Ell14Component(Component):
             "MovesSinceSweep", int, initial=0, unit="moves",
             description=f"Moves since this server started or since the last CleanMechanics; the mechanics want a "
             f"cleaning sweep about every {sweep_every_moves} moves"))
+
+    # ------------------------------------------------------------------ polling rate
+    @property
+    def fast_poll_period_s(self) -> float:
+        """No pause between polls while a move runs: each poll then listens for its end (the
+        mount's own ``PO``) for up to LISTEN_S, so the end is heard when the mount says it."""
+        return 0.0 if self._move_running() else self._fast_poll_s
+
+    @fast_poll_period_s.setter
+    def fast_poll_period_s(self, value: float) -> None:
+        self._fast_poll_s = value
+
+    def _move_running(self) -> bool:
+        t = self.move
+        return t is not None and t.state == "moving"
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -180,13 +198,17 @@ class Ell14Component(Component):
                 # one attempt: a silent mount must not pile up time-outs on the shared link
                 bus.link.run(self._identify, idempotent=False, description=f"{self.address}in")
             return
-        self._polls += 1
         a = self.address
+        if self._move_running() and time.monotonic() - self._last_status_poll < POSITION_EVERY_S:
+            bus.run(lambda port, b: driver.listen(port, b, LISTEN_S), description=f"{a} listen for the end of the move")
+            self._watch_move()
+            return
+        self._polls += 1
 
         def status_and_position(port: Port, b: Ell14Bus) -> tuple[int, int]:
             return driver.get_status(port, a, b), driver.get_position(port, a, b)
 
-        asked = time.monotonic()
+        asked = self._last_status_poll = time.monotonic()
         status, pulses = bus.run(status_and_position, description=f"{a}gs {a}gp")
         settled = self._settling_since is not None and asked >= self._settling_since and self.move is None
         if settled:

@@ -279,6 +279,23 @@ def drain(port: Port, dispatcher: Dispatcher | None) -> None:
             dispatcher.route(reply)
 
 
+def listen(port: Port, dispatcher: Dispatcher | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` for a line nobody asked for (a mount's ``PO`` at the end of its
+    move) and hand it, and any complete line after it, to the dispatcher. True if one came.
+
+    Why: the mounts speak only when asked or when a move ends, and a line is read only inside a
+    request; without a request that waits for it, the end of a move would be heard at the next
+    poll (up to a poll period late)."""
+    try:
+        reply = read_reply(port, timeout)
+    except LinkTimeout:
+        return False
+    if reply is not None and dispatcher is not None:
+        dispatcher.route(reply)
+    drain(port, dispatcher)
+    return True
+
+
 def exchange(
     port: Port,
     address: str,

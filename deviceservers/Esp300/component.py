@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +32,11 @@ from deviceservers.common.serial_link import LinkDown, LinkSettings, Port
 
 from . import driver
 
-SETTINGS_EVERY = 6  # re-read motor power, velocity, acceleration, limits every N polls
-FAST_POLL_S = 0.05  # during a move: position events at 20 Hz
+SETTINGS_EVERY = 6  # re-read motor power, velocity, acceleration, limits every N poll periods (idle)
+# During a move MD? is asked back to back (one small request each, so the other axes and a write
+# interleave): the end of the move is known when the controller says it, not at a poll tick.
+FAST_POLL_S = 0.0
+POSITION_EVERY_S = 0.05  # during a move: TP? and position events at 20 Hz
 
 
 class Controller:
@@ -84,7 +88,7 @@ class _Snapshot:
 
     move_seq: int
     done: bool
-    position: float
+    position: float | None  # None: not read this round (during a move, TP? is read less often)
     errors: list[driver.ControllerError] = field(default_factory=list)
     settings: dict[str, Any] | None = None
 
@@ -107,6 +111,8 @@ class Esp300AxisComponent(Component):
         self._alarm = ""  # why the axis stopped at a limit, until a new move is accepted
         self._move_seq = 0  # bumped in the link thread by every motion command
         self._settings_due = True
+        self._last_settings = 0.0
+        self._last_position = 0.0
         self._drain_due = False
         self._stopped_by = ""
         self._claiming = False  # a move was written urgently: its errors are being collected
@@ -233,22 +239,34 @@ class Esp300AxisComponent(Component):
         return self._moving
 
     def poll(self) -> None:
-        self._polls += 1
-        full = self._settings_due or self._polls % SETTINGS_EVERY == 0
-        self._settings_due = False
-        snap = self.run(lambda port: self._read_axis(port, full), idempotent=True,
+        """One round: ``MD?`` (and ``TP?``) in one small request; the settings, when due, in a
+        second one. Small requests keep a move's write from waiting behind a long poll."""
+        now = time.monotonic()
+        moving = self._moving
+        full = self._settings_due or (not moving and now - self._last_settings >= SETTINGS_EVERY * self.poll_period_s)
+        with_position = not moving or now - self._last_position >= POSITION_EVERY_S
+        snap = self.run(lambda port: self._read_axis(port, full, with_position), idempotent=True,
                         description=f"{self.axis}MD? {self.axis}TP?")
+        if snap.position is not None:
+            self._last_position = now
         self._apply(snap)
+        if full:
+            self._settings_due = False
+            self._last_settings = now
+            settings = self.run(self._read_settings, idempotent=True, description=f"{self.axis} settings")
+            self._publish_settings(settings)
 
-    def _read_axis(self, port: Port, full: bool) -> _Snapshot:
-        """Runs in the link thread: one request per axis and round."""
+    def _read_axis(self, port: Port, full: bool, with_position: bool = True) -> _Snapshot:
+        """Runs in the link thread: one request per axis and round. During a move only ``MD?``
+        (the instrument's own word on the end of the motion), ``TP?`` every POSITION_EVERY_S and
+        at the end."""
         seq = self._move_seq
         done = driver.motion_done(port, self.axis)
-        snap = _Snapshot(seq, done, driver.position(port, self.axis))
+        snap = _Snapshot(seq, done, driver.position(port, self.axis) if (with_position or done) else None)
         if self._drain_due or (done and self._moving) or full:
             # why did it stop (limit?), or what did Stop/Abort leave in the queue
             self._drain_due = False
-            errors = driver.drain_errors(port)
+            errors = driver.check_errors(port)  # TE? first: an empty queue costs 3 characters
             others = [e for e in errors if e.axis not in (0, self.axis)]
             if others and self.controller is not None:
                 self.controller.route(others, self.log)  # now, so a move being checked claims its own
@@ -256,8 +274,6 @@ class Esp300AxisComponent(Component):
             if self._claiming:
                 self._unclaimed.extend(snap.errors)
                 snap.errors = []
-        if full:
-            snap.settings = self._read_settings(port)
         return snap
 
     def _read_settings(self, port: Port) -> dict[str, Any]:
@@ -285,7 +301,8 @@ class Esp300AxisComponent(Component):
             self._moving = not snap.done
             if snap.done:
                 self._homing = False
-        self._publish_position(snap.position)
+        if snap.position is not None:  # read whenever MD? said done: the final position
+            self._publish_position(snap.position)
 
     def _publish_settings(self, s: dict[str, Any]) -> None:
         self.velocity.set_limits(None, s["max_velocity"])
@@ -417,7 +434,7 @@ class Esp300AxisComponent(Component):
 
     def _collect_move_errors(self, command: str) -> Callable[[Port], list[driver.ControllerError]]:
         def collect(port: Port) -> list[driver.ControllerError]:
-            errors = driver.drain_errors(port)
+            errors = driver.check_errors(port)
             errors = self._unclaimed + errors
             self._unclaimed = []
             mine = [e for e in errors if e.axis in (0, self.axis)]

@@ -178,6 +178,19 @@ def drain_errors(port: Port) -> list[ControllerError]:
     return errors
 
 
+def check_errors(port: Port) -> list[ControllerError]:
+    """The error queue after a command, quickly: ``TE?`` (the code alone, 3 characters back when
+    the queue is empty) and, only if it held an error, ``TB?`` for the rest.
+
+    Why not ``TB?`` at once: its empty answer ``0, <time>, NO ERROR DETECTED`` is ~30 characters,
+    ~16 ms at 19200 baud, on every move; ``TE?`` proves the same "accepted" in ~2 ms. The first
+    error's text is then the manual's (its time stamp is not read)."""
+    code = read_error_code(port)
+    if code == 0:
+        return []
+    return [ControllerError(code, 0, message_for(code))] + drain_errors(port)
+
+
 def execute(port: Port, axis: int, *commands: str) -> list[ControllerError]:
     """Send set command(s), then drain the error queue.
 

@@ -13,13 +13,17 @@ import numpy as np
 
 from deviceservers.common.component import Component, DeviceState
 from deviceservers.common.parameter import Parameter, Quality
-from deviceservers.common.serial_link import LinkSettings, Port
+from deviceservers.common.serial_link import InstrumentError, LinkSettings, Port
 
 from . import driver
 
 SETTINGS_EVERY = 5  # re-read the settings every N polls: the front panel can change them
 BURST_SECONDS = 0.05  # a streaming burst holds the link at most this long
 BURST_SAMPLES = 5000
+
+class MeterNoReading(InstrumentError):
+    """The meter answered a reading with text (SAT, OVER, ERR, UNDER): no number to use."""
+
 
 #: where streamed samples go: (timestamps s, watts, flags) -> None (the device's ring writer)
 SampleSink = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
@@ -189,6 +193,20 @@ class Newport1830CComponent(Component):
         self.power_dbm.publish(dbm, quality if dbm is not None else Quality.INVALID)
 
     # ------------------------------------------------------------------ commands
+    def measure(self) -> float:
+        """One fresh reading, asked for now: ``D?`` then ``Q?`` ahead of the queued polls.
+
+        Why: a count must not wait for the next poll (``PollPeriodMs``) nor take a reading from
+        before it started; the meter's own reading time (0.25-0.5 s on a real 1830-C) is then the
+        only floor. The reading is published like a polled one (Power, its events and the state).
+        Raises :class:`MeterNoReading` when the meter answers text (SAT, OVER, ERR, UNDER)."""
+        reading, status = self.run(self._read_measurement, idempotent=True, priority=True, description="D? Q? (Measure)")
+        self.publish_measurement(reading, status)
+        self.update_state()
+        if reading.watts is None:
+            raise MeterNoReading(f"the meter gave no number ({reading.text or 'no reading'}): {self.status}")
+        return float(reading.watts)
+
     def store_reference(self) -> None:
         self.run(driver.store_reference, description="S")
 

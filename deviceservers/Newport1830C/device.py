@@ -56,6 +56,15 @@ class Newport1830C(InstrumentDevice):
             stream.close()
             self._stream = None
 
+    @command(dtype_out=float, doc_out="the reading in watts")
+    @tango_errors
+    def Measure(self) -> float:
+        """Take one reading now (D?, sent ahead of the polls) and return it in watts; Power is
+        updated too. For counts that must not wait for the next poll: the meter's reading time
+        is the only wait. Refused (InstrumentRefused) when the meter answers SAT, OVER, ERR or
+        UNDER instead of a number."""
+        return self.component.measure()
+
     @command(doc_in="", doc_out="")
     @tango_errors
     def StoreReference(self) -> None:
