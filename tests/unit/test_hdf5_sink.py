@@ -23,7 +23,7 @@ def _specs(*readers: RingReader) -> list[StreamSpec]:
     return [StreamSpec(r.name, r.schema, r.description) for r in readers]
 
 
-@pytest.mark.parametrize("compression", ["none", "bitshuffle-lz4"])
+@pytest.mark.parametrize("compression", ["none", "bitshuffle-lz4", "blosc2-lz4", "blosc2-zstd"])
 def test_layout_and_roundtrip(tmp_path, device: str, compression: str) -> None:
     cam = create_frame_stream(device, height=16, width=24, slot_count=16, units="counts")
     pm = create_scalar_stream(device, "power", units="W", rows_per_record=50)
