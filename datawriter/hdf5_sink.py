@@ -56,6 +56,7 @@ from .compression import (
     BLOSC2_CODECS,
     Blosc2FrameEncoder,
     CompressionPool,
+    PageCacheDropper,
     check_compression,
     filter_kwargs,
 )
@@ -502,9 +503,12 @@ class Hdf5Sink:
         self._direct: direct_io.DirectChunkWriter | None = None
         self._space = SpaceGuard(path)
         self._file = h5py.File(path, "w", libver="latest", **direct_io.FILE_ALIGNMENT)
+        self._dropper: PageCacheDropper | None = None  # compressed frames: see PageCacheDropper
         try:
             if compression == "none":
                 self._direct = direct_io.DirectChunkWriter(path)
+            elif self._pool is not None:
+                self._dropper = PageCacheDropper(path)
             self._build(streams, title, dict(metadata or {}), chunk_rows)
             if continues:
                 entry = self._file["entry"]
@@ -752,6 +756,8 @@ class Hdf5Sink:
         if nbytes < 0:
             return False
         self.bytes_written += nbytes
+        if self._dropper is not None:
+            self._dropper.wrote(nbytes)
         return True
 
     def truncate(self, stream: str, rows: int, nbytes: int = 0) -> None:
@@ -792,6 +798,8 @@ class Hdf5Sink:
         self._closed = True
         if self._pool is not None:
             self._pool.close()
+        if self._dropper is not None:
+            self._dropper.close()
         for s in self._streams.values():
             s.close()
         if self._direct is not None:
