@@ -197,3 +197,41 @@ def test_sim_frames_have_a_real_cameras_noise_for_any_spot(sigma: float) -> None
     for comp in compression.BLOSC2_CODECS:  # neither flat nor incompressible: a camera's frame
         ratio = a.size * 2 / len(compression.Blosc2FrameEncoder(comp, 2, a.size * 2).encode(a.astype(np.uint16)))
         assert 2.0 < ratio < 7.0, (comp, ratio)
+
+
+def test_compressed_recording_follows_rings_recreated_with_frames_in_flight(tmp_path, ring_device: str) -> None:
+    """A camera that restarts (same shape) and changes its ROI (new shape) while frames are being
+    compressed: the old ring's frames still in the workers are written before the switch, into
+    the right group, nothing lost, every frame bit-exact."""
+    import multiprocessing as mp
+
+    import datawriter
+    from tests.unit.test_recorder import _camera
+
+    ctx = mp.get_context("fork")
+    name = datawriter.stream_name(ring_device, "frames")
+    steps, done = [ctx.Event() for _ in range(3)], ctx.Event()
+    path = str(tmp_path / "follow.h5")
+    rec = Recorder(Hdf5Sink(path, [], compression="blosc2-zstd"), {}, record_new_streams=True, flush_interval=0.05)
+    rec.start()
+    p = ctx.Process(target=_camera, args=(ring_device, steps, done))
+    p.start()
+    try:
+        frames = lambda: rec.stats().per_stream.get(name, {}).get("records", 0)  # noqa: E731
+        for step, total in enumerate((30, 40, 55)):
+            steps[step].set()
+            wait_until(lambda total=total: frames() == total, what=f"{total} frames")
+        assert done.wait(20)
+    finally:
+        p.join(20)
+        assert rec.stop(20)
+    assert rec.error is None and p.exitcode == 0 and rec.stats().dropped_records == 0
+    with h5py.File(path, "r") as f:
+        g = f[f"entry/instrument/{ring_device.replace('/', '_')}"]
+        a, b = g["frames"], g["frames_2"]
+        assert a["data"].id.get_create_plist().get_filter(0)[0] == BLOSC2_FILTER_ID
+        assert list(a["frame_number"][:]) == list(range(40)) and list(b["frame_number"][:]) == list(range(15))
+        want_a = [np.full((16, 24), n + (1000 if n >= 30 else 0), np.uint16) for n in range(40)]
+        assert a["data"][()].tobytes() == np.stack(want_a).tobytes()
+        assert b["data"][()].tobytes() == np.stack([np.full((8, 12), 2000 + n, np.uint16) for n in range(15)]).tobytes()
+        assert int(a["lost_records"][()]) == 0 == int(b["lost_records"][()])
