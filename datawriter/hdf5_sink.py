@@ -847,5 +847,11 @@ def _open_read_write(path: str) -> h5py.File:
 
 
 def open_recording(path: str) -> h5py.File:
-    """Open a recording for reading, during or after the recording, or after a writer crash."""
+    """Open a recording for reading, during or after the recording, or after a writer crash.
+    Compressed frames decode as long as hdf5plugin is installed (imported here to register its
+    filters: plain h5py does not know them)."""
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:  # raw recordings need nothing; a compressed one then says which filter is missing
+        pass
     return h5py.File(path, "r", libver="latest", swmr=True)
