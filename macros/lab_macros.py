@@ -35,7 +35,13 @@ from sardana.macroserver.macro import Macro, Type
 from sardana.macroserver.msexception import InterruptException
 
 import tangodaq_macros._polarization_analysis as polarization_analysis
-from deviceservers.MaiTai.lease import DEFAULT_LEASE_S, RENEW_EVERY_S, ShutterLease, describe
+from deviceservers.MaiTai.lease import (
+    DEFAULT_LEASE_S,
+    RENEW_EVERY_S,
+    ShutterLease,
+    check_light_door,
+    describe,
+)
 from tango_db.roles import MOUNT_ROLES, STAGE_ROLES, device, lab_roles
 
 importlib.reload(polarization_analysis)  # so that `relmaclib lab_macros` also picks up the maths
@@ -130,14 +136,21 @@ class LabMacro:
             self._hold: ShutterHold | None = None
             self._borrowed_light = False  # the shutter was already open (someone else's lease)
 
+    def require_laser_door(self) -> None:
+        """Light only from the laser Door, when the deployment has one (access control: only laser
+        operators may run macros there; see ``deviceservers.MaiTai.lease.check_light_door``)."""
+        check_light_door(self.getDoorName(), lab_roles().get("laser_door", ""))
+
     def open_shutter(self) -> None:
         """Open the laser shutter under a lease renewed while this macro runs (``ShutterHold``).
 
         A shutter already open (someone aligning by hand, holding the manual lease) is left to
-        its owner: this macro neither takes it over nor closes it."""
+        its owner: this macro neither takes it over nor closes it (an operator may measure with
+        the light a laser operator holds). Opening it is refused off the laser Door."""
         self._init_safety()
         laser = device("laser")
         if not proxy(laser).read_attribute("Shutter").value:
+            self.require_laser_door()
             self._hold = ShutterHold(self, laser)
             self._opened_shutter = True  # from the request on: a late opening is ours to close
             self._hold.open()
@@ -277,6 +290,7 @@ class laser_on(LabMacro, Macro):
     def run(self, timeout):
         if timeout <= 0:
             raise ValueError("timeout must be > 0 s")
+        self.require_laser_door()
         self.guarded(self._run, timeout)
 
     def _run(self, timeout):
@@ -656,6 +670,11 @@ class restore_setup(LabMacro, Macro):
         if not path.exists():
             raise ValueError(f"no setup {name!r} (saved setups: {sorted(p.stem for p in path.parent.glob('*.json'))})")
         setup = json.loads(path.read_text())
+        allowed = {dev.lower(): {a.lower() for a in attrs} for dev, attrs in setup_attributes().items()}
+        foreign = [f"{dev}/{attr}" for dev, values in setup.items() for attr in values
+                   if attr.lower() not in allowed.get(dev.lower(), set())]
+        if foreign:  # a setup file is data: it must not write the shutter or anything save_setup never stores
+            raise ValueError(f"setup {name!r} holds settings restore_setup does not write: {', '.join(foreign)}")
         self.guarded(self._restore, setup)
 
     def _restore(self, setup):

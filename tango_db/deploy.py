@@ -15,7 +15,13 @@ idempotent: a second run changes nothing):
    only a server that ran fills: deploy records the admin device on the host as a server's own
    start and stop would);
 4. the site's folders (data, scans, macro environment, logs), owned by the service user, and the
-   launchers Starter runs for Sardana (the hardened MacroServer under its own server name).
+   launchers Starter runs for Sardana (the hardened MacroServer under its own server name);
+5. with an ``access_control`` section in the site file, the operator model
+   (``tango_db.access_control``): a laser Door beside the lab's Door, the rules of the roles
+   (rows of ``access_device``/``access_address``, written by SQL: see :func:`access_changes`),
+   the ``AllowedAccessCmd`` class properties (what read-only clients may run), and, once
+   TangoAccessControl answers (a system service: Starter never runs it), the ``AccessControl/tango``
+   service.
 
 A deployment is either ``--simulated`` (the virtual bench as a Starter-run ``VirtualBench``
 server, every serial URL pointing at it) or ``--config hardware.json`` (every instrument's serial
@@ -66,6 +72,7 @@ class Site:
     data_dir: str = "/var/lib/tangodaq"  # data/, scans/, macroserver/, setups/ inside
     log_dir: str = "/var/log/tangodaq"  # Starter's LogFileHome: one log per server
     auto_restart_minutes: int = 1  # Starter restarts a server that failed after running this long
+    access_control: dict = field(default_factory=dict)  # roles and lab hosts (tango_db.access_control)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -203,7 +210,30 @@ def site_config(args, site: Site, db_port: int) -> dict:
     if problems:
         raise DeployError("this installation lacks the Sardana code the servers would load:\n  " + "\n  ".join(problems)
                           + "\nreinstall tangodaq (pip install tangodaq) in the environment Starter runs")
+    if site.access_control:
+        config = add_laser_door(config)
     return config
+
+
+def add_laser_door(config: dict) -> dict:
+    """The configuration with a second Door for light (role ``laser_door``) beside the lab's Door.
+
+    Light-making macros run only from it (``macros/lab_macros.py``), and only laser operators
+    may run macros on it (TAC): a macro runs as the MacroServer's user, so the user's own rights
+    on the laser do not reach it; the Door the user is allowed to use does."""
+    from .access_control import laser_door_name
+
+    out = copy.deepcopy(config)
+    door = out.get("roles", {}).get("door")
+    for insts in out.get("servers", {}).values():
+        for classes in insts.values():
+            doors = classes.get("Door") or {}
+            if door and door in doors:
+                name = laser_door_name(door)
+                doors[name] = copy.deepcopy(doors[door])
+                out["roles"]["laser_door"] = name
+                return out
+    return out
 
 
 # --- Sardana description ----------------------------------------------------------------------------
@@ -382,6 +412,164 @@ def folder_changes(site: Site) -> list[Change]:
     return changes
 
 
+# --- access control ---------------------------------------------------------------------------------
+
+def tango_settings(name: str) -> str:
+    """``name`` as cppTango's ``get_env_var`` finds it: the environment, ~/.tangorc, /etc/tangorc."""
+    if os.environ.get(name):
+        return os.environ[name]
+    for path in (Path.home() / ".tangorc", Path("/etc/tangorc")):
+        try:
+            for line in path.read_text().splitlines():
+                key, sep, value = line.strip().partition("=")
+                if sep and key.strip() == name:
+                    return value.strip()
+        except OSError:
+            continue
+    return ""
+
+
+def run_sql(statements: list[str]) -> None:
+    """Run ``statements`` on the Tango database's MariaDB with the ``mariadb`` client, as the
+    account DataBaseds uses (MYSQL_USER, MYSQL_PASSWORD, MYSQL_HOST, MYSQL_DATABASE)."""
+    import shutil
+    import subprocess
+
+    user = tango_settings("MYSQL_USER")
+    client = shutil.which("mariadb") or shutil.which("mysql")
+    if not user or not client:
+        raise OSError("the access-control rules are written by SQL: set MYSQL_USER and MYSQL_PASSWORD (and "
+                      "MYSQL_HOST) as for DataBaseds, in the environment or /etc/tangorc, and install the "
+                      "mariadb client (apt-get install mariadb-client)")
+    host, _, port = (tango_settings("MYSQL_HOST") or "localhost").partition(":")
+    argv = [client, "--batch", f"--host={host}", f"--user={user}", tango_settings("MYSQL_DATABASE") or "tango"]
+    if port:
+        argv.insert(3, f"--port={port}")
+    env = {**os.environ, "MYSQL_PWD": tango_settings("MYSQL_PASSWORD")}
+    out = subprocess.run(argv, input="\n".join(statements), text=True, capture_output=True, env=env, timeout=60)
+    if out.returncode:
+        raise OSError(f"SQL on {host}: {out.stderr.strip()}")
+
+
+def select_rows(db, query: str) -> set[tuple[str, ...]]:
+    """Rows of a SELECT through the database device's DbMySqlSelect (no SQL account needed)."""
+    (shape, values) = db.command_inout("DbMySqlSelect", query)
+    columns = int(shape[-1]) if len(shape) else 1
+    values = list(values)
+    return {tuple(str(v) for v in values[i:i + columns]) for i in range(0, len(values), columns)}
+
+
+def access_changes(db, config: dict, site: Site, sardana: dict | None, notes: list[str]) -> list[Change]:
+    """The operator model (tango_db.access_control) into the database, in an order that never
+    leaves the lab open: rules, read-only command lists, and last the service (from then on every
+    new client asks TAC), registered only once TAC answers (else a note in ``notes``).
+
+    The rules are rows written by SQL, with every column given: TAC 9.3.4's ``AddDeviceForUser``
+    and ``AddAddressForUser`` leave out ``updated`` (``timestamp NOT NULL`` without a default
+    since MariaDB 10.10 made ``explicit_defaults_for_timestamp`` the default), which strict mode
+    refuses. The alternatives were a non-strict session for TAC (an option file for its client
+    library, also read by every other client of the service user) or an ``ALTER TABLE`` giving
+    ``updated`` a default (what Debian did for the property history tables, bug #1062979: a
+    schema change the tango-db package owns). Plain INSERT/DELETE on two tables with the account
+    DataBaseds already uses changes no server setting and no schema."""
+    import tango
+
+    from . import access_control as ac
+
+    try:
+        policy = ac.AccessPolicy.from_site(site.access_control, site.service_user)
+    except ac.AccessConfigError as exc:
+        raise DeployError(str(exc)) from None
+    devices = {dev: cls for si in server_instances(config) for dev, cls in si.devices.items()}
+    roles = deployed_roles(config, {})
+    lab = ac.lab_devices(devices, roles, sardana)
+    changes: list[Change] = []
+
+    # the rules: rows on the lab's devices are this deployment's; other devices are left alone
+    owned = {d.lower() for d in (*lab.plain, *lab.light, *lab.managers)}
+    current = {(u, d.lower(), r) for u, d, r in select_rows(db, "SELECT user, device, rights FROM access_device")}
+    wanted = ac.device_rules(policy, lab)
+    stale = {row for row in current if row[1] in owned and row not in wanted}
+    missing = wanted - current
+    users = ac.managed_users(policy)
+    current_addr = select_rows(db, "SELECT user, address FROM access_address")
+    wanted_addr = ac.address_rules(policy)
+    stale_addr = {row for row in current_addr if row[0] in users and row not in wanted_addr}
+    missing_addr = wanted_addr - current_addr
+    statements = [ac.delete_device_sql(*row) for row in sorted(stale)]
+    statements += [ac.delete_address_sql(*row) for row in sorted(stale_addr)]
+    statements += [ac.insert_device_sql(*row) for row in sorted(missing)]
+    statements += [ac.insert_address_sql(*row) for row in sorted(missing_addr)]
+    for user, address in sorted(missing_addr):
+        changes.append(Change("access control", f"rule: {user} from {address}", lambda: None))
+    for user, dev, rights in sorted(missing, key=lambda r: (r[0] != "*", r[0], r[1])):
+        changes.append(Change("access control", f"rule: {user} {rights} {dev}", lambda: None))
+    for user, dev, rights in sorted(stale):
+        changes.append(Change("access control", f"remove rule: {user} {rights} {dev}", lambda: None))
+    for user, address in sorted(stale_addr):
+        changes.append(Change("access control", f"remove rule: {user} from {address}", lambda: None))
+    if statements:
+        changes.append(Change("access control", f"SQL: {len(statements)} rows of access_device/access_address "
+                              "(INSERT with every column; the MYSQL_* account of DataBaseds)",
+                              lambda st=statements: run_sql(st)))
+
+    # what a read-only client may still run
+    for cls, commands in ac.allowed_commands(set(devices.values())).items():
+        have = sorted(db.get_class_property(cls, "AllowedAccessCmd")["AllowedAccessCmd"])
+        if have == commands:
+            continue
+        if commands:
+            changes.append(Change("access control", f"put_class_property({cls}, AllowedAccessCmd={commands})",
+                                  lambda c=cls, v=commands: db.put_class_property(c, {"AllowedAccessCmd": v})))
+        else:
+            changes.append(Change("access control", f"delete_class_property({cls}, AllowedAccessCmd)",
+                                  lambda c=cls: db.delete_class_property(c, ["AllowedAccessCmd"])))
+
+    # TangoAccessControl's device (Debian's tango-db creates it); the server itself is a system
+    # service started before Starter: Starter never starts it (StarterUtil.cpp leaves out
+    # TangoAccessControl, DataBaseds, Starter and LogConsumer from a host's servers)
+    try:
+        db.get_device_info(ac.TAC_DEVICE)
+    except tango.DevFailed:
+        info = tango.DbDevInfo()
+        info.name, info._class, info.server = ac.TAC_DEVICE, "TangoAccessControl", ac.TAC_SERVER
+        changes.append(Change("access control", f"add_device({ac.TAC_DEVICE} (TangoAccessControl in {ac.TAC_SERVER}))",
+                              lambda i=info: db.add_device(i)))
+
+    # last: the service, which makes every new client ask TAC. Only once TAC answers: a client that
+    # finds the service registered but unreachable may run no command at all, not even CloseShutter
+    services = list(db.get_property("CtrlSystem", "Services")["Services"])
+    line = f"{ac.ACCESS_SERVICE}:{ac.TAC_DEVICE}"
+    kept = [s for s in services if s.split(":", 1)[0].lower() != ac.ACCESS_SERVICE.lower()]
+    if line not in services:
+        if tac_answers(db):
+            changes.append(Change("access control", f"put_property(CtrlSystem, Services += {line})",
+                                  lambda v=[*kept, line]: db.put_property("CtrlSystem", {"Services": v})))
+        else:
+            notes.append(f"{ac.TAC_DEVICE} does not answer: the rules are written, but the access-control service is "
+                         f"not registered until it does. Start Debian's TangoAccessControl (apt-get install "
+                         f"tango-accesscontrol; it needs MYSQL_USER/MYSQL_PASSWORD in /etc/tangorc), before Starter, "
+                         f"then deploy again")
+    return changes
+
+
+def tac_answers(db) -> bool:
+    """True when the TangoAccessControl device is exported and answers a ping."""
+    import tango
+
+    from .access_control import TAC_DEVICE
+
+    try:
+        if not db.get_device_info(TAC_DEVICE).exported:
+            return False
+        proxy = tango.DeviceProxy(f"tango://{db.get_db_host()}:{db.get_db_port()}/{TAC_DEVICE}")
+        proxy.set_timeout_millis(3000)
+        proxy.ping()
+        return True
+    except tango.DevFailed:
+        return False
+
+
 # --- the command ------------------------------------------------------------------------------------
 
 
@@ -396,12 +584,16 @@ def plan(args, db, db_port: int) -> tuple[list[Change], list[tuple], dict]:
     calls = db_changes(config, db)
     changes = [Change("configuration", line, lambda: None) for line in describe_calls(calls)]
     changes += roles_changes(db, config)
+    sardana = None
     if any(si.server == "Pool" for si in server_instances(config)):  # a host without the Pool leaves it alone
-        changes += sardana_changes(db, sardana_description(config, args.sardana, site.data_dir))
+        sardana = sardana_description(config, args.sardana, site.data_dir)
+        changes += sardana_changes(db, sardana)
     changes += starter_changes(config, db, host, ds_path, site)
     changes += launcher_changes(config, folder)
     changes += folder_changes(site)
     notes = []
+    if site.access_control:
+        changes += access_changes(db, config, site, sardana, notes)
     if not args.simulated and _has_server(db, f"{BENCH_SERVER}/lab"):
         notes.append(f"{BENCH_SERVER}/lab (the virtual bench of a simulated deployment) is still in the database "
                      f"and controlled by Starter: once the real instruments are deployed, stop it from Astor and "

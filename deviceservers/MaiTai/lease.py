@@ -39,6 +39,31 @@ class LeaseLost(RuntimeError):
     """The light this owner asked for is gone (or nobody renews it any more): stop measuring."""
 
 
+class LightRefused(PermissionError):
+    """A program asked for light from a Door that may not make it (docs/laser-safety.md)."""
+
+
+def _plain_name(name: str) -> str:
+    """``tango://host:port/a/b/c`` or ``a/b/c`` -> ``a/b/c`` (lower case)."""
+    name = name.strip().lower()
+    if name.startswith("tango://"):
+        name = name[len("tango://"):].split("/", 1)[-1]
+    return name
+
+
+def check_light_door(door: str, laser_door: str) -> None:
+    """Refuse light to a macro that does not run on the laser Door.
+
+    A macro runs as the MacroServer's user, whoever asked the Door for it: the asking user's TAC
+    rights on the laser never reach the laser. What TAC does check is who may run macros on which
+    Door (``RunMacro`` needs write access to the Door), so a deployment with access control has a
+    Door that only laser operators may use (the ``laser_door`` role), and a program that makes
+    light must run on it. Without that role (a laptop lab, no access control) anything goes."""
+    if laser_door and _plain_name(door) != _plain_name(laser_door):
+        raise LightRefused(f"light is made only from the laser Door {laser_door} (laser operators); this macro runs "
+                           f"on {door or 'no Door'}: run it there, or ask a laser operator")
+
+
 def laser_proxy(name: str) -> tango.DeviceProxy:
     """A proxy with a time-out that outlasts a shutter command's confirmation."""
     proxy = tango.DeviceProxy(name)
