@@ -180,3 +180,78 @@ def test_the_example_site_file_holds_a_valid_operator_model():
     assert policy.operators == {"alice", "lab-operators-member"}
     assert policy.laser_operators == {"bob", "laser-safety-trained-member"}
     assert policy.lab_hosts == ["192.168.12.*"]
+
+
+class FakeDatabase:
+    """The few database calls deploy's access-control step makes, over in-memory tables."""
+
+    def __init__(self) -> None:
+        self.device_rows = {("*", "*/*/*", "write")}
+        self.address_rows = {("*", "*.*.*.*")}
+        self.class_props: dict[str, list[str]] = {}
+        self.free_props: dict[tuple[str, str], list[str]] = {}
+
+    def command_inout(self, command: str, query: str):
+        assert command == "DbMySqlSelect"
+        rows = sorted(self.device_rows if "access_device" in query else self.address_rows)
+        columns = len(rows[0]) if rows else 1
+        return [[1] * (len(rows) * columns) + [columns], [v for row in rows for v in row]]
+
+    def get_class_property(self, cls, name):
+        return {name: self.class_props.get(cls, [])}
+
+    def put_class_property(self, cls, props):
+        self.class_props[cls] = list(props["AllowedAccessCmd"])
+
+    def get_device_info(self, _name):
+        return object()
+
+    def get_property(self, obj, name):
+        return {name: self.free_props.get((obj, name), [])}
+
+    def put_property(self, obj, props):
+        for name, value in props.items():
+            self.free_props[(obj, name)] = list(value)
+
+    def run_sql(self, statements: list[str]) -> None:
+        import re
+
+        for st in statements:
+            values = tuple(re.findall(r"'([^']*)'", st))
+            table = self.device_rows if "access_device" in st else self.address_rows
+            row = values[:3] if table is self.device_rows else values[:2]
+            (table.add if st.startswith("INSERT") else table.discard)(row)
+
+
+def test_deploy_writes_the_rules_once_and_registers_the_service_only_when_tac_answers(monkeypatch, lab):
+    config, _devices = lab
+    db = FakeDatabase()
+    monkeypatch.setattr(deploy, "run_sql", db.run_sql)
+    site = deploy.Site(access_control={"operators": {"users": ["otto"]}, "laser_operators": {"users": ["lena"]},
+                                       "lab_hosts": ["10.1.2.*"]})
+    sardana = deploy.sardana_description(config, None, "/srv/lab")
+
+    monkeypatch.setattr(deploy, "tac_answers", lambda _db: False)
+    notes: list[str] = []
+    changes = deploy.access_changes(db, config, site, sardana, notes)
+    shown = [c.description for c in changes]
+    assert "rule: otto read lab/maitai/1" in shown and "rule: lena from 10.1.2.*" in shown
+    assert not any("Services" in d for d in shown) and "does not answer" in notes[0]
+    for change in changes:
+        change.apply()
+    assert ("otto", "lab/maitai/1", "read") in db.device_rows and db.class_props["MaiTai"] == ["CloseShutter", "Off"]
+
+    monkeypatch.setattr(deploy, "tac_answers", lambda _db: True)
+    changes = deploy.access_changes(db, config, site, sardana, [])
+    assert [c.description for c in changes] == [
+        "put_property(CtrlSystem, Services += AccessControl/tango:sys/access_control/1)"]
+    changes[0].apply()
+    assert deploy.access_changes(db, config, site, sardana, []) == []  # a second deploy changes nothing
+
+    # otto leaves the operators: his rows on the lab's devices go, the facility's default stays
+    site.access_control["operators"]["users"] = []
+    changes = deploy.access_changes(db, config, site, sardana, [])
+    assert "remove rule: otto read lab/maitai/1" in [c.description for c in changes]
+    for change in changes:
+        change.apply()
+    assert not any(row[0] == "otto" for row in db.device_rows) and ("*", "*/*/*", "write") in db.device_rows
