@@ -4,7 +4,7 @@ tangodaq up [--foreground] [--config OVERLAY.json] [--lab LAB.json] [--timeout S
 tangodaq status
 tangodaq down
 tangodaq deploy (--simulated | --config HARDWARE.json) [--site SITE.json] [--starter-host HOST] [--write]
-tangodaq gui [--tango-host HOST:PORT] [--tab NAME]
+tangodaq gui [--tango-host HOST:PORT] [--panel NAME]
 tangodaq bench [--config LAB.json] ...   (the virtual bench, started by `up` when lab.json uses socket://)
 """
 
@@ -315,7 +315,8 @@ def cmd_gui(args) -> int:
     """Open the Taurus GUI on the running lab (its TANGO_HOST from the state file if not set)."""
     state = running_state()
     argv = list(args.args)
-    if state and "--tango-host" not in argv and not os.environ.get("TANGO_HOST"):
+    given = any(a == "--tango-host" or a.startswith("--tango-host=") for a in argv)
+    if state and not given and not os.environ.get("TANGO_HOST"):
         argv = ["--tango-host", state["tango_host"], *argv]
     from taurus_gui import main as gui_main
 
@@ -424,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--write", action="store_true", help="apply the changes (default: show them)")
     deploy.set_defaults(func=cmd_deploy)
 
-    gui = sub.add_parser("gui", help="the lab's Taurus GUI (attaches to the running lab)")
-    gui.add_argument("args", nargs=argparse.REMAINDER, help="--tab Camera, --tango-host HOST:PORT")
+    gui = sub.add_parser("gui", help="the lab's taurusgui with Sardana's macro panels (attaches to the running lab)")
+    gui.add_argument("args", nargs=argparse.REMAINDER, help="--tango-host HOST:PORT, --panel NAME, --settings FILE.ini")
     gui.set_defaults(func=cmd_gui)
 
     bench = sub.add_parser("bench", help="serve the instrument simulators on TCP ports")

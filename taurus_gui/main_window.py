@@ -1,108 +1,148 @@
-"""The lab window (tabs: Lab, Laser, Motion, Power meter, Camera) and the ``main`` entry point.
+"""``LabGui`` (the lab's taurusgui) and the ``main`` entry point behind ``tangodaq gui``.
 
-The devices come from the lab's roles (``taurus_gui.layout``), read from the database the window
-attaches to; a tab whose role the lab does not have is left out.
+:class:`LabGui` is a ``TaurusGui`` loaded with this package's configuration (``taurus_gui``:
+panels generated from the lab's roles, Sardana's macro panels and live scan plot) for the lab
+at ``tango_host``. It adds what a control room needs around Taurus' own window: the lab's
+database in the title, the user's layout saved at close without a modal question, and the
+command outcomes of every panel on the status bar.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 from taurus.external.qt import Qt
+from taurus.qt.qtgui.taurusgui import TaurusGui
 
-from taurus_gui.layout import LabLayout, layout_from_roles, read_roles, split_tango_host
-from taurus_gui.panels import (
-    CameraPanel,
-    LabPanel,
-    LaserPanel,
-    MotionPanel,
-    PowerMeterPanel,
-)
-from taurus_gui.widgets import Messages, tango_host_from_env
+from taurus_gui.layout import split_tango_host
+from taurus_gui.widgets import message_hub, tango_host_from_env
 
 log = logging.getLogger(__name__)
 
-
-def lab_devices(layout: LabLayout) -> dict[str, str]:
-    """Every device the overview lists (device -> description), from the lab's roles."""
-    return dict(layout.overview)
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
-class LabWindow(Qt.QMainWindow):
-    """The lab's main window, attached to the lab whose database is ``tango_host``."""
+def use_tango_host(tango_host: str) -> str:
+    """Make ``tango_host`` the default database of this process (Tango clients, Taurus and the
+    configuration), so names without a host, as Sardana's widgets use them, resolve there."""
+    host, port = split_tango_host(tango_host)
+    tango_host = f"{host}:{port}"
+    os.environ["TANGO_HOST"] = tango_host
+    import taurus
 
-    def __init__(self, tango_host: str | None = None, roles: dict[str, str] | None = None,
-                 classes: dict[str, str] | None = None) -> None:
-        """``roles`` (role -> device) and ``classes`` (device -> Tango class) default to what the
-        database at ``tango_host`` holds (the ``tangodaq``/``Roles`` property)."""
-        super().__init__()
-        self.tango_host = tango_host or tango_host_from_env()
-        if roles is None:
-            roles, found = read_roles(self.tango_host)
-            classes = found if classes is None else classes
-        self.layout_info = layout_from_roles(roles, classes)
-        lay = self.layout_info
+    taurus.Factory("tango").set_default_tango_host(tango_host)
+    return tango_host
+
+
+def enable_json_recorder(door_name: str) -> None:
+    """Sardana's live scan plot is fed by the Door's JSON recorder: turn it on (as Sardana's own
+    plot manager offers to, with a modal question this GUI must not open) where it is not set."""
+    import taurus
+
+    try:
+        door = taurus.Device(door_name)
+        if "JsonRecorder" not in door.getEnvironment():
+            door.putEnvironment("JsonRecorder", True)
+            log.info("JsonRecorder enabled on %s for the live scan plot", door_name)
+    except Exception as exc:  # noqa: BLE001 - Sardana down: the plot says so when a scan starts
+        log.warning("could not check JsonRecorder on %s: %s", door_name, exc)
+
+
+class LabGui(TaurusGui):
+    """The lab's taurusgui for the database at ``tango_host`` (default: ``TANGO_HOST``).
+
+    ``settings``: the .ini file keeping the user's perspectives and layout (default: Taurus'
+    per-user file for the application)."""
+
+    SAVE_SETTINGS_ON_CLOSE = True  # keep the operator's layout; never a modal question at close
+
+    def __init__(self, tango_host: str | None = None, settings: str | None = None,
+                 parent: Qt.QWidget | None = None) -> None:
+        started = time.monotonic()
+        self.tango_host = use_tango_host(tango_host or tango_host_from_env())
+        import taurus_gui
+
+        taurus_gui.reset_configuration()
+        conf = taurus_gui.configuration()
+        if conf.get("DOOR_NAME"):
+            enable_json_recorder(conf["DOOR_NAME"])
+        super().__init__(parent, confname=PACKAGE_DIR, settingsname=settings)
+        self.layout_info = conf["TANGODAQ_LAYOUT"]
         self.setWindowTitle(f"tangodaq lab - {self.tango_host}")
-        self.messages = Messages()
+        if not self.getQSettings().value("MainWindow/State"):
+            self.arrange_default()
         self.history: list[tuple[float, str, bool]] = []
+        message_hub().message.connect(self._on_message)
+        #: the status bar's recent messages (scan number, point and file of the running scan...)
+        self.short_messages: list[str] = []
+        Qt.QApplication.instance().SDM.connectReader("shortMessage", self._on_short_message)
+        self.startup_s = time.monotonic() - started
+        log.info("GUI for %s built in %.2f s (%d panels)", self.tango_host, self.startup_s,
+                 len(self.getPanelNames()))
 
-        self.lab = LabPanel(self.tango_host, lab_devices(lay))
-        self.laser = LaserPanel(self.tango_host, self.messages, device=lay.laser) if lay.laser else None
-        self.motion = (MotionPanel(self.tango_host, self.messages, axes=lay.axes, mounts=lay.mounts)
-                       if lay.axes or lay.mounts else None)
-        self.power_meter = (PowerMeterPanel(self.tango_host, self.messages, device=lay.meter)
-                            if lay.meter else None)
-        self.camera = CameraPanel(self.tango_host, self.messages, device=lay.camera) if lay.camera else None
-        candidates = {"Lab": self.lab, "Laser": self.laser, "Motion": self.motion,
-                      "Power meter": self.power_meter, "Camera": self.camera}
-        self.panels = {title: panel for title, panel in candidates.items() if panel is not None}
-        missing = [title for title, panel in candidates.items() if panel is None]
-        if missing:
-            log.warning("the lab at %s has no role for the %s tab(s): left out (roles: %s)",
-                        self.tango_host, ", ".join(missing), ", ".join(sorted(roles)))
+    #: the first layout (before the user saves one): the instruments in tabs on the left, the
+    #: overview on top; Sardana's macro panels on the right, the scan plot below them
+    LEFT = ("Lab overview", "Laser", "Motion", "Power meter", "Camera")
+    RIGHT = ("Macros", "Sequences", "Experiment Config", "MacroDescription")
+    BOTTOM_RIGHT = ("Scan plot", "DoorOutput", "DoorResult", "Manual")
 
-        self.tabs = Qt.QTabWidget()
-        for title, panel in self.panels.items():
-            self.tabs.addTab(panel, title)
-        self.setCentralWidget(self.tabs)
+    def arrange_default(self) -> None:
+        """Lay the panels out for a first start: instruments left (overview in front), Sardana's
+        macro executor right (Macros in front) with the live scan plot and door output below."""
+        names = set(self.getPanelNames())
+        groups = [([n for n in self.LEFT if n in names] + sorted(names - set(self.LEFT) - set(self.RIGHT)
+                                                               - set(self.BOTTOM_RIGHT)),
+                   Qt.Qt.LeftDockWidgetArea),
+                  ([n for n in self.RIGHT if n in names], Qt.Qt.RightDockWidgetArea),
+                  ([n for n in self.BOTTOM_RIGHT if n in names], Qt.Qt.RightDockWidgetArea)]
+        groups = [(members, area) for members, area in groups if members]
+        firsts = [self.getPanel(members[0]) for members, _ in groups]
+        for first, (_, area) in zip(firsts, groups, strict=True):
+            first.setFloating(False)
+            self.addDockWidget(area, first)
+        if len(firsts) == 3:
+            self.splitDockWidget(firsts[1], firsts[2], Qt.Qt.Vertical)
+        for first, (members, _) in zip(firsts, groups, strict=True):
+            for name in members[1:]:
+                self.tabifyDockWidget(first, self.getPanel(name))
+        for first in firsts:
+            first.show()
+            first.raise_()
 
-        self.message_line = Qt.QLabel()
-        self.statusBar().addWidget(self.message_line, 1)
-        self.statusBar().addPermanentWidget(Qt.QLabel(f"TANGO_HOST {self.tango_host}"))
-        self.messages.message.connect(self.show_message)
-        self.resize(1100, 760)
+    def panel_widget(self, name: str) -> Qt.QWidget:
+        """The widget of panel ``name`` (KeyError with the panel names if there is none)."""
+        panel = self.getPanel(name)
+        if panel is None:
+            raise KeyError(f"no panel {name!r} (panels: {', '.join(sorted(self.getPanelNames()))})")
+        return panel.widget()
 
-    def show_message(self, text: str, is_error: bool) -> None:
-        """Show the latest command outcome (errors in red) and keep a history for tooltips."""
+    def show_panel(self, name: str) -> Qt.QWidget:
+        """Bring panel ``name`` to the front (as clicking its tab or its Panels menu entry)."""
+        panel = self.getPanel(name)
+        if panel is None:
+            raise KeyError(f"no panel {name!r} (panels: {', '.join(sorted(self.getPanelNames()))})")
+        panel.show()
+        panel.raise_()
+        return panel.widget()
+
+    def _on_message(self, text: str, is_error: bool) -> None:
+        """Keep a history of the command outcomes (the overview forwards them to the status bar)."""
         self.history.append((time.time(), text, is_error))
         del self.history[:-50]
-        self.message_line.setStyleSheet("color: #b00000; font-weight: bold" if is_error else "")
-        self.message_line.setText(time.strftime("%H:%M:%S ") + text)
-        self.message_line.setToolTip("\n".join(
-            time.strftime("%H:%M:%S ", time.localtime(t)) + m for t, m, _ in self.history[-15:]))
 
-    def shutdown(self) -> None:
-        """Detach every Taurus widget from its model, so no listener or poller is left."""
-        if self.camera is not None:
-            self.camera.close_feed()
-        for widget in self.findChildren(Qt.QWidget):
-            set_model = getattr(widget, "setModel", None)
-            if set_model is not None and hasattr(widget, "getModelName"):
-                try:
-                    set_model(None)
-                except Exception:  # noqa: BLE001 - best effort while closing
-                    pass
-        if self.power_meter is not None:
-            for trend_set in self.power_meter.trend.getTrendSets():
-                trend_set.setModel(None)
-        release_idle_pollers()
+    def _on_short_message(self, text: str) -> None:
+        self.short_messages.append(str(text))
+        del self.short_messages[:-100]
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        self.shutdown()
         super().closeEvent(event)
+        if event.isAccepted():
+            release_idle_pollers()
 
 
 def release_idle_pollers() -> None:
@@ -121,17 +161,22 @@ def release_idle_pollers() -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The GUI's options: ``[--tango-host HOST:PORT] [--tab TAB]`` (a leading ``--``, as
-    ``tangodaq gui -- ...`` passes it, is ignored). A bad HOST:PORT exits with a usage error."""
+    """The GUI's options: ``[--tango-host HOST:PORT] [--panel NAME] [--settings FILE]`` (a
+    leading ``--``, as ``tangodaq gui -- ...`` passes it, is ignored). A bad HOST:PORT exits
+    with a usage error."""
     parser = argparse.ArgumentParser(
         prog="tangodaq gui",
-        description="The lab's Taurus GUI: Lab overview, Laser, Motion, Power meter and Camera "
-                    "panels for the devices the lab's roles name, attached to the running lab "
-                    "through its Tango database.")
+        description="The lab's taurusgui: Lab overview, Laser, Motion, Power meter and Camera "
+                    "panels for the devices the lab's roles name, and Sardana's macro executor, "
+                    "sequencer, experiment configuration and live scan plot, attached to the "
+                    "running lab through its Tango database.")
     parser.add_argument("--tango-host", default=None, metavar="HOST:PORT",
                         help="the lab's database (default: $TANGO_HOST, else 127.0.0.1:10000)")
-    parser.add_argument("--tab", default="Lab", help="tab to show first: Lab, Laser, Motion, "
-                        "'Power meter' or Camera")
+    parser.add_argument("--panel", "--tab", dest="panel", default=None,
+                        help="panel to show first, e.g. 'Lab overview', Laser, Motion, "
+                        "'Power meter', Camera, Macros")
+    parser.add_argument("--settings", default=None, metavar="FILE.ini",
+                        help="file keeping the layout and perspectives (default: Taurus' per-user file)")
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--"]:
         args = args[1:]
@@ -146,15 +191,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Open the lab window (``python -m taurus_gui [--tango-host HOST:PORT] [--tab TAB]``)."""
+    """Open the lab's GUI (``python -m taurus_gui [--tango-host HOST:PORT] [--panel NAME]``)."""
     args = parse_args(argv)
+    if args.tango_host:
+        os.environ["TANGO_HOST"] = args.tango_host  # before Taurus makes its Tango factory
 
     from taurus.qt.qtgui.application import TaurusApplication
 
     app = TaurusApplication.instance() or TaurusApplication(
         [sys.argv[0]], cmd_line_parser=None, app_name="tangodaq-gui", org_name="tangodaq")
-    window = LabWindow(args.tango_host)
-    if args.tab in window.panels:
-        window.tabs.setCurrentWidget(window.panels[args.tab])
-    window.show()
+    gui = LabGui(args.tango_host, settings=args.settings)
+    if args.panel:
+        try:
+            gui.show_panel(args.panel)
+        except KeyError as exc:
+            log.warning("%s", exc.args[0])
+    gui.show()
     return app.exec_()

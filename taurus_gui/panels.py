@@ -1,18 +1,20 @@
-"""The panels of the lab window: Lab overview, Laser, Motion, Power meter, Camera.
+"""The instrument panels of the lab's taurusgui: Laser, Motion, Power meter, Camera.
 
-Each panel takes the lab's database address and the names of the devices it shows; the window
-(``main_window``) takes those names from the lab's roles (``tango_db.roles``), so the same panels
-serve the simulated lab (``lab/maitai/1``) and a facility that names its laser
-``b12/laser/maitai``. Panels keep references to their key widgets as attributes
-(``panel.warmup``, ``panel.buttons["On"]``...) so tests and scripts can drive them the way a user
-does.
+TaurusGui builds a panel from its ``PanelDescription`` (``taurus_gui.config``) as Taurus does for
+any panel: the class is called with no argument, then ``setModel(model)`` gives it its device(s)
+as full Taurus names (``tango://host:port/a/b/c``). The configuration takes those names from the
+lab's roles (``tango_db.roles``), so the same panels serve the simulated lab (``lab/maitai/1``)
+and a facility that names its laser ``b12/laser/maitai``. Panels keep references to their key
+widgets as attributes (``panel.warmup``, ``panel.buttons["On"]``...) so tests and scripts can
+drive them the way a user does.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyqtgraph as pg
-import taurus
 from taurus.core import TaurusEventType
 from taurus.external.qt import Qt
 from taurus.qt.qtgui.display import TaurusLabel
@@ -22,14 +24,20 @@ from taurus_pyqtgraph import TaurusTrend
 from taurus_gui.widgets import (
     CommandButton,
     CompactUnits,
-    Messages,
+    EventFeed,
     attribute_form,
     device_header,
     group,
     model_name,
+    split_model,
     state_label,
     status_label,
 )
+
+try:  # the live image with ROI and profiles, where the tree has it
+    from taurus_gui.camera_view import CameraView
+except ImportError:  # pragma: no cover - depends on the tree's state
+    CameraView = None
 
 
 def value_label(model: str) -> TaurusLabel:
@@ -51,7 +59,71 @@ def button_row(buttons: dict[str, CommandButton]) -> Qt.QWidget:
     return row
 
 
-class LaserPanel(Qt.QWidget):
+def detach(widget: Qt.QWidget) -> None:
+    """Detach every Taurus widget under ``widget`` from its model and close every event feed,
+    so a closed panel leaves no listener, subscription or poller behind."""
+    for child in widget.findChildren(Qt.QObject):
+        close_feed = getattr(child, "close_feed", None)
+        if close_feed is not None:
+            close_feed()
+        elif isinstance(child, EventFeed):
+            child.close()
+    for child in widget.findChildren(Qt.QWidget):
+        if isinstance(child, TaurusTrend):
+            for trend_set in child.getTrendSets():
+                trend_set.setModel(None)
+            continue
+        set_model = getattr(child, "setModel", None)
+        if set_model is not None and hasattr(child, "getModelName"):
+            try:
+                set_model(None)
+            except Exception:  # noqa: BLE001 - best effort while closing
+                pass
+
+
+class ModelPanel(Qt.QWidget):
+    """Base of the panels: empty until ``setModel``, which builds the content for the model
+    (a new model rebuilds it); ``closeEvent`` detaches every Taurus widget."""
+
+    def __init__(self, parent: Qt.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._outer = Qt.QVBoxLayout(self)
+        self._outer.setContentsMargins(4, 4, 4, 4)
+        self._body: Qt.QWidget | None = None
+        self._model: Any = None
+
+    def getModel(self) -> Any:  # noqa: N802 - Taurus' name
+        return self._model
+
+    def setModel(self, model: Any) -> None:  # noqa: N802 - Taurus' name
+        """Build the panel for ``model`` (a device's full name, or a list of them)."""
+        if model == self._model and self._body is not None:
+            return
+        self.release()
+        self._model = model
+        if not model:
+            return
+        self._body = Qt.QWidget()
+        self._outer.addWidget(self._body)
+        self.build(self._body, model)
+
+    def build(self, body: Qt.QWidget, model: Any) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    def release(self) -> None:
+        """Detach the content from its models and drop it."""
+        if self._body is not None:
+            detach(self._body)
+            self._body.setParent(None)
+            self._body.deleteLater()
+            self._body = None
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.release()
+        super().closeEvent(event)
+
+
+class LaserPanel(ModelPanel):
     """Mai Tai: warm-up, emission, shutter, wavelength and power.
 
     Switching on is two steps on the real laser (On starts the diode warm-up; On again at 100 %
@@ -59,11 +131,11 @@ class LaserPanel(Qt.QWidget):
     does is exactly what the laser is told.
     """
 
-    def __init__(self, tango_host: str, messages: Messages, device: str) -> None:
-        super().__init__()
+    def build(self, body: Qt.QWidget, model: str) -> None:
+        tango_host, device = split_model(model)
         self.device = device
         dev = model_name(tango_host, device)
-        layout = Qt.QVBoxLayout(self)
+        layout = Qt.QVBoxLayout(body)
         layout.addWidget(device_header(tango_host, device, "Mai Tai laser"))
 
         big = Qt.QGridLayout()
@@ -88,11 +160,11 @@ class LaserPanel(Qt.QWidget):
         layout.addWidget(group("At a glance", layout=big))
 
         self.buttons = {
-            "On": CommandButton(dev, "On", "On", messages,
+            "On": CommandButton(dev, "On", "On",
                                 tooltip="First On starts the warm-up; On at 100 % starts emission"),
-            "Off": CommandButton(dev, "Off", "Off", messages, tooltip="Stop emission"),
-            "OpenShutter": CommandButton(dev, "OpenShutter", "Open shutter", messages),
-            "CloseShutter": CommandButton(dev, "CloseShutter", "Close shutter", messages),
+            "Off": CommandButton(dev, "Off", "Off", tooltip="Stop emission"),
+            "OpenShutter": CommandButton(dev, "OpenShutter", "Open shutter"),
+            "CloseShutter": CommandButton(dev, "CloseShutter", "Close shutter"),
         }
         layout.addWidget(group("Commands", button_row(self.buttons)))
 
@@ -105,40 +177,45 @@ class LaserPanel(Qt.QWidget):
         layout.addStretch(1)
 
 
-class MotionPanel(Qt.QWidget):
+class MotionPanel(ModelPanel):
     """ESP300 stage axes and ELL14 rotation mounts: one row per axis.
 
     A row is what a user needs while aligning: where it is, where to send it, and Stop next to it.
+    The model is the list of the axes' devices; ``sections`` (set by the configuration before
+    the model) groups them: ``[(group title, {row title: device}, offer Home), ...]``.
     """
 
-    def __init__(self, tango_host: str, messages: Messages,
-                 axes: dict[str, str], mounts: dict[str, str]) -> None:
-        """``axes`` and ``mounts``: row title -> device name (a group with none is left out)."""
-        super().__init__()
+    def __init__(self, parent: Qt.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.sections: list = []
         self.rows: dict[str, dict[str, Qt.QWidget]] = {}
-        layout = Qt.QVBoxLayout(self)
+
+    def build(self, body: Qt.QWidget, model: list[str]) -> None:
+        self.rows = {}
+        layout = Qt.QVBoxLayout(body)
+        sections = self.sections or [("Axes", {split_model(m)[1]: m for m in model}, False)]
         # Home is offered for the mounts only (clockwise, the mount's usual direction): homing
         # the stage drives it to a switch across its travel, a move to decide at the optics.
-        for title, devices, homing in (("Newport ESP300 stage", axes, False),
-                                       ("Thorlabs ELL14 rotation mounts", mounts, True)):
+        for title, devices, homing in sections:
             if not devices:
                 continue
             grid = Qt.QGridLayout()
             for column, caption in enumerate(["", "State", "Position", "Move to (Enter)", "", "", ""]):
                 grid.addWidget(Qt.QLabel(f"<i>{caption}</i>"), 0, column)
-            for row, (name, device) in enumerate(devices.items(), start=1):
+            for row, (name, full_name) in enumerate(devices.items(), start=1):
+                tango_host, device = split_model(full_name)
                 dev = model_name(tango_host, device)
                 widgets = {
                     "name": Qt.QLabel(f"<b>{name}</b><br><span style='color:#666'>{device}</span>"),
                     "state": state_label(f"{dev}/State"),
                     "position": value_label(f"{dev}/Position"),
                     "target": TaurusValueLineEdit(),
-                    "stop": CommandButton(dev, "Stop", "Stop", messages,
+                    "stop": CommandButton(dev, "Stop", "Stop",
                                           tooltip="Stop this axis now (urgent lane)"),
                     "status": status_label(f"{dev}/Status"),
                 }
                 if homing:
-                    widgets["home"] = CommandButton(dev, "Home", "Home", messages, parameters=["0"],
+                    widgets["home"] = CommandButton(dev, "Home", "Home", parameters=["0"],
                                                     tooltip="Home clockwise (find the index mark)")
                 widgets["target"].setModel(f"{dev}/Position")
                 widgets["target"].setMinimumWidth(110)
@@ -153,13 +230,14 @@ class MotionPanel(Qt.QWidget):
         layout.addStretch(1)
 
 
-class PowerMeterPanel(Qt.QWidget):
+class PowerMeterPanel(ModelPanel):
     """Newport 1830-C: reading, settings and a live trend of Power."""
 
-    def __init__(self, tango_host: str, messages: Messages, device: str) -> None:
-        super().__init__()
+    def build(self, body: Qt.QWidget, model: str) -> None:
+        tango_host, device = split_model(model)
+        self.device = device
         dev = model_name(tango_host, device)
-        layout = Qt.QVBoxLayout(self)
+        layout = Qt.QVBoxLayout(body)
         layout.addWidget(device_header(tango_host, device, "Newport 1830-C power meter"))
 
         top = Qt.QHBoxLayout()
@@ -183,9 +261,9 @@ class PowerMeterPanel(Qt.QWidget):
         layout.addLayout(top)
 
         self.buttons = {
-            "Zero": CommandButton(dev, "Zero", "Zero", messages,
+            "Zero": CommandButton(dev, "Zero", "Zero",
                                   tooltip="Store the current reading as zero offset (block the beam first)"),
-            "StoreReference": CommandButton(dev, "StoreReference", "Store reference", messages),
+            "StoreReference": CommandButton(dev, "StoreReference", "Store reference"),
         }
         layout.addWidget(button_row(self.buttons))
 
@@ -202,72 +280,71 @@ class PowerMeterPanel(Qt.QWidget):
         return [curve for trend_set in self.trend.getTrendSets() for curve in trend_set]
 
 
-class ImageFeed(Qt.QObject):
-    """Forwards an image attribute's Taurus events (Tango change events, or Taurus polling when
-    events are unavailable) to the GUI thread. Events arrive on Tango's threads, where Qt widgets
-    must not be touched; a queued signal carries the array across."""
+class ImageFeed(EventFeed):
+    """An image attribute's events (``LastImage``) as 2-D arrays in the GUI thread; counts them."""
 
-    received = Qt.pyqtSignal(object)
-
-    def __init__(self, model: str) -> None:
-        super().__init__()
+    def __init__(self, model: str, parent: Qt.QObject | None = None, slot=None) -> None:
         self.frames = 0
-        self._attribute = taurus.Attribute(model)
-        self._attribute.addListener(self._on_event)
+        super().__init__(model, parent, slot=slot)
 
     def _on_event(self, source, event_type, value) -> None:  # noqa: ARG002 - Taurus' signature
-        if event_type not in (TaurusEventType.Change, TaurusEventType.Periodic):
-            return
-        data = getattr(value, "rvalue", None)
-        if data is None:
-            return
-        data = np.asarray(getattr(data, "magnitude", data))
-        if data.ndim == 2 and data.size:
+        data = getattr(value, "rvalue", None) if event_type != TaurusEventType.Error else None
+        data = getattr(data, "magnitude", data)
+        if isinstance(data, np.ndarray) and data.ndim == 2 and data.size:
             self.frames += 1
             self.received.emit(data)
 
-    def close(self) -> None:
-        self._attribute.removeListener(self._on_event)
+    def _count(self, data) -> None:
+        if isinstance(data, np.ndarray) and data.ndim == 2 and data.size:
+            self.frames += 1
 
 
-class CameraPanel(Qt.QWidget):
-    """Prime BSI: live view of ``LastImage`` (the device's preview, a few frames per second) and
-    the acquisition settings.
+class CameraPanel(ModelPanel):
+    """Prime BSI: live view of the camera and its acquisition settings.
 
-    The view repaints at most ``REFRESH_HZ`` from the newest frame received, so a fast camera
-    cannot flood the GUI; levels follow each frame unless the user fixes them.
+    Where the tree has ``taurus_gui.camera_view.CameraView`` (live image with ROI and profiles),
+    the panel embeds it; otherwise it shows ``LastImage`` (the device's preview, a few frames per
+    second) in a plain image view that repaints at most ``REFRESH_HZ`` from the newest frame
+    received, so a fast camera cannot flood the GUI; levels follow each frame unless fixed.
     """
 
     REFRESH_HZ = 4
 
-    def __init__(self, tango_host: str, messages: Messages, device: str) -> None:
-        super().__init__()
+    def build(self, body: Qt.QWidget, model: str) -> None:
+        tango_host, device = split_model(model)
+        self.device = device
         dev = model_name(tango_host, device)
-        layout = Qt.QHBoxLayout(self)
+        layout = Qt.QHBoxLayout(body)
 
-        left = Qt.QVBoxLayout()
-        self.view = pg.ImageView()
-        self.view.ui.roiBtn.hide()
-        self.view.ui.menuBtn.hide()
-        self.view.setMinimumSize(480, 400)
-        self.view.getView().invertY(True)
-        self.view.setPredefinedGradient("viridis")
-        self.info = Qt.QLabel("no frame yet")
-        left.addWidget(self.view, 1)
-        info_row = Qt.QHBoxLayout()
-        info_row.addWidget(self.info, 1)
-        self.auto_levels = Qt.QCheckBox("Auto levels")
-        self.auto_levels.setChecked(True)
-        info_row.addWidget(self.auto_levels)
-        left.addLayout(info_row)
-        layout.addLayout(left, 3)
+        self.camera_view = None
+        self.view = None
+        if CameraView is not None:
+            self.camera_view = CameraView(dev, body)
+            layout.addWidget(self.camera_view, 3)
+        else:
+            left = Qt.QVBoxLayout()
+            self.view = pg.ImageView()
+            self.view.ui.roiBtn.hide()
+            self.view.ui.menuBtn.hide()
+            self.view.setMinimumSize(480, 400)
+            self.view.getView().invertY(True)
+            self.view.setPredefinedGradient("viridis")
+            self.info = Qt.QLabel("no frame yet")
+            left.addWidget(self.view, 1)
+            info_row = Qt.QHBoxLayout()
+            info_row.addWidget(self.info, 1)
+            self.auto_levels = Qt.QCheckBox("Auto levels")
+            self.auto_levels.setChecked(True)
+            info_row.addWidget(self.auto_levels)
+            left.addLayout(info_row)
+            layout.addLayout(left, 3)
 
         right = Qt.QVBoxLayout()
         right.addWidget(device_header(tango_host, device, "Prime BSI camera"))
         self.buttons = {
-            "StartAcquisition": CommandButton(dev, "StartAcquisition", "Start live", messages),
-            "StopAcquisition": CommandButton(dev, "StopAcquisition", "Stop", messages),
-            "Snap": CommandButton(dev, "Snap", "Snap", messages, tooltip="Acquire one frame"),
+            "StartAcquisition": CommandButton(dev, "StartAcquisition", "Start live"),
+            "StopAcquisition": CommandButton(dev, "StopAcquisition", "Stop"),
+            "Snap": CommandButton(dev, "Snap", "Snap", tooltip="Acquire one frame"),
         }
         right.addWidget(button_row(self.buttons))
         self.form = attribute_form([
@@ -282,17 +359,19 @@ class CameraPanel(Qt.QWidget):
         self.image: np.ndarray | None = None
         self.frames_shown = 0
         self._pending: np.ndarray | None = None
-        self.feed = ImageFeed(f"{dev}/LastImage")
-        self.feed.received.connect(self._store, Qt.Qt.QueuedConnection)
-        self._timer = Qt.QTimer(self)
-        self._timer.timeout.connect(self._refresh)
-        self._timer.start(int(1000 / self.REFRESH_HZ))
+        self.feed = None
+        if self.view is not None:
+            self.feed = ImageFeed(f"{dev}/LastImage", body, slot=self._store)
+            self._timer = Qt.QTimer(body)
+            self._timer.timeout.connect(self._refresh)
+            self._timer.start(int(1000 / self.REFRESH_HZ))
 
-    def _store(self, data: np.ndarray) -> None:
-        self._pending = data
+    def _store(self, data) -> None:
+        if isinstance(data, np.ndarray) and data.ndim == 2 and data.size:
+            self._pending = data
 
     def _refresh(self) -> None:
-        if self._pending is None:
+        if self._pending is None or self.view is None:
             return
         data, self._pending = self._pending, None
         first = self.image is None or self.image.shape != data.shape
@@ -306,31 +385,8 @@ class CameraPanel(Qt.QWidget):
                           f"({x}, {y})   mean {float(data.mean()):.1f}   frames shown "
                           f"{self.frames_shown}")
 
-    def close_feed(self) -> None:
-        self._timer.stop()
-        self.feed.close()
-
-
-class LabPanel(Qt.QWidget):
-    """Every device of the lab with its State (Tango colours) and Status: the overview."""
-
-    def __init__(self, tango_host: str, devices: dict[str, str]) -> None:
-        super().__init__()
-        layout = Qt.QVBoxLayout(self)
-        grid = Qt.QGridLayout()
-        grid.setHorizontalSpacing(12)
-        for column, caption in enumerate(["Device", "", "State", "Status"]):
-            grid.addWidget(Qt.QLabel(f"<b>{caption}</b>"), 0, column)
-        self.states: dict[str, TaurusLabel] = {}
-        self.statuses: dict[str, TaurusLabel] = {}
-        for row, (device, description) in enumerate(devices.items(), start=1):
-            grid.addWidget(Qt.QLabel(f"<b>{device}</b>"), row, 0)
-            grid.addWidget(Qt.QLabel(f"<span style='color:#555'>{description}</span>"), row, 1)
-            self.states[device] = state_label(model_name(tango_host, device, "State"))
-            self.statuses[device] = status_label(model_name(tango_host, device, "Status"))
-            grid.addWidget(self.states[device], row, 2)
-            grid.addWidget(self.statuses[device], row, 3)
-        grid.setColumnStretch(3, 1)
-        box = group(f"Lab on {tango_host}", layout=grid)
-        layout.addWidget(box)
-        layout.addStretch(1)
+    def release(self) -> None:
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.stop()
+        super().release()

@@ -9,8 +9,12 @@ window's message line instead, with the device's own reason.
 from __future__ import annotations
 
 import os
+import time
 
+import numpy as np
 import tango
+import taurus
+from taurus.core import TaurusEventType
 from taurus.external.qt import Qt
 from taurus.qt.qtgui.button import TaurusCommandButton
 from taurus.qt.qtgui.display import TaurusLabel
@@ -29,6 +33,16 @@ def model_name(tango_host: str, device: str, attribute: str | None = None) -> st
     GUI can watch a lab other than the default one."""
     name = f"tango://{tango_host}/{device}"
     return f"{name}/{attribute}" if attribute else name
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``tango://host:port/a/b/c`` -> (``host:port``, ``a/b/c``); a bare ``a/b/c`` gets the
+    default Tango host (``TANGO_HOST``), as Taurus resolves it."""
+    text = str(model)
+    if text.startswith("tango://"):
+        host, _, device = text[len("tango://"):].partition("/")
+        return host, device
+    return tango_host_from_env(), text
 
 
 def describe_error(exc: BaseException) -> str:
@@ -50,13 +64,99 @@ class Messages(Qt.QObject):
         self.message.emit(text, True)
 
 
+_hub: Messages | None = None
+
+
+def message_hub() -> Messages:
+    """The GUI's one message hub: every panel's command outcomes go here; the window shows them
+    on its status bar and the overview keeps the errors in its log."""
+    global _hub
+    if _hub is None:
+        _hub = Messages()
+    return _hub
+
+
+class EventFeed(Qt.QObject):
+    """One Taurus attribute's events (Tango change events; Taurus' polling only where a device
+    has none), delivered in the GUI thread as ``received(value)``, ``value`` None when the
+    attribute cannot be read. Events arrive on Tango's threads, where Qt widgets must not be
+    touched: a queued signal carries the value across."""
+
+    received = Qt.pyqtSignal(object)
+
+    def __init__(self, model: str, parent: Qt.QObject | None = None, slot=None) -> None:
+        """``slot``: connected (queued) before listening, so it also gets the first value, which
+        Taurus hands to a new listener at once."""
+        super().__init__(parent)
+        self.model = model
+        self.events = 0
+        if slot is not None:
+            self.received.connect(slot, Qt.Qt.QueuedConnection)
+        self._attribute = taurus.Attribute(model)
+        self._attribute.addListener(self._on_event)
+
+    def _on_event(self, source, event_type, value) -> None:  # noqa: ARG002 - Taurus' signature
+        if event_type == TaurusEventType.Config:
+            return
+        data = None if event_type == TaurusEventType.Error else getattr(value, "rvalue", None)
+        if data is not None:
+            data = getattr(data, "magnitude", data)
+            if isinstance(data, np.ndarray) and data.ndim == 0:
+                data = data.item()
+        self.events += 1
+        self.received.emit(data)
+
+    def close(self) -> None:
+        """Stop listening (the Tango subscription ends with the last listener)."""
+        if self._attribute is not None:
+            self._attribute.removeListener(self._on_event)
+            self._attribute = None
+
+
+class FlagLabel(Qt.QLabel):
+    """A boolean attribute shown as a word on a colour a person sees across the room (the
+    laser's shutter and emission): ``texts``/``colours`` are (for True, for False)."""
+
+    UNKNOWN = "#bbbbbb"
+
+    def __init__(self, model: str, title: str, texts: tuple[str, str], colours: tuple[str, str],
+                 parent: Qt.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.title, self.texts, self.colours = title, texts, colours
+        self.value: bool | None = None
+        self.setAlignment(Qt.Qt.AlignCenter)
+        self.setMinimumSize(170, 54)
+        font = self.font()
+        font.setPointSize(font.pointSize() + 5)
+        font.setBold(True)
+        self.setFont(font)
+        self._show(None)
+        self.feed = EventFeed(model, self, slot=self._show)
+
+    def _show(self, value) -> None:
+        self.value = None if value is None else bool(value)
+        if self.value is None:
+            text, colour = "?", self.UNKNOWN
+        else:
+            text, colour = (self.texts[0], self.colours[0]) if self.value else (self.texts[1], self.colours[1])
+        self.setText(f"{self.title}\n{text}")
+        self.setStyleSheet(f"QLabel {{ background: {colour}; color: black; border-radius: 4px; }}")
+
+    def close_feed(self) -> None:
+        self.feed.close()
+
+
+def now_text() -> str:
+    return time.strftime("%H:%M:%S")
+
+
 class CommandButton(TaurusCommandButton):
     """A TaurusCommandButton that reports failures on the message line instead of a modal box."""
 
-    def __init__(self, device_model: str, command: str, text: str, messages: Messages,
+    def __init__(self, device_model: str, command: str, text: str, messages: Messages | None = None,
                  parameters: list | None = None, tooltip: str = "") -> None:
         super().__init__(command=command, text=text, parameters=parameters)
-        self._messages = messages
+        self._messages = messages or message_hub()
         self._device_label = device_model.split("/", 3)[-1]
         self.setModel(device_model)
         self.setMinimumHeight(30)

@@ -1,13 +1,17 @@
-"""The lab's Taurus GUI against the running lab, rendered offscreen, driven as a user drives it.
+"""The lab's taurusgui against the running lab, rendered offscreen, driven as a user drives it.
 
-One window for the module (built once, ~3 s), attached to the session ``lab`` by its TANGO_HOST.
-Tests click the panels' buttons and type into their fields, then check what the devices hold and
+One ``LabGui`` for the module (the taurusgui generated from the lab's roles, with Sardana's macro
+panels), attached to the session ``lab`` by its TANGO_HOST. Tests click the panels' buttons,
+type into their fields and into Sardana's macro executor, then check what the devices hold and
 what the widgets show, and save a screenshot of every panel into the module's tmp folder; each
-screenshot is checked (not blank; the camera view shows the beam spot; the trend has a curve).
+screenshot is checked (not blank; the camera view shows the beam spot; the trends have curves).
+Taurus' log is captured from the start: no attribute may fall back to client-side polling.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import threading
@@ -35,15 +39,21 @@ def app_instance():
         ["test_gui"], cmd_line_parser=None, app_name="tangodaq-gui-test")
 
 
-def wait_gui(condition, timeout: float = 10.0, what: str = ""):
-    """``wait_until`` that keeps the Qt event loop turning (events, timers, repaints)."""
+def wait_gui(condition, timeout: float = 10.0, what: str = "", last=None):
+    """``wait_until`` that keeps the Qt event loop turning (events, timers, repaints);
+    ``last()``, if given, says what was seen when it times out."""
     app = app_instance()
 
     def check():
         app.processEvents()
         return condition()
 
-    return wait_until(check, timeout=timeout, what=what)
+    try:
+        return wait_until(check, timeout=timeout, what=what)
+    except AssertionError as exc:
+        if last is None:
+            raise
+        raise AssertionError(f"{exc}; last seen {last()!r}") from None
 
 
 def pixels(widget) -> np.ndarray:
@@ -79,6 +89,15 @@ def shown_quantity(label, unit: str) -> float:
     return Quantity(label.text()).to(unit).magnitude
 
 
+def type_text(widget, text: str) -> None:
+    """Type ``text`` into ``widget`` key by key, as a user does (each key pressed and released)."""
+    for char in text:
+        key = Qt.Qt.Key_Space if char == " " else ord(char.upper())
+        for kind in (Qt.QEvent.KeyPress, Qt.QEvent.KeyRelease):
+            Qt.QApplication.sendEvent(widget, Qt.QKeyEvent(kind, key, Qt.Qt.NoModifier, char))
+        app_instance().processEvents()
+
+
 def form_read_widget(form, attribute: str):
     for item in form:
         if item.getModelName().rsplit("/", 1)[-1].lower() == attribute.lower():
@@ -89,6 +108,21 @@ def form_read_widget(form, attribute: str):
 # ---------------------------------------------------------------- fixtures
 
 
+class LogRecords(logging.Handler):
+    """Every log record of the process (Taurus logs through Python's logging)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def polled(self) -> list[str]:
+        """The attributes Taurus polls because subscribing to their events failed."""
+        return [r.name for r in self.records if "Activating polling" in r.getMessage()]
+
+
 @pytest.fixture(scope="module")
 def screens(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("gui-screenshots")
@@ -97,16 +131,26 @@ def screens(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def window(lab):
+def taurus_log():
+    handler = LogRecords()
+    logging.getLogger().addHandler(handler)
+    yield handler
+    logging.getLogger().removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def gui(lab, taurus_log, tmp_path_factory):
     import taurus
 
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TANGO_HOST", lab.tango_host)  # the lab's database is this process's default
     app_instance()
     taurus.Manager()  # Taurus' process-wide worker pool exists before any window
     threads_before = {t.ident for t in threading.enumerate()}
-    from taurus_gui import LabWindow
+    from taurus_gui import LabGui
 
-    win = LabWindow(lab.tango_host)
-    win.resize(1200, 800)
+    win = LabGui(lab.tango_host, settings=str(tmp_path_factory.mktemp("gui-settings") / "gui.ini"))
+    win.resize(1600, 1000)
     win.show()
     # What TaurusApplication.exec_() does before entering the loop (the tests turn the loop
     # themselves): mark the application started, which starts Taurus' client-side polling of
@@ -119,29 +163,31 @@ def window(lab):
     laser, camera = lab.proxy("lab/maitai/1"), lab.proxy("lab/camera/1")
     try:
         if laser.Shutter:
-            win.laser.buttons["CloseShutter"].click()
+            laser.CloseShutter()
         if laser.Emission:
-            win.laser.buttons["Off"].click()
+            laser.Off()
         if camera.State() == tango.DevState.RUNNING:
-            win.camera.buttons["StopAcquisition"].click()
+            camera.StopAcquisition()
     finally:
         win.close()
         win.deleteLater()
         app_instance().processEvents()
+        patch.undo()
     assert not win.isVisible()
 
     def left_behind():
-        return [t.name for t in threading.enumerate() if t.ident not in threads_before]
+        # Sardana's client objects (the MacroServer's and Door's) live as long as the process
+        return [t.name for t in threading.enumerate() if t.ident not in threads_before
+                and "Dummy" not in t.name]
 
     wait_until(lambda: not left_behind(), timeout=8, what=f"the GUI's threads to end: {left_behind()}")
 
 
 @pytest.fixture(scope="module")
-def laser_emitting(window, lab):
+def laser_emitting(gui, lab):
     """Warm the laser, start emission and open the shutter with the Laser panel's buttons."""
-    panel = window.laser
+    panel = gui.show_panel("Laser")
     laser = lab.proxy("lab/maitai/1")
-    window.tabs.setCurrentWidget(panel)
     panel.buttons["On"].click()  # first On: starts the warm-up
     wait_gui(lambda: laser.WarmupPercent >= 100, timeout=20, what="laser warm-up to reach 100 %")
     wait_gui(lambda: shown_number(panel.warmup) >= 100, what="warm-up label to show 100 %")
@@ -156,12 +202,24 @@ def laser_emitting(window, lab):
 # ---------------------------------------------------------------- tests
 
 
-def test_lab_table_shows_every_device_state_in_its_colour(window, lab, screens):
+def test_every_panel_is_built_from_the_roles_in_time(gui, lab, screens):
+    from taurus_gui.config import INSTRUMENT_PANELS, SARDANA_PANELS
+
+    names = set(gui.getPanelNames())
+    assert set(INSTRUMENT_PANELS) | set(SARDANA_PANELS) <= names, names
+    assert gui.startup_s < 5.0, f"the GUI took {gui.startup_s:.1f} s to build its panels"
+    assert gui.layout_info.door == "door/lab/1"
+    screenshot(gui, screens, "window")
+    for name in ("Macros", "Experiment Config", "Sequences"):
+        screenshot(gui.show_panel(name), screens, name.replace(" ", "_").lower())
+
+
+def test_overview_shows_states_in_colour_the_laser_and_the_datawriter(gui, lab, screens):
     from taurus.qt.qtgui.util import QT_DEVICE_STATE_PALETTE
 
-    panel = window.lab
-    window.tabs.setCurrentWidget(panel)
+    panel = gui.show_panel("Lab overview")
     proxies = {name: lab.proxy(name) for name in panel.states}
+    assert set(proxies) == set(gui.layout_info.overview)
 
     def all_match():
         return all(panel.states[n].text() == str(p.State()) for n, p in proxies.items())
@@ -171,7 +229,13 @@ def test_lab_table_shows_every_device_state_in_its_colour(window, lab, screens):
     esp = proxies["lab/esp300/x"]
     wait_gui(lambda: panel.statuses["lab/esp300/x"].text() == esp.Status(),
              what="the ESP300 X status sentence")
-    rgb = screenshot(panel, screens, "lab")
+    laser, writer = lab.proxy("lab/maitai/1"), lab.proxy("lab/datawriter/1")
+    wait_gui(lambda: panel.shutter.value is bool(laser.Shutter) and panel.emission.value is bool(laser.Emission),
+             what="the laser's shutter and emission flags")
+    wait_gui(lambda: panel.recording.value is bool(writer.Recording), what="the DataWriter's Recording flag")
+    wait_gui(lambda: shown_number(panel.backlog) == writer.Backlog, what="the DataWriter's backlog")
+    wait_gui(lambda: shown_number(panel.losses) == writer.DroppedRecords, what="the DataWriter's losses")
+    rgb = screenshot(panel, screens, "lab_overview")
     assert rgb.shape[0] > 300
     # Colour by state: the centre-left of each State label is painted in Taurus' state colour.
     for name, label in panel.states.items():
@@ -180,10 +244,25 @@ def test_lab_table_shows_every_device_state_in_its_colour(window, lab, screens):
         got = pixels(label)[label.height() // 2, 4]
         assert np.abs(got.astype(int) - expected).max() <= 20, (
             f"{name} is {state}: label colour {got}, expected {expected}")
+    closed = pixels(panel.shutter)[panel.shutter.height() // 2, 4]
+    assert closed[1] > 150 and closed[0] < 150, f"a closed shutter is shown green, got {closed}"
 
 
-def test_laser_panel_warms_switches_on_and_opens_shutter(window, laser_emitting, screens):
-    panel = window.laser
+def test_no_attribute_falls_back_to_polling(gui, taurus_log):
+    """Every device pushes events for what the GUI shows (State, Status, CommunicationOk,
+    LastError...): Taurus subscribes and never activates its client-side polling. The DataWriter's
+    State/Status/FilePath are the exception until datawriter/device.py pushes them."""
+    for name in ("Laser", "Motion", "Power meter", "Camera"):
+        gui.show_panel(name)
+    app_instance().processEvents()
+    polled = [name for name in taurus_log.polled() if "/datawriter/" not in name.lower()]
+    assert not polled, f"Taurus polls {polled}"
+    laser_form = {item.getModelName().rsplit("/", 1)[-1] for item in gui.panel_widget("Laser").form}
+    assert {"CommunicationOk", "LastError"} <= laser_form  # on screen, hence subscribed
+
+
+def test_laser_panel_warms_switches_on_and_opens_shutter(gui, laser_emitting, screens):
+    panel = gui.panel_widget("Laser")
     laser = laser_emitting
     assert laser.State() in (tango.DevState.ON, tango.DevState.MOVING), laser.Status()
     wait_gui(lambda: panel.emission.text() == "True", what="emission label to show True")
@@ -193,12 +272,17 @@ def test_laser_panel_warms_switches_on_and_opens_shutter(window, laser_emitting,
     wait_gui(lambda: shown_quantity(panel.power, "W") > 0, what="output power above 0 W")
     assert abs(shown_quantity(panel.power, "W") - laser.Power) < max(0.05, 0.05 * laser.Power)
     screenshot(panel, screens, "laser")
-    assert not [m for _, m, error in window.history if error], window.history
+    overview = gui.show_panel("Lab overview")
+    wait_gui(lambda: overview.shutter.value is True and overview.emission.value is True,
+             what="the overview to show emission ON and the shutter OPEN")
+    assert "OPEN" in overview.shutter.text()
+    shown = pixels(overview.shutter)[overview.shutter.height() // 2, 4]
+    assert shown[0] > 200 and shown[1] < 120, f"an open shutter is shown red, got {shown}"
+    assert not [m for _, m, error in gui.history if error], gui.history
 
 
-def test_motion_panel_moves_a_mount_typed_in_and_stops(window, lab, screens):
-    panel = window.motion
-    window.tabs.setCurrentWidget(panel)
+def test_motion_panel_moves_a_mount_typed_in_and_stops(gui, lab, screens):
+    panel = gui.show_panel("Motion")
     hwp = lab.proxy("lab/ell14/hwp")
     start = hwp.Position
     target = 30.0 if abs(start - 30.0) > 1 else 60.0
@@ -215,24 +299,24 @@ def test_motion_panel_moves_a_mount_typed_in_and_stops(window, lab, screens):
     wait_gui(lambda: abs(shown_number(row["position"]) - target) < 0.01,
              what="the Position label to follow the mount")
     row["stop"].click()  # Stop on an idle axis: accepted, nothing moves
-    wait_gui(lambda: window.history and "Stop: done" in window.history[-1][1],
+    wait_gui(lambda: gui.history and "Stop: done" in gui.history[-1][1],
              what="the Stop outcome on the message line")
     assert hwp.State() == tango.DevState.ON
     qwp = lab.proxy("lab/ell14/qwp")
     panel.rows["lab/ell14/qwp"]["home"].click()
     wait_gui(lambda: qwp.Homed and qwp.State() == tango.DevState.ON, timeout=10, what="qwp homed")
-    assert "Home: done" in window.history[-1][1], window.history[-1]
+    assert "Home: done" in gui.history[-1][1], gui.history[-1]
     for name in ("lab/esp300/x", "lab/ell14/pol"):
         proxy = lab.proxy(name)
         wait_gui(lambda p=proxy, n=name: abs(shown_number(panel.rows[n]["position"]) - p.Position)
                  < 0.01, what=f"{name} position shown")
     screenshot(panel, screens, "motion")
     hwp.Position = start  # leave the shared lab's mount where it was
+    wait_gui(lambda: hwp.State() == tango.DevState.ON, timeout=10, what="hwp back")
 
 
-def test_power_meter_panel_trends_power(window, lab, laser_emitting, screens):
-    panel = window.power_meter
-    window.tabs.setCurrentWidget(panel)
+def test_power_meter_panel_trends_power(gui, lab, laser_emitting, screens):
+    panel = gui.show_panel("Power meter")
     meter = lab.proxy("lab/powermeter/1")
     wait_gui(lambda: shown_number(form_read_widget(panel.form, "Wavelength")) == meter.Wavelength,
              what="meter wavelength shown")
@@ -252,8 +336,7 @@ def test_power_meter_panel_trends_power(window, lab, laser_emitting, screens):
     assert np.all(np.isfinite(y))
     rgb = screenshot(panel, screens, "power_meter")
     plot = pixels(panel.trend)
-    pen = panel.curves()[0].opts["pen"]
-    colour = np.array(pg_colour(pen))
+    colour = np.array(pg_colour(panel.curves()[0].opts["pen"]))
     near = np.abs(plot.astype(int) - colour).max(axis=2) < 40
     assert near.sum() > 50, f"no curve drawn in the trend ({near.sum()} pixels of {colour})"
     assert rgb.std() > 10
@@ -266,80 +349,151 @@ def pg_colour(pen) -> tuple[int, int, int]:
     return colour.red(), colour.green(), colour.blue()
 
 
-def test_camera_view_shows_the_beam_spot(window, lab, laser_emitting, screens):
-    panel = window.camera
-    window.tabs.setCurrentWidget(panel)
+def test_camera_view_shows_the_beam_spot(gui, lab, laser_emitting, screens):
+    panel = gui.show_panel("Camera")
     camera = lab.proxy("lab/camera/1")
     panel.buttons["StartAcquisition"].click()
     wait_gui(lambda: camera.State() == tango.DevState.RUNNING, what="camera RUNNING")
-    first = panel.frames_shown
-    wait_gui(lambda: panel.frames_shown >= first + 3, timeout=10, what="3 new frames in the view")
-    frame = panel.image
-    assert frame is not None and frame.ndim == 2
-    # The spot: the brightest 32x32 block stands far above the frame's background.
-    h, w = (frame.shape[0] // 32) * 32, (frame.shape[1] // 32) * 32
-    blocks = frame[:h, :w].reshape(h // 32, 32, w // 32, 32).mean(axis=(1, 3))
-    background = float(np.median(frame))
-    assert blocks.max() > background + 200, f"no spot: brightest block {blocks.max():.0f}, " \
-        f"background {background:.0f}"
-    # ... and on screen: the brightest part of the rendered view is far from its median.
-    view = pixels(panel.view.getView().scene().views()[0])
-    grey = view.mean(axis=2)
-    assert grey.max() - np.median(grey) > 60, "the spot is not visible in the rendered view"
+    if panel.camera_view is not None:  # the live view with ROI and profiles: tested on its own
+        wait_gui(lambda: camera.FramesAcquired >= 3, timeout=10, what="3 frames")
+        screenshot(panel, screens, "camera")
+    else:
+        first = panel.frames_shown
+        wait_gui(lambda: panel.frames_shown >= first + 3, timeout=10, what="3 new frames in the view")
+        frame = panel.image
+        assert frame is not None and frame.ndim == 2
+        # The spot: the brightest 32x32 block stands far above the frame's background.
+        h, w = (frame.shape[0] // 32) * 32, (frame.shape[1] // 32) * 32
+        blocks = frame[:h, :w].reshape(h // 32, 32, w // 32, 32).mean(axis=(1, 3))
+        background = float(np.median(frame))
+        assert blocks.max() > background + 200, (
+            f"no spot: brightest block {blocks.max():.0f}, background {background:.0f}")
+        # ... and on screen: the brightest part of the rendered view is far from its median.
+        view = pixels(panel.view.getView().scene().views()[0])
+        grey = view.mean(axis=2)
+        assert grey.max() - np.median(grey) > 60, "the spot is not visible in the rendered view"
+        screenshot(panel, screens, "camera")
     wait_gui(lambda: shown_number(form_read_widget(panel.form, "FrameRate")) > 0, what="frame rate shown")
     wait_gui(lambda: shown_number(form_read_widget(panel.form, "FramesLost")) == camera.FramesLost,
              what="frames lost shown")
-    screenshot(panel, screens, "camera")
     panel.buttons["StopAcquisition"].click()
     wait_gui(lambda: camera.State() == tango.DevState.ON, timeout=10, what="camera idle after Stop")
 
 
-def test_an_unplugged_instrument_shows_fault_and_recovery(window, lab, screens):
-    """The power meter's cable pulled (on the bench): the GUI shows FAULT in red with the
-    device's reason, keeps running, and shows the recovery when the cable is back."""
+def test_an_unplugged_instrument_shows_its_fault_reason_and_recovery(gui, lab, screens):
+    """The power meter's cable pulled (on the bench): the overview shows FAULT in red with the
+    device's reason, logs it with the communication error, and logs the recovery."""
     from taurus.qt.qtgui.util import QT_DEVICE_STATE_PALETTE
 
     from deviceservers.bench.control import BenchClient
 
     bench = BenchClient(lab.port + 9)
     meter = lab.proxy("lab/powermeter/1")
-    state, status = window.lab.states["lab/powermeter/1"], window.lab.statuses["lab/powermeter/1"]
-    window.tabs.setCurrentWidget(window.lab)
+    overview = gui.show_panel("Lab overview")
+    state, status = overview.states["lab/powermeter/1"], overview.statuses["lab/powermeter/1"]
     bench.call("unplug", instrument="newport1830c")
     try:
         wait_gui(lambda: state.text() == "FAULT", timeout=15,
-                 what=f"the lab table to show FAULT (device {meter.State()})")
+                 what=f"the overview to show FAULT (device {meter.State()})")
         wait_gui(lambda: status.text() == meter.Status(), what="the fault's reason")
+        assert "Check the cable" in status.text(), status.text()
         fault_red = np.array(QT_DEVICE_STATE_PALETTE.rgb(tango.DevState.FAULT))
         assert np.abs(pixels(state)[state.height() // 2, 4].astype(int) - fault_red).max() <= 20
-        screenshot(window.lab, screens, "lab_powermeter_unplugged")
+        wait_gui(lambda: any(f"lab/powermeter/1 FAULT: {meter.Status()}" in e for e in overview.log),
+                 what=f"the fault and its reason in the log: {overview.log[:3]}")
+        wait_gui(lambda: any("lab/powermeter/1 error: " in e for e in overview.log),
+                 what="the meter's LastError in the log")
+        screenshot(overview, screens, "lab_powermeter_unplugged")
     finally:
         bench.call("plug", instrument="newport1830c")
-    wait_gui(lambda: state.text() == "ON", timeout=15, what="the lab table to show ON again")
+    wait_gui(lambda: state.text() == "ON", timeout=15, what="the overview to show ON again")
+    wait_gui(lambda: "lab/powermeter/1 recovered: ON" in overview.log[0], what="the recovery logged")
+    assert overview.log_view.count() == len(overview.log)
 
 
-def test_a_device_that_is_down_does_not_break_the_gui(window, lab, screens):
+def test_a_device_that_is_down_does_not_break_the_gui(gui, lab, screens):
     """A panel pointed at a device that does not exist: shown as unreachable; a click reports
-    the failure on the message line, nothing raises, the rest keeps updating."""
+    the failure on the status bar and in the overview's log, nothing raises."""
     from taurus_gui.panels import LaserPanel
 
-    panel = LaserPanel(lab.tango_host, window.messages, device="lab/maitai/99")
+    panel = LaserPanel()
+    panel.setModel(f"tango://{lab.tango_host}/lab/maitai/99")
     panel.resize(1000, 650)
     panel.show()
     try:
         wait_gui(lambda: panel.warmup.text() not in ("", "0.00 %"), what="the dead device's label")
         panel.buttons["On"].click()
         app_instance().processEvents()
-        when, text, is_error = window.history[-1]
+        when, text, is_error = gui.history[-1]
         assert is_error and "lab/maitai/99 On" in text and "not reachable" in text, text
-        assert "not reachable" in window.message_line.text()
-        shown = screenshot(panel, screens, "laser_device_down")
-        assert shown.std() > 10
+        wait_gui(lambda: "not reachable" in gui.statusBar().currentMessage(), what="the status bar")
+        assert "command refused: lab/maitai/99 On" in gui.panel_widget("Lab overview").log[0]
+        screenshot(panel, screens, "laser_device_down")
         assert panel.warmup.text().strip() in ("-----", "---", "None", "?"), panel.warmup.text()
-        # The live panels keep updating meanwhile.
-        before = window.camera.feed.frames
-        lab.proxy("lab/camera/1").Snap()
-        wait_gui(lambda: window.camera.feed.frames > before, timeout=10, what="a frame after Snap")
     finally:
         panel.close()
         panel.deleteLater()
+
+
+def plotted_points(plot_widget) -> int:
+    """Points drawn so far on Sardana's live scan plot (its first curve)."""
+    plots = getattr(plot_widget, "_plots", [])
+    if not plots or not plots[0].curves:
+        return 0
+    _, y = plots[0].curves[0].getData()
+    return 0 if y is None else int(np.count_nonzero(np.isfinite(y)))
+
+
+@pytest.fixture
+def power_plotted(lab):
+    """The power channel plotted against the scanned motor, as a user sets it in Experiment
+    Config's 'Plot type' column (the lab's measurement group leaves plotting off)."""
+    group = lab.proxy("mg_power")
+    original = group.read_attribute("Configuration").value
+    conf = json.loads(original)
+    for ctrl in conf["controllers"].values():
+        for name, channel in ctrl["channels"].items():
+            if name.rsplit("/", 1)[-1].lower() == "power" or channel.get("name") == "power":
+                channel["plot_type"], channel["plot_axes"] = 1, ["<mov>"]
+    group.write_attribute("Configuration", json.dumps(conf))
+    yield
+    group.write_attribute("Configuration", original)
+
+
+def test_ascan_from_the_macro_executor_plots_live_and_stops(gui, lab, power_plotted, screens):
+    door = lab.proxy("door/lab/1")
+    executor = gui.show_panel("Macros")
+    plot = gui.panel_widget("Scan plot")
+    wait_gui(lambda: executor.doorName() and executor.playMacroAction.isEnabled() is not None,
+             what="the macro executor on the lab's door")
+    command = executor.spockCommand
+    wait_gui(lambda: executor.macroComboBox.findText("ascan") >= 0, what="the MacroServer's macros listed")
+    executor.macroComboBox.setCurrentIndex(executor.macroComboBox.findText("ascan"))  # picks ascan ...
+    wait_gui(lambda: command.text().startswith("ascan"), what="the command line to show ascan",
+             last=command.text)
+    # ... clicks into the command line (offscreen, the window is never active: the focus event
+    # a click gives is sent by hand) and types the command over its placeholders
+    Qt.QApplication.sendEvent(command, Qt.QFocusEvent(Qt.QEvent.FocusIn, Qt.Qt.MouseFocusReason))
+    command.selectAll()
+    type_text(command, "ascan hwp 0 20 40 0.1")
+
+    def taken():
+        model = executor.paramEditorModel()
+        return (command.text(), model.root().name() if model is not None else None, command.toolTip())
+
+    wait_gui(lambda: taken()[1:] == ("ascan", ""), what="the executor to take the typed macro",
+             last=taken)
+    executor.playMacroAction.trigger()  # then presses Start
+    wait_gui(lambda: door.State() == tango.DevState.RUNNING, timeout=10, what="the Door RUNNING")
+    wait_gui(lambda: plotted_points(plot) >= 4, timeout=20, what="4 points on the live scan plot")
+    gui.show_panel("Scan plot")
+    screenshot(plot, screens, "scan_plot")
+    # the scan's number, title, point and file on the status bar; the file in the door's output
+    scan_line = next((m for m in reversed(gui.short_messages) if "| ascan hwp 0.0 20.0 40 0.1 |" in m), "")
+    assert "Point #" in scan_line and "scans.h5" in scan_line, gui.short_messages[-5:]
+    assert "scans.h5" in gui.panel_widget("DoorOutput").toPlainText()
+    executor.stopMacroAction.trigger()  # the user stops it
+    wait_gui(lambda: door.State() == tango.DevState.ON, timeout=15, what="the Door ON after Stop")
+    points = plotted_points(plot)
+    assert 4 <= points < 41, f"the scan was not stopped early: {points} points"
+    wait_gui(lambda: plotted_points(plot) == points, what="no more points after the stop")

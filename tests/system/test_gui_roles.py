@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import tango
 
 from tango_db import embedded_db, roles
 from tests.ports import free_port_block
+from tests.roles_b12 import B12_CLASSES, B12_ROLES
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -29,22 +31,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
 
 ROOT = Path(__file__).resolve().parents[2]
 
-B12_ROLES = {
-    "laser": "b12/laser/maitai",
-    "meter": "b12/meter/1830c",
-    "camera": "b12/camera/bsi",
-    "datawriter": "b12/daq/writer",
-    "stage_x": "b12/stage/x",
-    "stage_y": "b12/stage/y",
-    "stage_z": "b12/stage/z",
-    "hwp": "b12/mount/hwp",
-    "pol": "b12/mount/pol",
-    "qwp": "b12/mount/qwp",
-    "analyser": "b12/mount/analyser",
-    "pool": "b12/pool/1",
-    "macroserver": "b12/macroserver/1",
-    "door": "b12/door/1",
-}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +49,10 @@ def b12_db(tmp_path_factory):
         assert proc.poll() is None, (folder / "database.log").read_text()
         db = tango.Database(host, port)
         roles.write_roles(db, B12_ROLES)
-        info = tango.DbDevInfo()
-        info.name, info._class, info.server = "b12/mount/analyser", "Ell14", "Ell14/b12"
-        db.add_device(info)
+        for device, device_class in B12_CLASSES.items():
+            info = tango.DbDevInfo()
+            info.name, info._class, info.server = device, device_class, f"{device_class}/b12"
+            db.add_device(info)
         yield f"{host}:{port}"
     finally:
         proc.terminate()
@@ -95,21 +82,25 @@ def app_instance():
 
 
 @pytest.fixture(scope="module")
-def window(b12_db):
+def window(b12_db, tmp_path_factory):
+    """The lab's taurusgui on the b12 database (its roles; no server runs there)."""
     import taurus
 
+    patch = pytest.MonkeyPatch()
     app_instance()
     taurus.Manager()
     threads_before = {t.ident for t in threading.enumerate()}
-    from taurus_gui import LabWindow
+    from taurus_gui import LabGui
 
-    win = LabWindow(b12_db)  # roles read from that database, not from TANGO_HOST
+    win = LabGui(b12_db, settings=str(tmp_path_factory.mktemp("b12-gui") / "gui.ini"))
     win.show()
     app_instance().processEvents()
     yield win
     win.close()
     win.deleteLater()
     app_instance().processEvents()
+    patch.undo()
+    roles._cache.clear()
 
     def left_behind():
         return [t.name for t in threading.enumerate() if t.ident not in threads_before]
@@ -118,18 +109,22 @@ def window(b12_db):
 
 
 def model_devices(win) -> set[str]:
-    """The device part of every Taurus model in the window (``tango://h:p/a/b/c[/attr]``)."""
+    """The device part of every Taurus model in the window's panels (``tango://h:p/a/b/c[/attr]``)."""
     from taurus.external.qt import Qt
 
+    from taurus_gui.widgets import EventFeed
+
     models: list[str] = []
-    for widget in win.findChildren(Qt.QWidget):
+    for widget in win.findChildren(Qt.QObject):
+        if isinstance(widget, EventFeed):
+            models.append(widget.model)
+            continue
         get = getattr(widget, "getModelName", None)
-        if get is not None:
+        if get is not None and isinstance(widget, Qt.QWidget):
             names = get()
             models.extend(names if isinstance(names, list | tuple) else [names])
-    for trend_set in win.power_meter.trend.getTrendSets():
+    for trend_set in win.panel_widget("Power meter").trend.getTrendSets():
         models.append(trend_set.getFullModelName())
-    models.append(win.camera.feed._attribute.getFullName())
     devices = set()
     for model in filter(None, models):
         path = str(model).split("://", 1)[-1].split("/", 1)[-1]
@@ -138,16 +133,22 @@ def model_devices(win) -> set[str]:
 
 
 def test_window_shows_the_devices_the_roles_name(window, b12_db):
+    """The renamed, larger lab gets its panels: every device of its roles, the facility's own
+    mount on the Motion panel by its class; no Sardana panels (its MacroServer is not defined)."""
+    from taurus_gui.config import INSTRUMENT_PANELS, SARDANA_PANELS
+
     assert window.tango_host == b12_db
-    assert set(window.lab.states) == set(B12_ROLES.values())
-    assert set(window.panels) == {"Lab", "Laser", "Motion", "Power meter", "Camera"}
-    assert window.laser.device == "b12/laser/maitai"
-    assert set(window.motion.rows) == {"b12/stage/x", "b12/stage/y", "b12/stage/z", "b12/mount/hwp",
-                                       "b12/mount/pol", "b12/mount/qwp", "b12/mount/analyser"}
-    assert "home" in window.motion.rows["b12/mount/analyser"]  # a mount by its class: Home offered
-    assert "home" not in window.motion.rows["b12/stage/x"]
+    names = set(window.getPanelNames())
+    assert set(INSTRUMENT_PANELS) <= names and not set(SARDANA_PANELS) & names, names
+    overview = window.panel_widget("Lab overview")
+    assert set(overview.states) == set(B12_ROLES.values())
+    assert window.panel_widget("Laser").device == "b12/laser/maitai"
+    motion = window.panel_widget("Motion")
+    assert set(motion.rows) == {"b12/stage/x", "b12/stage/y", "b12/stage/z", "b12/mount/hwp",
+                                "b12/mount/pol", "b12/mount/qwp", "b12/mount/analyser"}
+    assert "home" in motion.rows["b12/mount/analyser"]  # a mount by its class: Home offered
+    assert "home" not in motion.rows["b12/stage/x"]
     assert window.layout_info.door == "b12/door/1"
-    assert window.layout_info.macroserver == "b12/macroserver/1"
     bound = model_devices(window)
     assert bound <= set(B12_ROLES.values()), f"widgets bound to other devices: {bound - set(B12_ROLES.values())}"
     assert {"b12/meter/1830c", "b12/camera/bsi", "b12/laser/maitai", "b12/door/1"} <= bound
@@ -155,10 +156,39 @@ def test_window_shows_the_devices_the_roles_name(window, b12_db):
 
 def test_a_command_on_a_device_of_the_roles_reports_it_down(window):
     """The b12 devices have no server: a click says which device is unreachable, nothing raises."""
-    window.laser.buttons["On"].click()
+    window.panel_widget("Laser").buttons["On"].click()
     app_instance().processEvents()
     _, text, is_error = window.history[-1]
     assert is_error and text.startswith("b12/laser/maitai On") and "not reachable" in text, text
+
+
+def test_the_standard_taurusgui_launcher_opens_the_configuration(b12_db, tmp_path):
+    """``taurus gui taurus_gui`` (Taurus' own launcher, any taurusgui user's command) opens the
+    same panels for the lab of TANGO_HOST: started offscreen, it builds them and stays up."""
+    env = {**os.environ, "TANGO_HOST": b12_db, "QT_QPA_PLATFORM": "offscreen",
+           "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    script = (
+        "import sys, taurus\n"
+        "from taurus.qt.qtgui.taurusgui import taurusgui as tg\n"
+        "from taurus.external.qt import Qt\n"
+        "def check():\n"
+        "    gui = [w for w in Qt.QApplication.topLevelWidgets() if isinstance(w, tg.TaurusGui)][0]\n"
+        "    print('PANELS', sorted(gui.getPanelNames()), flush=True)\n"
+        "    Qt.QApplication.instance().exit(0)\n"
+        "show = tg.TaurusGui.show\n"
+        "def shown(self):\n"
+        "    show(self)\n"
+        "    Qt.QTimer.singleShot(0, check)  # once the launcher's event loop runs\n"
+        "tg.TaurusGui.show = shown\n"
+        "sys.argv = ['taurusgui', 'taurus_gui']\n"
+        "tg.gui_cmd(standalone_mode=False)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("PANELS")), "")
+    assert line, f"no GUI: {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    for name in ("Lab overview", "Laser", "Motion", "Power meter", "Camera"):
+        assert repr(name) in line, line
 
 
 def load_controller(name: str):

@@ -13,34 +13,23 @@ import pytest
 
 from tango_db.roles import DEFAULT_ROLES
 from taurus_gui.layout import layout_from_roles, split_tango_host
+from tests.roles_b12 import B12_CLASSES, B12_ROLES
 
 ROOT = Path(__file__).resolve().parents[2]
 
-B12_ROLES = {
-    "laser": "b12/laser/maitai",
-    "meter": "b12/meter/1830c",
-    "camera": "b12/camera/bsi",
-    "datawriter": "b12/daq/writer",
-    "stage_x": "b12/stage/x",
-    "stage_y": "b12/stage/y",
-    "hwp": "b12/mount/hwp",
-    "pol": "b12/mount/pol",
-    "qwp": "b12/mount/qwp",
-    "pool": "b12/pool/1",
-    "macroserver": "b12/macroserver/1",
-    "door": "b12/door/1",
-}
+#: the b12 lab without its stage_z axis and its analyser mount (rows follow the roles present)
+B12 = {role: device for role, device in B12_ROLES.items() if role not in ("stage_z", "analyser")}
 
 
 def test_layout_takes_every_device_from_the_roles():
-    lay = layout_from_roles(B12_ROLES)
+    lay = layout_from_roles(B12)
     assert (lay.laser, lay.meter, lay.camera, lay.datawriter) == (
         "b12/laser/maitai", "b12/meter/1830c", "b12/camera/bsi", "b12/daq/writer")
     assert (lay.macroserver, lay.door) == ("b12/macroserver/1", "b12/door/1")
     assert lay.axes == {"Stage X": "b12/stage/x", "Stage Y": "b12/stage/y"}  # no stage_z role: no row
     assert lay.mounts == {"Half-wave plate": "b12/mount/hwp", "Polariser": "b12/mount/pol",
                           "Quarter-wave plate": "b12/mount/qwp"}
-    assert set(lay.overview) == set(B12_ROLES.values())
+    assert set(lay.overview) == set(B12.values())
     assert list(lay.overview)[0] == "b12/laser/maitai"
     assert lay.overview["b12/door/1"] == "Sardana Door"
     assert not [d for d in lay.overview if d.startswith("lab/")]
@@ -55,7 +44,7 @@ def test_the_simulated_lab_keeps_its_panels():
 
 def test_device_classes_put_unknown_roles_on_the_motion_panel():
     """A facility's own role names: the device's Tango class decides where it goes."""
-    roles = {**B12_ROLES, "analyser": "b12/mount/ana", "focus": "b12/stage/focus", "stage_t": "b12/x/t"}
+    roles = {**B12, "analyser": "b12/mount/ana", "focus": "b12/stage/focus", "stage_t": "b12/x/t"}
     classes = {"B12/Mount/Ana": "Ell14", "b12/stage/focus": "Esp300", "b12/x/t": "MaiTai",
                "b12/mount/hwp": "Ell14"}
     lay = layout_from_roles(roles, classes)
@@ -86,11 +75,12 @@ def test_a_bad_tango_host_is_refused_with_the_expected_form(text):
         split_tango_host(text)
 
 
-def test_gui_command_line_takes_tango_host_and_tab():
+def test_gui_command_line_takes_tango_host_and_panel():
     from taurus_gui.main_window import parse_args
 
-    args = parse_args(["--tango-host", "tango://127.0.0.1:20123", "--tab", "Camera"])
-    assert (args.tango_host, args.tab) == ("127.0.0.1:20123", "Camera")
+    args = parse_args(["--tango-host", "tango://127.0.0.1:20123", "--panel", "Camera"])
+    assert (args.tango_host, args.panel) == ("127.0.0.1:20123", "Camera")
+    assert parse_args(["--tab", "Macros"]).panel == "Macros"  # the old option's name
     assert parse_args(["--", "--tango-host=h:1"]).tango_host == "h:1"  # `tangodaq gui -- ...`
     assert parse_args([]).tango_host is None
 
@@ -115,3 +105,32 @@ SPELLED_NAME = re.compile(r"""["'](lab/[\w.-]+/[\w.-]+|(pool|macroserver|door)/l
 def test_no_device_name_is_spelled(path):
     found = [m.group(0) for m in SPELLED_NAME.finditer(path.read_text())]
     assert not found, f"{path.relative_to(ROOT)} spells {found}: use tango_db.roles.device(role)"
+
+
+def test_configuration_has_a_panel_per_part_of_the_lab():
+    """The taurusgui configuration of the b12 lab: its devices, Sardana's panels when the
+    database defines its MacroServer and Door, none (and no Door to connect to) otherwise."""
+    from taurus_gui.config import INSTRUMENT_PANELS, configuration
+
+    classes = {**B12_CLASSES, "b12/macroserver/1": "MacroServer", "b12/door/1": "Door"}
+    conf = configuration("tango://ctl01:20000", B12_ROLES, classes)
+    panels = {p.name: p for key, p in conf.items() if key.startswith("PANEL_")}
+    assert list(panels) == list(INSTRUMENT_PANELS)
+    assert panels["Laser"].model == "tango://ctl01:20000/b12/laser/maitai"
+    assert set(panels["Lab overview"].model) == {f"tango://ctl01:20000/{d}" for d in B12_ROLES.values()}
+    sections = panels["Motion"].widget_properties["sections"]
+    assert [(title, list(rows), homing) for title, rows, homing in sections] == [
+        ("Newport ESP300 stage", ["Stage X", "Stage Y", "Stage Z"], False),
+        ("Thorlabs ELL14 rotation mounts", ["Half-wave plate", "Polariser", "Quarter-wave plate",
+                                            "analyser"], True)]
+    health = panels["Lab overview"].widget_properties["health_devices"]
+    assert "tango://ctl01:20000/b12/mount/analyser" in health
+    assert not [d for d in health if "/macroserver/" in d or "/door/" in d or "/daq/" in d]
+    assert (conf["MACROSERVER_NAME"], conf["DOOR_NAME"]) == (
+        "tango://ctl01:20000/b12/macroserver/1", "tango://ctl01:20000/b12/door/1")
+    assert conf["SINGLE_INSTANCE"] is False
+
+    without_sardana = configuration("ctl01:20000", B12_ROLES, B12_CLASSES)
+    assert without_sardana["MACRO_PANELS"] is False and "DOOR_NAME" not in without_sardana
+    smaller = configuration("ctl01:20000", {"meter": "b12/meter/1830c"}, {})
+    assert [p.name for k, p in smaller.items() if k.startswith("PANEL_")] == ["Lab overview", "Power meter"]
