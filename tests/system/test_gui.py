@@ -261,6 +261,30 @@ def test_no_attribute_falls_back_to_polling(gui, taurus_log):
     assert {"CommunicationOk", "LastError"} <= laser_form  # on screen, hence subscribed
 
 
+def test_archive_events_follow_the_configured_change(lab, laser_emitting):
+    """An HDB++-style subscriber: the meter's noisy Power pushes a change event at every new
+    reading, archive events only on the configured relative change (5 %), which Jive shows."""
+    meter = lab.proxy("lab/powermeter/1")
+    archive = meter.get_attribute_config("Power").events.arch_event
+    assert (archive.archive_rel_change, archive.archive_period) == ("5", "60000")
+    counts = {"change": 0, "archive": 0}
+
+    def counter(kind):
+        def on_event(event):
+            if not event.err:
+                counts[kind] += 1
+        return on_event
+
+    ids = [meter.subscribe_event("Power", tango.EventType.CHANGE_EVENT, counter("change")),
+           meter.subscribe_event("Power", tango.EventType.ARCHIVE_EVENT, counter("archive"))]
+    try:
+        wait_until(lambda: counts["change"] >= 12, timeout=20, what=f"12 change events of Power: {counts}")
+    finally:
+        for event_id in ids:
+            meter.unsubscribe_event(event_id)
+    assert 1 <= counts["archive"] <= counts["change"] // 3, counts
+
+
 def test_laser_panel_warms_switches_on_and_opens_shutter(gui, laser_emitting, screens):
     panel = gui.panel_widget("Laser")
     laser = laser_emitting
