@@ -36,7 +36,9 @@ IDENTIFY_RETRY_S = 3.0  # ask a silent mount for its identity this often
 SWEEP_EVERY_MOVES = 10_000  # the mechanics want a full-range cleaning sweep this often
 CLEAN_MAX_S = 900.0  # a cleaning cycle takes minutes; give up waiting for its end after this
 LISTEN_S = 0.02  # during a move the bus is listened to in slices this long (others' requests interleave)
-POSITION_EVERY_S = 0.1  # during a move, gs/gp this often (position events); listened to in between
+# during a move, gp this often: position events, and the reports a continuous scan's position
+# capture interpolates (a gp takes ~17 ms on a real 9600 baud bus); listened to in between
+POSITION_EVERY_S = 0.025
 
 
 class Ell14Component(Component):
@@ -83,6 +85,12 @@ class Ell14Component(Component):
         self.velocity = self.add(Parameter(
             "Velocity", int, unit="%", minimum=1, maximum=100, writable=True, writer=self._write_velocity,
             description="Motor speed in % of the maximum (~430 deg/s at 100 %)"))
+        self.speed = self.add(Parameter(
+            "Speed", float, unit="deg/s", fmt="%.1f", minimum=driver.FULL_SPEED_DEG_S / 100,
+            maximum=driver.FULL_SPEED_DEG_S, writable=True, writer=self._write_speed, publish_on_write=False,
+            description=f"Angular speed of moves in deg/s: Velocity % x {driver.FULL_SPEED_DEG_S:g} deg/s. Writing "
+            "sets the nearest whole Velocity % (what the mount can do), so the speed read back may differ"))
+        self.velocity.subscribe(self._on_velocity)
         self.home_offset = self.add(Parameter(
             "HomeOffset", float, unit="deg", fmt="%.3f", minimum=0.0, maximum=360.0, writable=True,
             writer=self._write_home_offset, publish_on_write=False,
@@ -114,7 +122,7 @@ class Ell14Component(Component):
     def fast_poll_period_s(self) -> float:
         """No pause between polls while a move runs: each poll then listens for its end (the
         mount's own ``PO``) for up to LISTEN_S, so the end is heard when the mount says it."""
-        return 0.0 if self._move_running() else self._fast_poll_s
+        return 0.0 if self._move_running() and self.communication_ok else self._fast_poll_s
 
     @fast_poll_period_s.setter
     def fast_poll_period_s(self, value: float) -> None:
@@ -205,15 +213,19 @@ class Ell14Component(Component):
             return
         self._polls += 1
 
-        def status_and_position(port: Port, b: Ell14Bus) -> tuple[int, int]:
-            return driver.get_status(port, a, b), driver.get_position(port, a, b)
+        # during a move only gp (its gs says "busy", and the move's end comes as its PO)
+        in_move = self._move_running()
+
+        def status_and_position(port: Port, b: Ell14Bus) -> tuple[int | None, int]:
+            return (None if in_move else driver.get_status(port, a, b)), driver.get_position(port, a, b)
 
         asked = self._last_status_poll = time.monotonic()
-        status, pulses = bus.run(status_and_position, description=f"{a}gs {a}gp")
+        status, pulses = bus.run(status_and_position, description=f"{a}gp" if in_move else f"{a}gs {a}gp")
         settled = self._settling_since is not None and asked >= self._settling_since and self.move is None
         if settled:
             self._settling_since = None
-        self._publish_status(status)
+        if status is not None:
+            self._publish_status(status)
         self._publish_position(pulses)
         if settled:
             self.update_state()
@@ -275,6 +287,17 @@ class Ell14Component(Component):
         self._require_identified()
         self._bus().run(lambda port, b: driver.set_velocity(port, self.address, percent, b),
                         description=f"{self.address}sv")
+
+    def _on_velocity(self, r: Any) -> None:
+        """Speed follows Velocity (the mount holds a percentage; Sardana wants deg/s)."""
+        if r.value is None:
+            self.speed.publish(None, r.quality)
+        else:
+            self.speed.publish(round(int(r.value) * driver.FULL_SPEED_DEG_S / 100.0, 3), r.quality)
+
+    def _write_speed(self, deg_s: float) -> None:
+        percent = min(100, max(1, round(deg_s * 100.0 / driver.FULL_SPEED_DEG_S)))
+        self.velocity.set(percent)
 
     def _write_jog_step(self, degrees: float) -> None:
         self._require_identified()

@@ -236,7 +236,8 @@ class Esp300AxisComponent(Component):
 
     # ------------------------------------------------------------------ polling
     def is_busy(self) -> bool:
-        return self._moving
+        # polls back to back while moving: never while the link is down (nothing to ask, no spin)
+        return self._moving and self.communication_ok
 
     def poll(self) -> None:
         """One round: ``MD?`` (and ``TP?``) in one small request; the settings, when due, in a

@@ -18,7 +18,7 @@ from deviceservers.common.serial_link import InstrumentError, LinkSettings, Port
 from . import driver
 
 SETTINGS_EVERY = 5  # re-read the settings every N polls: the front panel can change them
-BURST_SECONDS = 0.05  # a streaming burst holds the link at most this long
+BURST_SECONDS = 0.02  # a streaming burst holds the link at most this long (and delays its samples in the ring)
 BURST_SAMPLES = 5000
 
 class MeterNoReading(InstrumentError):
@@ -35,6 +35,7 @@ class Newport1830CComponent(Component):
     def __init__(self, settings: LinkSettings, poll_period_s: float = 0.5, logger: logging.Logger | None = None) -> None:
         super().__init__(settings, poll_period_s, logger)
         self._polls = 0
+        self._last_measure = -float("inf")  # monotonic time of the last Measure (polls yield to counts)
         self.power = self.add(Parameter(
             "Power", float, unit="W", fmt="%.4e",
             description="Optical power in watts; quality ALARM when saturated or over range, INVALID when the meter sends no number"))
@@ -100,6 +101,11 @@ class Newport1830CComponent(Component):
         return reading, status
 
     def poll(self) -> None:
+        if time.monotonic() - self._last_measure < self.poll_period_s:
+            # A client is counting (Measure): its readings keep Power fresh, and a poll's D? (or
+            # its settings reads, ~0.2 s at 9600 baud) in flight would make its next Measure wait
+            # up to a reading longer. The poll resumes a period after the last Measure.
+            return
         self._polls += 1
         if self._polls % SETTINGS_EVERY == 0:
             self.run(self._read_settings, idempotent=True, description="settings")
@@ -200,7 +206,9 @@ class Newport1830CComponent(Component):
         before it started; the meter's own reading time (0.25-0.5 s on a real 1830-C) is then the
         only floor. The reading is published like a polled one (Power, its events and the state).
         Raises :class:`MeterNoReading` when the meter answers text (SAT, OVER, ERR, UNDER)."""
+        self._last_measure = time.monotonic()
         reading, status = self.run(self._read_measurement, idempotent=True, priority=True, description="D? Q? (Measure)")
+        self._last_measure = time.monotonic()
         self.publish_measurement(reading, status)
         self.update_state()
         if reading.watts is None:

@@ -214,3 +214,33 @@ def test_link_pulled_mid_move_faults_and_recovers(mounts, sim):
     assert hwp.CommunicationOk and abs(hwp.Position - sim.position_degrees("2")) < 0.01
     assert len(motion_commands(sim, "2")) == moves_before + 1  # the interrupted move was not resent
     assert motion_commands(sim, "3") == refused_before  # the move refused while the link was down never left
+
+
+def test_the_end_of_a_move_is_heard_when_the_mount_reports_it(mounts, sim):
+    """The mount answers a move with its PO on arrival: the device is ON then, not at its next poll
+    (which came up to a fast-poll period, 100 ms, later: ~50 ms on average)."""
+    hwp = mounts["2"]
+    late = []
+    for target in (10.0, 20.0, 30.0, 40.0, 50.0):
+        before = len(sim.log)
+        start = hwp.Position
+        hwp.Position = target
+        t_on = wait_until(lambda: hwp.State() == tango.DevState.ON and time.monotonic(), 5, interval=0.001)
+        sent = next(t for t, raw in sim.log[before:] if raw.startswith(b"2ma"))
+        due = sent + abs(target - start) / SPEED + sim.settle_s + sim.reply_delay_s
+        late.append(t_on - due)
+    late.sort()
+    assert late[2] < 0.03, f"ON came {[round(1000 * x) for x in late]} ms after the mount's PO was due"
+    assert hwp.Position == pytest.approx(50.0, abs=0.01)
+
+
+def test_speed_is_the_velocity_in_degrees_per_second(mounts, sim):
+    from deviceservers.Ell14.driver import FULL_SPEED_DEG_S
+
+    hwp = mounts["2"]
+    hwp.Speed = 20.0  # 4.65 %: the mount takes whole percents
+    assert hwp.Velocity == 5 and hwp.Speed == pytest.approx(5 * FULL_SPEED_DEG_S / 100)
+    assert hwp.get_attribute_config("Speed").unit == "deg/s"
+    with pytest.raises(tango.DevFailed):
+        hwp.Speed = 0.0
+    assert hwp.Velocity == 5

@@ -237,3 +237,24 @@ def test_link_pulled_mid_move_fault_then_recovery(proxies, sim):
     wait_state(x, tango.DevState.ON, timeout=15)
     assert x.Position == pytest.approx(-10.0, abs=1e-6)
     assert x.CommunicationOk
+
+
+def test_a_position_write_returns_once_the_controller_took_it(proxies, sim):
+    """PA gets no reply; what the write waits for is the error check after it, at 19200 baud:
+    TE? (3 characters back when all is well) instead of TB? (~30: ~16 ms on the line)."""
+    x = proxies[1]
+    x.Velocity, x.Acceleration = 20.0, 200.0  # the idle_axes fixture sets them back
+    x.Position = 0.0  # from wherever the last test left it
+    wait_until(lambda: x.State() == tango.DevState.ON, 10, interval=0.01, what="x at 0")
+    sim.char_time_s = 10 / 19200
+    took = []
+    try:
+        for i in range(7):
+            t0 = time.perf_counter()
+            x.Position = 0.01 * (i % 2)
+            took.append(time.perf_counter() - t0)
+            wait_until(lambda: x.State() == tango.DevState.ON, 5, interval=0.005)
+    finally:
+        sim.char_time_s = 0.0
+    took.sort()
+    assert took[3] < 0.012, f"Position writes took {[round(1000 * t, 1) for t in took]} ms"

@@ -238,3 +238,26 @@ def test_streaming_resumes_after_a_server_restart(tmp_path):
             wait_until(lambda: meter.SampleRate > 0, 10, what="samples streamed after the restart")
             meter.Streaming = False
             wait_state(meter, tango.DevState.ON)
+
+
+def test_measure_takes_a_fresh_reading_at_once(meter, sim):
+    """A count asks for a reading: it gets one measured after its request, not the last poll's."""
+    import time
+
+    sim.reading_delay_s = 0.2  # a poll's reading is on its way: Measure still goes first and waits for its own
+    sim.incident_power_w = 2.5e-6
+    asked = time.time()
+    watts = meter.Measure()
+    took = time.time() - asked
+    assert math.isclose(watts, 2.5e-6, rel_tol=1e-3)
+    power = meter.read_attribute("Power")
+    assert power.time.totime() >= asked and math.isclose(power.value, watts)  # published like a poll
+    assert 0.2 <= took < 0.2 + 0.2 + 0.3, f"{took:.3f} s: one reading (maybe behind one poll's), no poll period"
+
+
+def test_measure_refuses_a_text_reading_with_the_reason(meter, sim):
+    sim.text_errors = True
+    sim.incident_power_w = 0.05  # saturates: the meter answers SAT
+    with pytest.raises(tango.DevFailed) as info:
+        meter.Measure()
+    assert info.value.args[0].reason == "InstrumentRefused" and "SAT" in info.value.args[0].desc

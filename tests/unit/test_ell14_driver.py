@@ -359,3 +359,15 @@ def test_stop_drops_a_queued_move():
         assert not any(raw.startswith(b"8ma") for _, raw in sim_of(url).log)
     finally:
         release_bus(b)
+
+
+def test_listen_hands_the_end_of_a_move_to_the_bus_when_it_comes(bus):
+    """No request asks for the end of a move: listen() waits for the mount's PO and routes it."""
+    ended = []
+    bus.unregister("3")
+    bus.register("3", lambda reply, late: ended.append((reply.code, reply.value, late)))
+    ticket = bus.start_move("3", *driver.move_absolute_data(71_680), "move to 180 deg")
+    assert not bus.run(lambda p, b: driver.listen(p, b, 0.0))  # nothing yet: returns after its timeout
+    wait_until(lambda: bus.run(lambda p, b: driver.listen(p, b, 0.05)), 5, what="the PO")
+    assert ticket.done.is_set() and ticket.position == 71_680
+    assert ended == [("PO", 71_680, False)]

@@ -223,3 +223,14 @@ def test_format_number_refuses_nan():
     assert driver.format_number(1.5) == "1.5" and driver.format_number(-0.0) == "0"
     with pytest.raises(ValueError):
         driver.format_number(float("nan"))
+
+
+def test_check_errors_reads_te_first_and_tb_only_for_more(link, sim):
+    before = len(sim.log)
+    assert link.run(driver.check_errors) == []
+    assert [raw for _, raw in sim.log[before:]] == [b"TE?"]  # 3 characters back, not ~30
+    link.run(lambda p: p.write("1PA99999"))  # beyond the soft limit: refused into the queue
+    link.run(lambda p: p.write("1XY5"))  # a command that does not exist
+    errors = link.run(driver.check_errors)
+    assert [(e.code, e.message) for e in errors] == [(106, driver.message_for(106)), (6, "COMMAND DOES NOT EXIST")]
+    assert link.run(driver.check_errors) == []
