@@ -63,9 +63,9 @@ def detach(widget: Qt.QWidget) -> None:
     """Detach every Taurus widget under ``widget`` from its model and close every event feed,
     so a closed panel leaves no listener, subscription or poller behind."""
     for child in widget.findChildren(Qt.QObject):
-        close_feed = getattr(child, "close_feed", None)
-        if close_feed is not None:
-            close_feed()
+        close = getattr(child, "close_feed", None) or getattr(child, "close_events", None)  # CameraView's
+        if close is not None:
+            close()
         elif isinstance(child, EventFeed):
             child.close()
     for child in widget.findChildren(Qt.QWidget):

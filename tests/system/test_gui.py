@@ -378,25 +378,26 @@ def test_camera_view_shows_the_beam_spot(gui, lab, laser_emitting, screens):
     camera = lab.proxy("lab/camera/1")
     panel.buttons["StartAcquisition"].click()
     wait_gui(lambda: camera.State() == tango.DevState.RUNNING, what="camera RUNNING")
-    if panel.camera_view is not None:  # the live view with ROI and profiles: tested on its own
-        wait_gui(lambda: camera.FramesAcquired >= 3, timeout=10, what="3 frames")
-        screenshot(panel, screens, "camera")
+    if panel.camera_view is not None:  # the live view with ROI and profiles (CameraView)
+        view = panel.camera_view
+        first = len(view.shown)
+        wait_gui(lambda: len(view.shown) >= first + 3, timeout=10, what="3 new frames in the view")
+        frame, rendered = view.image, pixels(view.plots)
     else:
         first = panel.frames_shown
         wait_gui(lambda: panel.frames_shown >= first + 3, timeout=10, what="3 new frames in the view")
-        frame = panel.image
-        assert frame is not None and frame.ndim == 2
-        # The spot: the brightest 32x32 block stands far above the frame's background.
-        h, w = (frame.shape[0] // 32) * 32, (frame.shape[1] // 32) * 32
-        blocks = frame[:h, :w].reshape(h // 32, 32, w // 32, 32).mean(axis=(1, 3))
-        background = float(np.median(frame))
-        assert blocks.max() > background + 200, (
-            f"no spot: brightest block {blocks.max():.0f}, background {background:.0f}")
-        # ... and on screen: the brightest part of the rendered view is far from its median.
-        view = pixels(panel.view.getView().scene().views()[0])
-        grey = view.mean(axis=2)
-        assert grey.max() - np.median(grey) > 60, "the spot is not visible in the rendered view"
-        screenshot(panel, screens, "camera")
+        frame, rendered = panel.image, pixels(panel.view.getView().scene().views()[0])
+    assert frame is not None and frame.ndim == 2
+    # The spot: the brightest 32x32 block stands far above the frame's background.
+    h, w = (frame.shape[0] // 32) * 32, (frame.shape[1] // 32) * 32
+    blocks = frame[:h, :w].reshape(h // 32, 32, w // 32, 32).mean(axis=(1, 3))
+    background = float(np.median(frame))
+    assert blocks.max() > background + 200, (
+        f"no spot: brightest block {blocks.max():.0f}, background {background:.0f}")
+    # ... and on screen: the brightest part of the rendered view is far from its median.
+    grey = rendered.mean(axis=2)
+    assert grey.max() - np.median(grey) > 60, "the spot is not visible in the rendered view"
+    screenshot(panel, screens, "camera")
     wait_gui(lambda: shown_number(form_read_widget(panel.form, "FrameRate")) > 0, what="frame rate shown")
     wait_gui(lambda: shown_number(form_read_widget(panel.form, "FramesLost")) == camera.FramesLost,
              what="frames lost shown")
