@@ -352,6 +352,7 @@ class CameraPanel(ModelPanel):
             f"{dev}/FramesLost", f"{dev}/NbFrames", f"{dev}/Binning", f"{dev}/TriggerMode",
             f"{dev}/Temperature",
         ])
+        self.form.setMinimumHeight(280)  # every setting visible beside the image, no scrolling
         right.addWidget(group("Acquisition", self.form))
         right.addStretch(1)
         layout.addLayout(right, 2)
