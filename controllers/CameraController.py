@@ -182,7 +182,8 @@ class CameraTwoDController(TwoDController, Referable):
         a = self.ax[axis]
         try:
             cam = self._cam(axis)
-            state, frames = cam.state(), int(cam.read_attribute("FramesAcquired").value or 0)
+            state_da, frames_da = cam.read_attributes(["State", "FramesAcquired"])  # one round trip
+            state, frames = state_da.value, int(frames_da.value or 0)
         except tango.DevFailed as exc:
             self.ax[axis]["cam"] = None
             return State.Fault, f"{a['device']}: {exc.args[0].desc.strip()}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,9 @@ from tango_db.roles import device_or_empty as role_default
 TIMEOUT_MS = 2000
 NO_NUMBER = "InstrumentRefused"  # Measure's reason when the meter answers text (SAT, OVER, ERR, UNDER)
 FRESH_WAIT_MAX_S = 5.0  # longest wait for a first reading after the window, beyond the count time
+DEFAULT_LATENCY_S = 0.05  # latency_time before any count measured it
+MARGIN_S = 0.03  # beyond the slowest recent count: the Pool's own bookkeeping after the read, jitter
+TAILS_KEPT = 20
 RING_GRACE_S = 1.0  # a streaming meter writes a sample every ~10 ms: none a second after the window = stopped
 
 
@@ -83,6 +87,7 @@ class Count:
         self.source = ""
         self.error = ""
         self.t0 = time.time()
+        self.finished: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"count {device}", daemon=True)
 
@@ -108,6 +113,8 @@ class Count:
                 self.error = f"{self.device}: {describe(exc)}"
             except Exception as exc:  # noqa: BLE001 - reported through StateOne/ReadOne
                 self.error = f"{self.device}: {exc}"
+            finally:
+                self.finished = time.time()
 
     def _streaming(self) -> bool:
         """Is the meter streaming now? Its ring stays open (producer alive) when it is not, so
@@ -217,6 +224,11 @@ class PowerMeterController(CounterTimerController):
         self.counts: dict[int, Count] = {}
         self.integ_time = 1.0
         self._to_start: list[int] = []
+        # how long after their window's end the last counts' values were known: the latency a
+        # continuous scan must leave between two triggers (the meter's reading time, the ring's
+        # delivery), or its next trigger would find the channel still counting and be skipped
+        self._tails: list[float] = []
+        self._tails_seen: weakref.WeakSet[Count] = weakref.WeakSet()
         # one proxy per meter and use, made once: a DeviceProxy costs a database round trip
         self._count_proxies: dict[str, tango.DeviceProxy] = {}
         self._state_proxies: dict[str, tango.DeviceProxy] = {}
@@ -266,6 +278,24 @@ class PowerMeterController(CounterTimerController):
         else:
             raise KeyError(name)
 
+    # ------------------------------------------------------------------ controller parameters
+    def _note_latency(self, count: Count | None) -> None:
+        """How long after its window this count's value reached the Pool (read once it ended):
+        the count's own tail and the Pool's state loop together."""
+        if count is None or count.finished is None or count in self._tails_seen:
+            return
+        self._tails_seen.add(count)
+        self._tails.append(max(0.0, time.time() - (count.t0 + count.integ_time)))
+        del self._tails[:-TAILS_KEPT]
+
+    def GetCtrlPar(self, parameter: str) -> Any:
+        """``latency_time``: the time a count needs after its window to know its value (the
+        longest of the last counts', DEFAULT_LATENCY_S before any), plus the Pool's state loop.
+        Continuous scans space their triggers by at least this (MeasurementGroup LatencyTime)."""
+        if parameter.lower() == "latency_time":
+            return (max(self._tails) if self._tails else DEFAULT_LATENCY_S) + MARGIN_S
+        return super().GetCtrlPar(parameter)
+
     # ------------------------------------------------------------------ acquisition
     def LoadOne(self, axis: int, value: float, repetitions: int, latency: float) -> None:
         if not math.isfinite(value) or value <= 0:
@@ -273,6 +303,9 @@ class PowerMeterController(CounterTimerController):
         if repetitions != 1:
             raise ValueError("the power meter counts one point per start (software synchronisation)")
         self.integ_time = float(value)
+        device = self.devices[axis]  # proxies made now, not at the first trigger (a database round trip)
+        self._proxy(device, self._count_proxies)
+        self._proxy(device, self._state_proxies)
 
     def PreStartAll(self) -> None:
         self._to_start = []
@@ -311,6 +344,7 @@ class PowerMeterController(CounterTimerController):
 
     def ReadOne(self, axis: int) -> float:
         count = self.counts.get(axis)
+        self._note_latency(count)
         if count is None:
             return math.nan
         if count.error and not count.samples:

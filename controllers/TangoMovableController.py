@@ -88,6 +88,7 @@ class Axis:
         self.proxy: tango.DeviceProxy | None = None
         self.commands: set[str] = set()
         self.attributes: set[str] = set()
+        self.units: dict[str, str] = {}
         self.target: float | None = None
         self.started = 0.0
         # parameters the device does not have: kept so Sardana's memorized values round-trip
@@ -101,7 +102,9 @@ class Axis:
             proxy = tango.DeviceProxy(self.device)
             proxy.set_timeout_millis(TIMEOUT_MS)
             self.commands = {c.cmd_name for c in proxy.command_list_query()}
-            self.attributes = {a.name for a in proxy.attribute_list_query()}
+            infos = proxy.attribute_list_query()
+            self.attributes = {a.name for a in infos}
+            self.units = {a.name: a.unit.strip() for a in infos}
             if self.attribute not in self.attributes:
                 raise RuntimeError(f"{self.device} has no attribute {self.attribute!r}; "
                                    f"PositionAttribute must be one of its attributes")
@@ -127,9 +130,6 @@ class TangoMovableController(MotorController):
             Description: "the device's writable position attribute: Position, or Wavelength for the laser",
         },
     }
-
-    # the attributes Sardana's velocity/acceleration map to, when the device has them with a real unit
-    PARAMETER_ATTRIBUTES = {"velocity": "Velocity", "acceleration": "Acceleration", "deceleration": "Acceleration"}
 
     def __init__(self, inst: str, props: dict, *args: Any, **kwargs: Any) -> None:
         super().__init__(inst, props, *args, **kwargs)
@@ -249,45 +249,91 @@ class TangoMovableController(MotorController):
         proxy.write_attribute(ax.attribute, actual)
 
     # ------------------------------------------------------------------ parameters
+    # Sardana's motion parameters, from the instrument where it has them (continuous scans
+    # compute their trajectory from these): velocity in units/s, acceleration and deceleration
+    # as *times* in s (from the base rate to the velocity), base rate in units/s.
+    #
+    # - a device with a velocity in physical units (the ESP300's Velocity = VA, the ELL14's Speed
+    #   in deg/s) gives the velocity; base rate 0 (the ESP300 ramps from rest);
+    # - with an Acceleration in units/s2 too (the ESP300's AC/AG, set together) the times are
+    #   velocity / acceleration, and writing a time writes acceleration = velocity / time;
+    # - with a velocity but no acceleration (the ELL14, a resonant piezo motor with no ramp
+    #   setting) the times are 0: it runs at its speed from the start;
+    # - a device with neither (the laser's wavelength) keeps what Sardana wrote (memorized values
+    #   round-trip) and has no continuous-scan trajectory of its own.
+    VELOCITY_ATTRIBUTES = ("Speed", "Velocity")
+
     def GetAxisPar(self, axis: int, name: str) -> Any:
         ax = self.axes[axis]
         name = name.lower()
-        attr = self._parameter_attribute(ax, name)
-        if attr is not None:
-            try:
-                return float(ax.connect().read_attribute(attr).value)
-            except (tango.DevFailed, TypeError, ValueError):
-                pass
-        return ax.params.get(name)
+        velocity_attr, accel_attr = self._motion_attributes(ax)
+        if velocity_attr is None or name not in ("velocity", "acceleration", "deceleration", "base_rate"):
+            return ax.params.get(name)
+        if name == "base_rate":
+            return 0.0
+        velocity = self._read_float(ax, velocity_attr)
+        if name == "velocity":
+            return velocity
+        if accel_attr is None:
+            return 0.0
+        accel = self._read_float(ax, accel_attr)
+        return velocity / accel if accel > 0 else 0.0
 
     def SetAxisPar(self, axis: int, name: str, value: Any) -> None:
         ax = self.axes[axis]
         name = name.lower()
-        attr = self._parameter_attribute(ax, name)
-        if attr is not None:
-            try:
-                ax.connect().write_attribute(attr, float(value))
-            except tango.DevFailed as exc:
-                raise RuntimeError(f"{ax.device}: cannot set {attr} to {value}: {describe(exc)}") from None
-        ax.params[name] = float(value)
+        value = float(value)
+        velocity_attr, accel_attr = self._motion_attributes(ax)
+        if velocity_attr is not None and name == "velocity":
+            self._write(ax, velocity_attr, value)
+        elif velocity_attr is not None and accel_attr is not None and name in ("acceleration", "deceleration"):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{ax.device}: {name} time must be >= 0 s, not {value}")
+            if value > 0:
+                self._write(ax, accel_attr, self._read_float(ax, velocity_attr) / value)
+            else:  # "as fast as it can": its maximum acceleration
+                limit = self._max_value(ax, accel_attr)
+                if limit is not None:
+                    self._write(ax, accel_attr, limit)
+        ax.params[name] = value
 
-    def _parameter_attribute(self, ax: Axis, name: str) -> str | None:
-        """The device attribute behind a Sardana motion parameter, if it has one in physical units
-        (the ELL14's Velocity is a percentage: not a velocity Sardana could compute times with)."""
-        attr = self.PARAMETER_ATTRIBUTES.get(name)
-        if attr is None or ax.attribute != "Position":
-            return None
+    def _motion_attributes(self, ax: Axis) -> tuple[str | None, str | None]:
+        """(velocity attribute, acceleration attribute) of the device in physical units, or None
+        (a percentage is not a velocity Sardana could compute times with)."""
+        if ax.attribute != "Position":
+            return None, None
         try:
-            proxy = ax.connect()
+            ax.connect()
         except (tango.DevFailed, RuntimeError):
-            return None
-        if attr not in ax.attributes:
-            return None
+            return None, None
+        velocity = next((a for a in self.VELOCITY_ATTRIBUTES if a in ax.attributes and ax.units.get(a) != "%"), None)
+        if velocity is None:
+            return None, None
+        accel = "Acceleration" if "Acceleration" in ax.attributes and ax.units.get("Acceleration") != "%" else None
+        return velocity, accel
+
+    def _read_float(self, ax: Axis, attr: str) -> float:
         try:
-            unit = proxy.get_attribute_config(attr).unit
-        except tango.DevFailed:
+            value = ax.connect().read_attribute(attr).value
+        except tango.DevFailed as exc:
+            raise RuntimeError(f"{ax.device}: cannot read {attr}: {describe(exc)}") from None
+        if value is None:
+            raise RuntimeError(f"{ax.device}: {attr} has no valid value ({self._status(ax)})")
+        return float(value)
+
+    def _write(self, ax: Axis, attr: str, value: float) -> None:
+        try:
+            ax.connect().write_attribute(attr, float(value))
+        except tango.DevFailed as exc:
+            raise RuntimeError(f"{ax.device}: cannot set {attr} to {value:g}: {describe(exc)}") from None
+
+    @staticmethod
+    def _max_value(ax: Axis, attr: str) -> float | None:
+        try:
+            text = ax.connect().get_attribute_config(attr).max_value
+            return float(text)
+        except (tango.DevFailed, TypeError, ValueError):
             return None
-        return None if unit.strip() == "%" else attr
 
     def DefinePosition(self, axis: int, position: float) -> None:
         ax = self.axes[axis]
