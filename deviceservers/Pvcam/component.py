@@ -145,6 +145,7 @@ class PvcamComponent(StateReporter):
         self._published_seq = 0
         self._last_preview = 0.0
         self._force_preview = False
+        self._temperature_error = ""
         self._trigger_modes: dict[str, int] = dict(PVCAM_EXPOSURE_MODES)
         self._live_mode = False  # the running (or last) acquisition is continuous
         self._open_backend()
@@ -289,7 +290,7 @@ class PvcamComponent(StateReporter):
         self.readout_time.publish(b.readout_time_s())
         self.temperature_setpoint.publish(b.get_temperature_setpoint())
         self.fan_speed.publish(b.get_fan_speed())
-        self.temperature.publish(b.temperature())
+        self._read_temperature(b)
         self.speed_table.publish(json.dumps([
             {"port": p.value, "name": p.name, "speeds": [
                 {"index": s.index, "name": s.name, "pixel_time_ns": s.pixel_time_ns,
@@ -617,10 +618,7 @@ class PvcamComponent(StateReporter):
             self._was_acquiring = acquiring
             if now >= next_poll:
                 next_poll = now + self.poll_period_s
-                try:
-                    self.temperature.publish(self.backend.temperature())
-                except CameraError as exc:
-                    self.record_error(f"temperature read failed: {exc}")
+                self._read_temperature(self.backend)
             self._publish_progress(force=not acquiring)  # the last frame of an acquisition at once
             self.update_state()
             if acquiring:  # wake at the next preview deadline, not one period after this pass
@@ -629,6 +627,18 @@ class PvcamComponent(StateReporter):
                 wait = min(self.poll_period_s, 0.5)
             self._wake.wait(min(wait, max(0.01, next_poll - time.monotonic())))
             self._wake.clear()
+
+    def _read_temperature(self, b: CameraBackend) -> None:
+        """Publish the sensor temperature; a failure marks it INVALID and is recorded once (not at
+        every poll: a camera without a temperature sensor would fill the log)."""
+        try:
+            self.temperature.publish(b.temperature())
+            self._temperature_error = ""
+        except CameraError as exc:
+            self.temperature.invalidate()
+            if str(exc) != self._temperature_error:
+                self._temperature_error = str(exc)
+                self.record_error(f"temperature read failed: {exc}")
 
     def _publish_progress(self, force: bool = False) -> None:
         # the preview first: a client that sees the new frame count finds the new image too
