@@ -664,12 +664,13 @@ class PvcamComponent(StateReporter):
 
     # ------------------------------------------------------------------ state
     def evaluate_state(self) -> tuple[DeviceState, str]:
-        if self.backend is None:
+        b = self.backend  # once: the acquisition thread drops it when the connection is lost
+        if b is None:
             lost = f"{self._ended_by}; re-opening: " if self._ended_by else ""
             return DeviceState.FAULT, (
                 f"Camera not available: {lost}{self._open_error}. Retrying every {self.reopen_period_s:g} s; "
                 "check the cable, the power and the CameraName and Backend properties.")
-        uncounted = "" if self.backend.counts_driver_losses else (
+        uncounted = "" if b.counts_driver_losses else (
             "; frames lost between camera and host cannot be counted (this camera gives no frame metadata): "
             "FramesLost counts only frames the server could not take in time")
         if self.acquiring:
