@@ -425,3 +425,13 @@ def test_pyvcam_pulled_cable_is_a_connection_loss(monkeypatch, closing, error):
     hw.pull_cable(error)
     with pytest.raises(CameraConnectionLost, match="cable"):
         cam.poll_frame(0.5)
+
+
+def test_pyvcam_older_than_2_3_2_is_refused_with_the_fix(monkeypatch):
+    """Before 2.3.2 gains have no bit_depth and metadata keys and setters differ: say so at open."""
+    pyvcam_double.install(monkeypatch)
+    monkeypatch.setattr(pyvcam_double.package, "__version__", "2.2.4")
+    from deviceservers.Pvcam.pyvcam_backend import PyVcamBackend
+
+    with pytest.raises(CameraError, match=r"PyVCAM 2\.2\.4 is installed.*>= 2\.3\.2"):
+        PyVcamBackend("pvcamUSB_0")
