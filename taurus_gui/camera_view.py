@@ -79,6 +79,7 @@ class CameraView(Qt.QWidget):
         self._pending_time: float | None = None
         self._newest: tuple[int | None, float | None, np.ndarray] | None = None
         self.received = 0  # previews received (event thread)
+        self._dead = False  # set when the Qt side is gone (unsubscribing from a callback could deadlock)
         # ---- state of the GUI thread
         self.image: np.ndarray | None = None
         self.frame_number: int | None = None
@@ -181,7 +182,7 @@ class CameraView(Qt.QWidget):
             self.frame_label.setText(f"cannot watch {self.device_name}: {exc.args[0].desc.strip()}")
 
     def _on_event(self, ev: tango.EventData) -> None:
-        if ev.err or ev.attr_value is None:
+        if ev.err or ev.attr_value is None or self._dead:
             return
         name = ev.attr_value.name.lower()
         value = ev.attr_value.value
@@ -203,11 +204,17 @@ class CameraView(Qt.QWidget):
             else:
                 return
         if name == "lastimage":
-            self._bridge.preview.emit()
+            try:
+                self._bridge.preview.emit()
+            except RuntimeError:  # the widget was deleted without being closed: ignore what follows
+                self._dead = True
 
     def _on_scalar_event(self, ev: tango.EventData) -> None:
-        if not ev.err and ev.attr_value is not None:
-            self._bridge.scalar.emit(ev.attr_value.name.lower(), ev.attr_value.value)
+        if not ev.err and ev.attr_value is not None and not self._dead:
+            try:
+                self._bridge.scalar.emit(ev.attr_value.name.lower(), ev.attr_value.value)
+            except RuntimeError:  # the widget was deleted without being closed
+                self._dead = True
 
     # ------------------------------------------------------------------ GUI thread
     def _on_scalar(self, name: str, value: Any) -> None:
