@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tango_db import environment
+
 from . import ring_format as rf
 
 RING_PREFIX = "tangodaq."
@@ -59,38 +61,10 @@ RING_DIR_MODE = 0o2775  # group-writable, setgid: rings of any user of the folde
 RING_FILE_MODE = 0o660  # readable and replaceable by the group, nobody else
 
 
-def _rc_value(path: str, key: str) -> str:
-    """``KEY=value`` from a tangorc file (``#`` comments), or "" if absent or unreadable."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = fh.readlines()
-    except OSError:
-        return ""
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        name, sep, value = line.partition("=")
-        if sep and name.strip() == key:
-            return value.strip().strip("'\"")
-    return ""
-
-
 def tango_host() -> str:
-    """The Tango database this process uses, found as the Tango C++ library finds it: the
-    ``TANGO_HOST`` environment variable, else ``$HOME/.tangorc``, else ``/etc/tangorc``.
-
-    Debian's init scripts and Starter do not export TANGO_HOST (they rely on /etc/tangorc), so
-    reading only the environment would put a server's rings and a client's view in different
-    folders. "" when none of them names one.
-    """
-    value = os.environ.get("TANGO_HOST", "").strip()
-    if value:
-        return value
-    home = os.environ.get("HOME")
-    if home:
-        value = _rc_value(os.path.join(home, ".tangorc"), "TANGO_HOST")
-        if value:
-            return value
-    return _rc_value(SYSTEM_TANGORC, "TANGO_HOST")
+    """The Tango database this process uses (:func:`tango_db.environment.tango_host`: the
+    environment, ``~/.tangorc``, then :data:`SYSTEM_TANGORC`); "" when none names one."""
+    return environment.tango_host(SYSTEM_TANGORC)
 
 
 def shm_dir() -> str:
@@ -111,8 +85,11 @@ def shm_dir() -> str:
     explicit = os.environ.get("TANGODAQ_SHM_DIR")
     if explicit:
         return explicit
-    port = tango_host().split(",")[0].rpartition(":")[2].strip()
-    return os.path.join("/dev/shm", f"tangodaq-{port if port.isdigit() else 10000}")
+    try:
+        port = environment.split_tango_host(tango_host())[1]
+    except ValueError:  # none configured (or unreadable): the default database's folder
+        port = environment.DEFAULT_PORT
+    return os.path.join("/dev/shm", f"tangodaq-{port}")
 
 
 def ensure_shm_dir() -> str:

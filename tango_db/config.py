@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .environment import database_address
+
 LAB_JSON = Path(__file__).with_name("lab.json")
 
 
@@ -118,9 +120,7 @@ _PORT_OFFSET = re.compile(r"\$\{PORT\+(\d+)\}")
 
 def lab_port() -> int:
     """The port of this lab's database (TANGO_HOST's, or the embedded default)."""
-    from . import embedded_db
-
-    return int(embedded_db.tango_host()[1])
+    return database_address()[1]
 
 
 def _substitute(config: dict, data_dir: str | Path | None = None, port: int | None = None) -> None:

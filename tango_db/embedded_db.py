@@ -12,22 +12,11 @@ import struct
 from pathlib import Path
 
 from . import paths
+from .environment import DEFAULT_HOST, DEFAULT_PORT, find_executable
+from .environment import database_address as tango_host  # the launcher's name (cli.py, deploy.py)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 10000
-
-
-def tango_host() -> tuple[str, int]:
-    """The (host, port) the lab uses: TANGO_HOST if set (first of a list), else 127.0.0.1:10000."""
-    value = os.environ.get("TANGO_HOST", "").strip()
-    if not value:
-        return DEFAULT_HOST, DEFAULT_PORT
-    first = value.split(",")[0]
-    host, _, port = first.rpartition(":")
-    try:
-        return host or DEFAULT_HOST, int(port)
-    except ValueError:
-        raise SystemExit(f"TANGO_HOST={value!r} is not host:port; fix it or unset it") from None
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "database_answers", "database_argv", "database_env", "port_open",
+           "speaks_giop", "tango_host"]
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -69,8 +58,6 @@ def database_answers(host: str, port: int, timeout: float = 2.0) -> bool:
 
 def database_argv(host: str, port: int) -> list[str]:
     """Command line of PyDatabaseds serving sys/database/2 on host:port."""
-    from .processes import find_executable
-
     return [find_executable("PyDatabaseds"), "--host", host, "--port", str(port), "--print-host-port", "2"]
 
 

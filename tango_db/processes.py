@@ -21,16 +21,15 @@ bench 1, hardware servers 2, Pool 3, MacroServer 4; see ``tango_db.deploy``).
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlparse
 
 from . import embedded_db
 from .config import ServerInstance, server_instances
+from .environment import find_executable
 
 # --- the table --------------------------------------------------------------------------------
 
@@ -100,20 +99,6 @@ class ProcessSpec:
     @property
     def log_name(self) -> str:
         return self.name.replace("/", "_") + ".log"
-
-
-def find_executable(name: str) -> str:
-    """A console script of this environment (next to the running Python first, then PATH)."""
-    local = Path(sys.executable).parent / name
-    if local.is_file():
-        return str(local)
-    found = shutil.which(name)
-    if found:
-        return found
-    raise SystemExit(
-        f"cannot find the program {name!r}: install tangodaq in this environment "
-        f"(pip install -e .) or check the server name in the configuration"
-    )
 
 
 SETTLE_S = 5.0  # how long a device may stay INIT/FAULT right after it first answers

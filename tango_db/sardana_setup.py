@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import server_instances, substitutions
+from .environment import split_tango_host
 
 SARDANA_JSON = Path(__file__).with_name("sardana.json")
 ELEMENTS_LEVEL = 4.5  # after the Pool (4), before the MacroServer (5)
@@ -94,7 +95,7 @@ def _existing(pool, tango_host: str) -> set[str]:
     server but the Pool itself is an element, known by its alias; we wait until each answers."""
     import tango
 
-    db = tango.Database(*tango_host.split(":"))
+    db = tango.Database(*split_tango_host(tango_host))
     server = db.get_device_info(pool.name()).ds_full_name
     listing = list(db.get_device_class_list(server).value_string)
     names: set[str] = set()
