@@ -16,6 +16,10 @@ Why a controller of our own rather than sardana's generic Taurus one: ``StateOne
 and true (one ``read_attributes(State, Status)`` round trip, limit flags from ALARM, the device's
 Status as the axis status), and stop/abort must use the device's own commands, falling back to
 "target = where it is" for the laser, which has no Stop command.
+
+Sardana's motion parameters (Velocity, Acceleration and Deceleration as times, Base_rate) come
+from the instrument where it has them, so continuous scans (``ascanct``) compute their trajectory
+from the real stage: see ``GetAxisPar``.
 """
 
 from __future__ import annotations
