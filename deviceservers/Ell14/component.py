@@ -7,7 +7,8 @@ unpowered mount would otherwise take its neighbours down with it. A mount that d
 
 Moves are started through the bus (:mod:`deviceservers.Ell14.bus`), which keeps the two-moving
 limit and hears the end of the move; this component only says what to do when it ends (publish
-the position, ``Homed``, the move counter, an error) and polls ``gs``/``gp`` meanwhile.
+the position, ``Homed``, the move counter, an error). Meanwhile it listens to the bus between
+``gp`` reads every 25 ms, so the end is heard when the mount's ``PO`` arrives, not at a poll.
 """
 
 from __future__ import annotations
