@@ -6,10 +6,15 @@ One facility for the module, built as a control engineer builds it:
    Debian's own Python, the way an operator installs a release (nothing of the source checkout
    or of the developer's environment is on its path);
 2. MariaDB + Debian's C++ ``DataBaseds`` (``tests/facility/stack.py``), on free ports;
-3. ``tangodaq deploy --simulated --write`` from the release, with a site file whose folders the
-   deploy creates for the ``tango`` service user;
+3. ``tangodaq deploy --simulated --write`` from the release (after its dry run), with a site file
+   whose folders the deploy creates for the ``tango`` service user, and whose ``access_control``
+   section names the roles: test accounts made here (:data:`TEST_USERS`) act as a viewer, an
+   operator and a laser operator; the test process (root) is a laser operator too;
 4. Debian's ``Starter`` as ``tango``, in a PID namespace of its own (a host of its own: Starter
    recognises servers by process name, and a laptop lab of the same names may run here).
+
+Debian's TangoAccessControl runs before the deploy, as the system service it is (Starter never
+starts it), so that deploy registers the access-control service.
 
 The tests then act only through the Starter device (as Astor does), the Door and the database.
 Teardown stops Starter (the namespace takes every server with it), the database and MariaDB.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -33,6 +39,8 @@ from tests.facility.stack import FacilityStack, missing_requirements
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = "/usr/bin/python3"
 PIP_TIMEOUT_S = 600
+#: accounts made for the access-control tests (removed at the end): role -> user name
+TEST_USERS = {"viewer": "tdq-viewer", "operator": "tdq-operator", "laser_operator": "tdq-laser"}
 
 
 class Facility:
@@ -50,7 +58,28 @@ class Facility:
             "HOME": str(base),
             "TANGO_HOST": self.tango_host,
             "LANG": "C.UTF-8",
+            # the database account, as DataBaseds and TangoAccessControl read it (deploy writes the
+            # access-control rules with it)
+            "MYSQL_USER": "tango",
+            "MYSQL_PASSWORD": stack.password,
+            "MYSQL_HOST": f"127.0.0.1:{stack.mysql_port}",
+            "MYSQL_DATABASE": "tango",
         }
+        self.users = dict(TEST_USERS)
+
+    def as_user(self, user: str, script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``script`` (Python, with the release's tango) as ``user``: a client of another account,
+        which cppTango identifies by its effective UID when it asks TangoAccessControl."""
+        path = self.base / "client.py"
+        if not path.exists():
+            path.write_text(CLIENT)
+            path.chmod(0o644)
+        env = [f"{k}={v}" for k, v in self.env.items() if not k.startswith("MYSQL")]
+        return subprocess.run(
+            ["runuser", "-u", user, "--", "env", "-i", *env, f"HOME={self.base}", str(self.venv / "bin" / "python"),
+             str(path), script, *args],
+            capture_output=True, text=True, timeout=timeout, cwd=self.base, stdin=subprocess.DEVNULL,
+        )
 
     def tangodaq(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         """The release's own ``tangodaq`` (run from a folder outside the source tree)."""
@@ -99,6 +128,41 @@ class Facility:
         return "\n".join(out)
 
 
+#: the client run as another user: ``client.py '<python statements>'``; ``attempt(label, fn)`` records
+#: "ok" or the reason of a DevFailed, printed as JSON at the end
+CLIENT = """import json, sys
+import tango
+results = {}
+def attempt(label, fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+        results[label] = "ok"
+    except tango.DevFailed as exc:
+        results[label] = f"{exc.args[0].reason}: {exc.args[0].desc}"
+    except Exception as exc:
+        results[label] = f"{type(exc).__name__}: {exc}"
+def proxy(name):
+    p = tango.DeviceProxy(name)
+    p.set_timeout_millis(10000)
+    return p
+exec(sys.argv[1])
+print(json.dumps(results))
+"""
+
+
+def _test_users() -> list[str]:
+    """Create the test accounts that do not exist (system accounts, no home, no login shell)."""
+    made = []
+    for user in TEST_USERS.values():
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
+                           check=True, capture_output=True, timeout=30)
+            made.append(user)
+    return made
+
+
 def _release_venv(base: Path) -> Path:
     """A wheel of this tree in a fresh venv of Debian's Python (readable by the service user)."""
     wheels = base / "wheel"
@@ -132,24 +196,36 @@ def facility():
     os.chmod(base, 0o755)
     stack = FacilityStack(base / "stack")
     the = None
+    made_users: list[str] = []
     try:
+        made_users = _test_users()
         venv = _release_venv(base)
         stack.start_mariadb()
         stack.create_tango_database()
         stack.start_databaseds()
+        stack.start_access_control()  # a system service, before deploy registers it and before Starter
         the = Facility(base, stack, venv)
         the.site_file.write_text(json.dumps({
             "service_user": "tango", "data_dir": str(the.data_dir), "log_dir": str(the.log_dir),
+            "access_control": {  # lab_hosts: this host's addresses (the default)
+                "operators": {"users": [TEST_USERS["operator"]]},
+                "laser_operators": {"users": [TEST_USERS["laser_operator"], "root"]},
+            },
         }))
         for folder in (base / "site",):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o755)
-        result = the.tangodaq("deploy", "--simulated", "--bench-fast", "--site", str(the.site_file), "--write")
+        args = ("deploy", "--simulated", "--bench-fast", "--site", str(the.site_file))
+        dry = the.tangodaq(*args)
+        if dry.returncode != 0:
+            raise RuntimeError(f"deploy's dry run failed:\n{dry.stdout}\n{dry.stderr}")
+        the.dry_run_output = dry.stdout
+        result = the.tangodaq(*args, "--write")
         if result.returncode != 0:
             raise RuntimeError(f"deploy failed:\n{result.stdout}\n{result.stderr}")
         the.deploy_output = result.stdout
         the.servers_before_start = sorted(the.database().get_host_server_list(the.host))
-        # as a Starter unit would set it: the servers' fault histories go to the site's log folder
+        # as a Starter unit would set it: the servers' fault histories go to the site's log folder;
         stack.start_starter(env={"TANGODAQ_LOG_DIR": str(the.log_dir)})
         yield the
     except Exception:
@@ -158,6 +234,8 @@ def facility():
         raise
     finally:
         stack.stop()
+        for user in made_users:
+            subprocess.run(["userdel", user], capture_output=True, timeout=30)
         ring_dirs = [p for p in Path("/dev/shm").glob(f"tangodaq*{stack.db_port}*")]
         for ring in ring_dirs:
             shutil.rmtree(ring, ignore_errors=True)

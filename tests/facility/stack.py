@@ -27,6 +27,7 @@ from tests.ports import free_port_block
 
 DATABASEDS = "/usr/lib/tango/DataBaseds"
 STARTER = "/usr/lib/tango/Starter"
+ACCESS_CONTROL = "/usr/lib/tango/TangoAccessControl"
 TANGO_SQL = "/usr/share/dbconfig-common/data/tango-db/install/mysql"
 SERVICE_USER = "tango"
 
@@ -35,9 +36,10 @@ def missing_requirements() -> str | None:
     """Why the facility stack cannot run here, or None."""
     if os.geteuid() != 0:
         return "the facility tier runs daemons as their service users: run the tests as root"
-    for path in (DATABASEDS, STARTER, TANGO_SQL, shutil.which("mariadbd") or "/usr/sbin/mariadbd"):
+    for path in (DATABASEDS, STARTER, ACCESS_CONTROL, TANGO_SQL, shutil.which("mariadbd") or "/usr/sbin/mariadbd"):
         if not os.path.exists(path):
-            return f"{path} is missing: install Debian's mariadb-server tango-db tango-starter (run.sh test does)"
+            return (f"{path} is missing: install Debian's mariadb-server tango-db tango-starter tango-accesscontrol "
+                    "(run.sh test does)")
     try:
         pwd.getpwnam(SERVICE_USER)
     except KeyError:
@@ -144,6 +146,29 @@ class FacilityStack:
 
         return database_answers("127.0.0.1", self.db_port, 1.0)
 
+    # --- TangoAccessControl -----------------------------------------------------------------------
+
+    def start_access_control(self) -> None:
+        """Debian's TangoAccessControl as Debian's init script starts it: as ``tango``, with
+        ``SUPER_TANGO=true`` (it writes to the database before any access-control service can
+        answer) and the database account. A system service, not a Starter server: Starter never
+        starts TangoAccessControl (nor DataBaseds)."""
+        log = self.logs / "TangoAccessControl.log"
+        env = {
+            "PATH": "/usr/bin:/bin", "TANGO_HOST": self.tango_host, "SUPER_TANGO": "true", "HOME": "/var/lib/tango",
+            "MYSQL_USER": "tango", "MYSQL_PASSWORD": self.password, "MYSQL_HOST": f"127.0.0.1:{self.mysql_port}",
+            "MYSQL_DATABASE": "tango",
+        }
+        self.procs["TangoAccessControl"] = subprocess.Popen(
+            ["runuser", "-u", SERVICE_USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+             ACCESS_CONTROL, "1"],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        # its line once the device is exported (a ping from this process would fix this process's
+        # access rights before the service is registered)
+        wait_for(lambda: "Ready to accept request" in log.read_text(errors="replace"), 60, "TangoAccessControl",
+                 self.procs["TangoAccessControl"], log)
+
     # --- Starter ---------------------------------------------------------------------------------
 
     def start_starter(self, env: dict[str, str] | None = None) -> None:
@@ -180,7 +205,7 @@ class FacilityStack:
             proc.wait(5)
 
     def stop(self) -> None:
-        for name in ("Starter", "DataBaseds", "mariadb"):
+        for name in ("Starter", "TangoAccessControl", "DataBaseds", "mariadb"):
             self._stop(name, timeout=30 if name == "mariadb" else 10)
 
 

@@ -2,7 +2,8 @@
 through the Starter device (as Astor does) and the Door. See conftest.py for how it is built.
 
 The tests run in file order and share one facility: the deploy checks first, then Starter's
-start of the whole lab, macros, one server stopped and started, the MacroServer's environment
+start of the whole lab, macros, the operator model (TangoAccessControl: users of each role act
+from client processes of their own accounts), one server stopped and started, the MacroServer's environment
 across a restart, a second deploy with a hardware overlay that renames every device, and last
 Starter's automatic restart of a killed server (Starter only restarts servers that ran for at
 least AutoRestartDuration, one minute).
@@ -14,11 +15,13 @@ import json
 import os
 import pwd
 import signal
+import time
 from pathlib import Path
 
 import h5py
 import pytest
 
+from tango_db.access_control import local_addresses
 from tango_db.door_client import run_macro
 from tests.waiting import wait_until
 
@@ -28,12 +31,13 @@ LAB_SERVERS = [
     "DataWriter/lab", "Ell14/lab", "Esp300/lab", "MacroServer/lab", "MaiTai/lab",
     "Newport1830C/lab", "Pool/lab", "Pvcam/lab", "VirtualBench/lab",
 ]
+
 #: the state each device settles in once its server runs (the laser is cold: OFF)
 IDLE = {
     "lab/bench/1": "ON", "lab/esp300/x": "ON", "lab/esp300/y": "ON", "lab/esp300/z": "ON",
     "lab/ell14/hwp": "ON", "lab/ell14/pol": "ON", "lab/ell14/qwp": "ON", "lab/maitai/1": "OFF",
     "lab/powermeter/1": "ON", "lab/camera/1": "ON", "lab/datawriter/1": "ON",
-    "pool/lab/1": "ON", "macroserver/lab/1": "ON", "door/lab/1": "ON",
+    "pool/lab/1": "ON", "macroserver/lab/1": "ON", "door/lab/1": "ON", "door/lab/laser": "ON",
 }
 START_TIMEOUT_S = 180  # nine Python servers started by Starter level by level on two cores
 
@@ -86,12 +90,17 @@ def wait_stopped(facility, server: str) -> None:
     wait_until(stopped, timeout=60, interval=0.5, what=f"{server} stopped for Starter")
 
 
-def door(facility) -> str:
-    return f"tango://{facility.tango_host}/door/lab/1"
+def door(facility, name: str = "door/lab/1") -> str:
+    return f"tango://{facility.tango_host}/{name}"
 
 
-def macro(facility, *args, timeout: float = 120):
-    return run_macro(door(facility), *args, say=lambda _line: None, timeout=timeout)
+def macro(facility, *args, timeout: float = 120, door_name: str = "door/lab/1"):
+    return run_macro(door(facility, door_name), *args, say=lambda _line: None, timeout=timeout)
+
+
+def laser_macro(facility, *args, timeout: float = 180):
+    """A macro that makes light: only on the laser Door (deployed with access control)."""
+    return macro(facility, *args, timeout=timeout, door_name="door/lab/laser")
 
 
 # --- deploy ------------------------------------------------------------------------------------------
@@ -141,7 +150,27 @@ def test_the_release_runs_from_its_own_installation(facility):
 
 def test_astor_lists_every_server_right_after_deploy(facility):
     """Before any server ran, the host's server list (what Astor and Starter show) is complete."""
-    assert sorted(set(facility.servers_before_start) - {"DataBaseds/2"}) == LAB_SERVERS
+    # the database and access control: system services running here, which Starter leaves alone
+    assert sorted(set(facility.servers_before_start) - {"DataBaseds/2", "TangoAccessControl/1"}) == LAB_SERVERS
+
+
+def test_deploys_dry_run_shows_the_access_rules(facility):
+    """Everything the write applies, read first: the rules of each role, what read-only clients may
+    run, and the service registration (last)."""
+    dry = facility.dry_run_output
+    assert "nothing was written (dry run)" in dry
+    shown = [line for line in dry.splitlines() if line.strip().startswith(("rule:", "put_class_property", "SQL:"))]
+    assert shown and all(line in facility.deploy_output.splitlines() for line in shown)  # what --write applied
+    viewer, operator, laser = (facility.users[k] for k in ("viewer", "operator", "laser_operator"))
+    for line in ("rule: * read lab/maitai/1", "rule: * read door/lab/1", f"rule: {operator} read lab/maitai/1",
+                 f"rule: {operator} read door/lab/laser", f"rule: {operator} write lab/ell14/hwp",
+                 f"rule: {operator} write */movable_ctrl/*", f"rule: {laser} write lab/maitai/1",
+                 f"rule: {laser} write door/lab/laser", "rule: tango write lab/maitai/1",
+                 "put_class_property(MaiTai, AllowedAccessCmd=['CloseShutter', 'Off'])",
+                 "put_property(CtrlSystem, Services += AccessControl/tango:sys/access_control/1)"):
+        assert line in dry, line
+    assert viewer not in dry  # a viewer is nobody in particular: the * rules
+    assert dry.index("Services +=") > dry.index("rule: ")
 
 
 def test_site_folders_belong_to_the_service_user(facility):
@@ -183,7 +212,7 @@ def test_a_scan_and_a_recording_through_the_door(facility):
         entry = f[sorted(f.keys())[-1]]
         assert len(entry["measurement/hwp"]) == 10
 
-    macro(facility, "laser_on", timeout=180)
+    laser_macro(facility, "laser_on")
     meter = facility.proxy("lab/powermeter/1")
     meter.write_attribute("Streaming", True)  # the meter's server (user tango) produces into its ring
     path = macro(facility, "record_start", "facility", 0)
@@ -198,6 +227,128 @@ def test_a_scan_and_a_recording_through_the_door(facility):
     with h5py.File(path, "r") as f:  # plain h5py, as a scientist opens it
         powers = [ds for name, ds in _datasets(f) if name.endswith("power/value")]
         assert powers and len(powers[0]) > 0
+
+
+# --- who may do what (TangoAccessControl) --------------------------------------------------------------
+
+REFUSED = "API_ReadOnlyMode"
+
+
+def acting_as(facility, role: str, script: str) -> dict[str, str]:
+    result = facility.as_user(facility.users[role], script)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_viewer_reads_and_makes_safe_but_makes_no_light_and_moves_nothing(facility):
+    laser = facility.proxy("lab/maitai/1")
+    assert laser.read_attribute("Shutter").value is False
+    out = acting_as(facility, "viewer", """
+laser = proxy("lab/maitai/1")
+attempt("read", laser.read_attribute, "Shutter")
+attempt("state", laser.state)
+attempt("On", laser.command_inout, "On")
+attempt("OpenShutter", laser.command_inout, "OpenShutter")
+attempt("OpenShutterWithLease", laser.command_inout, "OpenShutterWithLease", 2.0)
+attempt("Shutter=True", laser.write_attribute, "Shutter", True)
+attempt("CloseShutter", laser.command_inout, "CloseShutter")
+attempt("Off", laser.command_inout, "Off")
+attempt("move", proxy("lab/ell14/hwp").write_attribute, "Position", 5.0)
+attempt("Stop", proxy("lab/ell14/hwp").command_inout, "Stop")
+door = proxy("door/lab/1")
+attempt("RunMacro", door.command_inout, "RunMacro", ["wa"])
+attempt("StopMacro", door.command_inout, "StopMacro")
+attempt("RunMacro laser Door", proxy("door/lab/laser").command_inout, "RunMacro", ["laser_on"])
+""")
+    for allowed in ("read", "state", "CloseShutter", "Off", "Stop"):
+        assert out[allowed] == "ok", (allowed, out)
+    assert not out["StopMacro"].startswith(REFUSED), out  # let through (the Door has no macro to stop)
+    for refused in ("On", "OpenShutter", "OpenShutterWithLease", "Shutter=True", "move", "RunMacro",
+                    "RunMacro laser Door"):
+        assert out[refused].startswith(REFUSED), (refused, out)
+    assert laser.read_attribute("Shutter").value is False and laser.read_attribute("Emission").value is False
+
+
+def test_an_operator_moves_and_runs_scans_but_cannot_make_light(facility):
+    hwp = facility.proxy("lab/ell14/hwp")
+    target = 12.0 if abs(hwp.read_attribute("Position").value - 12.0) > 1 else 24.0
+    out = acting_as(facility, "operator", f"""
+from tango_db.access_control import local_addresses
+from tango_db.door_client import run_macro
+laser = proxy("lab/maitai/1")
+attempt("move", proxy("lab/ell14/hwp").write_attribute, "Position", {target})
+attempt("On", laser.command_inout, "On")
+attempt("OpenShutter", laser.command_inout, "OpenShutter")
+attempt("RunMacro laser Door", proxy("door/lab/laser").command_inout, "RunMacro", ["laser_on"])
+attempt("CreateController", proxy("pool/lab/1").command_inout, "CreateController", ["Motor", "x", "y", "z"])
+attempt("ct", run_macro, "door/lab/1", "ct", 0.1, say=lambda _line: None, timeout=60)
+attempt("laser_on", run_macro, "door/lab/1", "laser_on", say=lambda _line: None, timeout=60)
+""")
+    assert out["move"] == "ok" and out["ct"] == "ok", out
+    for refused in ("On", "OpenShutter", "RunMacro laser Door", "CreateController"):
+        assert out[refused].startswith(REFUSED), (refused, out)
+    assert "only from the laser Door door/lab/laser" in out["laser_on"], out  # the Door runs it; the macro refuses
+    wait_until(lambda: abs(hwp.read_attribute("Position").value - target) < 0.1, timeout=30, what="the mount moved")
+    laser = facility.proxy("lab/maitai/1")
+    assert laser.read_attribute("Shutter").value is False and laser.read_attribute("Emission").value is False
+
+
+def test_a_laser_operator_opens_and_closes_the_shutter_from_the_lab_host(facility):
+    out = acting_as(facility, "laser_operator", """
+laser = proxy("lab/maitai/1")
+attempt("OpenShutter", laser.command_inout, "OpenShutter")
+results["open"] = str(laser.read_attribute("Shutter").value)
+attempt("CloseShutter", laser.command_inout, "CloseShutter")
+attempt("Shutter=True", laser.write_attribute, "Shutter", True)
+attempt("Shutter=False", laser.write_attribute, "Shutter", False)
+""")
+    assert out == {"OpenShutter": "ok", "open": "True", "CloseShutter": "ok", "Shutter=True": "ok",
+                   "Shutter=False": "ok"}, out
+    assert facility.proxy("lab/maitai/1").read_attribute("Shutter").value is False
+    # the same account from a host outside lab_hosts: TAC answers read (its rows allow this host only)
+    tac = facility.proxy("sys/access_control/1")
+    user = facility.users["laser_operator"]
+    assert tac.command_inout("GetAccessForMultiIp", [user, "lab/maitai/1", "198.51.100.7"]) == "read"
+    assert tac.command_inout("GetAccessForMultiIp", [user, "lab/maitai/1", *local_addresses()]) == "write"
+
+
+def test_renewals_that_stop_arriving_close_the_shutter_though_the_macroserver_lives(facility):
+    """What the laser's server sees when the link from the MacroServer's host to the laser's host
+    is cut: the macro is alive but its renewals stop arriving (here: the MacroServer frozen with
+    SIGSTOP, so nothing it sends leaves it). The laser's server closes the shutter when the lease
+    runs out; when the link is back, the renewal is refused and the macro stops instead of
+    measuring in the dark. Nothing reopens the shutter."""
+    import threading
+
+    laser = facility.proxy("lab/maitai/1")
+    outcome: dict[str, object] = {}
+
+    def scan() -> None:
+        try:
+            outcome["result"] = laser_macro(facility, "polarization_scan", "hwp", 0, 180, 90, 0.2)
+        except Exception as exc:  # noqa: BLE001 - inspected below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=scan, daemon=True)
+    worker.start()
+    wait_until(lambda: laser.read_attribute("Shutter").value is True, timeout=60, interval=0.1,
+               what="the macro opened the shutter")
+    pid = facility.server_pids()["MacroServer/lab"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        wait_until(lambda: laser.read_attribute("Shutter").value is False, timeout=15, interval=0.1,
+                   what="the laser's server closed the shutter nobody renews")
+        closed_after = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert closed_after <= 8.0  # lease 5 s + a poll + the shutter's travel
+    worker.join(120)
+    assert not worker.is_alive() and "error" in outcome, outcome  # stopped, not finished in the dark
+    assert "lease" in str(outcome["error"]).lower() or "closed" in str(outcome["error"]).lower(), outcome
+    assert laser.read_attribute("Shutter").value is False
+    # the Door is free again (ALARM: Sardana's state after a macro that ended in an error)
+    assert states(facility, ["door/lab/laser"])["door/lab/laser"] in ("ON", "ALARM")
 
 
 def _datasets(group, prefix: str = ""):
@@ -284,12 +435,12 @@ def test_a_renamed_lab_on_a_hardware_file_runs_the_same_macros(facility):
     old_roles = {"laser": "lab/maitai/1", "meter": "lab/powermeter/1", "camera": "lab/camera/1",
                  "datawriter": "lab/datawriter/1", "hwp": "lab/ell14/hwp", "stage_x": "lab/esp300/x"}
     renamed = {roles[role]: IDLE[old] for role, old in old_roles.items()}
-    renamed.update({"pool/lab/1": "ON", "macroserver/lab/1": "ON", "door/lab/1": "ON"})
+    renamed.update({"pool/lab/1": "ON", "macroserver/lab/1": "ON", "door/lab/1": "ON", "door/lab/laser": "ON"})
     wait_idle(facility, renamed)
     assert str(facility.proxy(roles["laser"]).read_attribute("Shutter").value) == "False"
     macro(facility, "ct", 0.1)
     macro(facility, "ascan", "hwp", 0, 10, 2, 0.1)
-    macro(facility, "laser_on", timeout=180)
+    laser_macro(facility, "laser_on")
     assert facility.proxy(roles["laser"]).read_attribute("Emission").value is True
     macro(facility, "laser_off")
     pool_motor = facility.proxy("hwp")
