@@ -14,7 +14,13 @@ before anything is created.
 
 All file and ring work happens in the :class:`~datawriter.recorder.Recorder` thread; this class
 only validates requests, builds the recorder, reads the manifest devices and publishes the
-recorder's counters as attributes with change events (pushed at most 4 times per second).
+recorder's counters as attributes with change events (pushed at most 4 times per second), and
+State and Status with change events on every change.
+
+Every event goes through one :class:`~deviceservers.common.events.EventPusher` thread, never
+straight from the recorder thread: cppTango takes the device monitor to push from a user thread,
+and ``StopRecording``/``Init`` hold that monitor while they wait for the recorder to close the
+file, so a push from the recorder would stall the stop until the client's wait ran out.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from tango import AttrWriteType, DevState
 from tango.server import Device, attribute, command, device_property
 
 from deviceservers.common import fault_log
+from deviceservers.common.events import EventPusher
 
 from . import recovery
 from .compression import COMPRESSIONS, check_compression
@@ -224,15 +231,18 @@ class DataWriter(Device):
         self._streams: list[str] = list(finishing.stream_names) if finishing else []
         self._last_push = 0.0
         self._last_recovery = ""
-        for name in EVENT_ATTRIBUTES:
+        # One pusher for the life of the device, kept across Init: a recording that finishes in
+        # the background after an Init still gets its last events (Recording False, State ON) out.
+        if getattr(self, "_events", None) is None:
+            self._events = EventPusher(self.get_name(), logging.getLogger(f"tangodaq.{self.get_name()}"))
+        for name in ("State", "Status", *EVENT_ATTRIBUTES):
             self.set_change_event(name, True, False)
         if finishing is not None:
-            self.set_state(DevState.RUNNING)
-            self.set_status(f"Finishing {finishing.path} (stopped by Init): writing the {finishing.stats().backlog} "
-                            "records still in the rings; Recording turns False when done")
+            self._set_state_status(DevState.RUNNING, f"Finishing {finishing.path} (stopped by Init): writing the "
+                                   f"{finishing.stats().backlog} records still in the rings; Recording turns False when done")
         else:
-            self.set_state(DevState.ON)
-            self.set_status("Idle: call StartRecording to record " + (", ".join(self.Streams) or "every stream on this host"))
+            self._set_state_status(DevState.ON, "Idle: call StartRecording to record "
+                                   + (", ".join(self.Streams) or "every stream on this host"))
         self._recover()
         self._check_compression()
 
@@ -243,9 +253,8 @@ class DataWriter(Device):
         try:
             check_compression(self.Compression)
         except ValueError as exc:
-            self.set_state(DevState.FAULT)
-            self.set_status(f"Cannot record: {exc}. Set the Compression property to one of these and run Init."
-                            + (f" {self._last_recovery}" if self._last_recovery else ""))
+            self._set_state_status(DevState.FAULT, f"Cannot record: {exc}. Set the Compression property to one of "
+                                   "these and run Init." + (f" {self._last_recovery}" if self._last_recovery else ""))
             fault_log.record(self.get_name(), "FAULT", self.get_status(), logging.ERROR, self)
 
     def delete_device(self) -> None:
@@ -265,6 +274,8 @@ class DataWriter(Device):
         if not rec.stop(timeout=SHUTDOWN_WAIT_S if shutting_down else STOP_WAIT_S):
             self.warn_stream(f"{rec.path} still being written after the stop request "
                              f"({rec.stats().backlog} records left); it finishes in the background")
+        if shutting_down and getattr(self, "_events", None) is not None:
+            self._events.close()  # the device goes: no push may reach it any more
 
     def _mark_stopping(self) -> None:
         journal = self._journal
@@ -411,13 +422,9 @@ class DataWriter(Device):
         if self.get_state() in (DevState.FAULT, DevState.ALARM):
             fault_log.record(self.get_name(), "RECOVERED", f"RUNNING (after {self.get_state()}): recording to {path}",
                              log=self)
-        self.set_state(DevState.RUNNING)
-        self.set_status(self._recording_status())
+        self._set_state_status(DevState.RUNNING, self._recording_status())
         self._recorder.start()
-        try:
-            self.push_change_event("Recording", True)
-        except tango.DevFailed:  # during init_device (continuing a crashed recording)
-            pass
+        self._queue_push("Recording", True)
         return path
 
     @command(dtype_out=str, doc_out="file path of the recording (also when it was already stopped)")
@@ -428,9 +435,8 @@ class DataWriter(Device):
         if rec.running:  # killed while finishing: recover the file, do not continue the recording
             self._mark_stopping()
         if rec.running and not rec.stop(timeout=STOP_WAIT_S):
-            self.set_status(
-                f"Finishing {rec.path}: writing the {rec.stats().backlog} records still in the rings; Recording turns False when done"
-            )
+            self._set_state_status(None, f"Finishing {rec.path}: writing the {rec.stats().backlog} records still in "
+                                   "the rings; Recording turns False when done")
         return rec.path
 
     # ------------------------------------------------------------------------- internals
@@ -471,7 +477,7 @@ class DataWriter(Device):
             except OSError:
                 pass
             if not busy:
-                self.set_status(f"{self.get_status()}. {report.text()}")
+                self._set_state_status(None, f"{self.get_status()}. {report.text()}")
             return
         self._last_recovery = report.text()
         fault_log.record(self.get_name(), "CRASH_RECOVERY" if report.ok else "FAULT", self._last_recovery,
@@ -482,8 +488,8 @@ class DataWriter(Device):
             pass
         if not report.ok:
             self.error_stream(self._last_recovery)
-            self.set_state(DevState.ALARM)
-            self.set_status(f"{self._last_recovery}. Check the file by hand; StartRecording starts a new recording.")
+            self._set_state_status(DevState.ALARM, f"{self._last_recovery}. Check the file by hand; StartRecording "
+                                   "starts a new recording.")
             return
         self.warn_stream(self._last_recovery)
         if continuing:
@@ -494,14 +500,14 @@ class DataWriter(Device):
             except tango.DevFailed as exc:
                 self._last_recovery += f"; it could not be continued: {exc.args[0].desc}"
                 self.error_stream(self._last_recovery)
-                self.set_status(f"{self.get_status()} {self._last_recovery}")
+                self._set_state_status(None, f"{self.get_status()} {self._last_recovery}")
             return
         if busy:  # the recording still finishing keeps the Status; the recovery is added to it
             if journal.get("state") == "recording":
                 self._last_recovery += "; not continued: the previous recording was still finishing"
-            self.set_status(f"{self.get_status()}. {self._last_recovery}")
+            self._set_state_status(None, f"{self.get_status()}. {self._last_recovery}")
             return
-        self.set_status(f"Idle. {self._last_recovery}")
+        self._set_state_status(None, f"Idle. {self._last_recovery}")
 
     def _new_path(self, name: str) -> str:
         base = os.path.join(self.OutputDir, f"{_safe_name(name)}_{time.strftime('%Y%m%d-%H%M%S')}")
@@ -511,9 +517,9 @@ class DataWriter(Device):
         return path
 
     def _fault(self, reason: str, path: str) -> None:
-        self.set_state(DevState.FAULT)
         kept = f" {path} is readable up to the last flushed record." if path and os.path.exists(path) else ""
-        self.set_status(f"{reason}.{kept} Free disk space or change OutputDir, then call StartRecording again.")
+        self._set_state_status(DevState.FAULT, f"{reason}.{kept} Free disk space or change OutputDir, then call "
+                               "StartRecording again.")
         fault_log.record(self.get_name(), "FAULT", self.get_status(), logging.ERROR, self)
 
     def _on_stats(self, stats: RecorderStats) -> None:
@@ -525,18 +531,38 @@ class DataWriter(Device):
         rec = self._recorder
         if rec is not None and rec.running and len(stats.per_stream) != len(self._streams):
             self._streams = list(stats.per_stream)  # a stream appeared
-            self.set_status(self._recording_status())
+            self._set_state_status(None, self._recording_status())
         self._push_all()
+
+    def _set_state_status(self, state: DevState | None, status: str) -> None:
+        """Set State (unless None) and Status and queue their change events: clients (Taurus,
+        the soak) subscribe instead of polling. Safe from any thread: nothing here waits for the
+        device monitor."""
+        if state is not None:
+            self.set_state(state)
+        self.set_status(status)
+        self._queue_push("State", self.get_state(), "Status", status)
+
+    def _queue_push(self, *names_values: Any) -> None:
+        """Queue change events (name, value, name, value, ...) for the event thread, with the
+        values of now: a later change cannot overtake or merge with them."""
+        pairs = list(zip(names_values[::2], names_values[1::2], strict=True))
+
+        def push() -> None:
+            for name, value in pairs:
+                try:
+                    self.push_change_event(name, value)
+                except tango.DevFailed:  # during init_device (attribute not yet created) or deletion
+                    pass
+
+        self._events.submit(push)
 
     def _push_all(self) -> None:
         s = self._stats
         rec = self._recorder
-        self.push_change_event("Recording", rec is not None and rec.running)
-        self.push_change_event("RecordsWritten", s.records_written)
-        self.push_change_event("BytesWritten", s.bytes_written)
-        self.push_change_event("WriteRate", s.write_rate_mb_s)
-        self.push_change_event("Backlog", s.backlog)
-        self.push_change_event("DroppedRecords", s.dropped_records)
+        self._queue_push("Recording", rec is not None and rec.running, "RecordsWritten", s.records_written,
+                         "BytesWritten", s.bytes_written, "WriteRate", s.write_rate_mb_s, "Backlog", s.backlog,
+                         "DroppedRecords", s.dropped_records)
 
     def _on_finished(self, path: str, error: BaseException | None, journal: recovery.Journal | None) -> None:
         rec = self._recorder
@@ -554,17 +580,11 @@ class DataWriter(Device):
             frame_io = rec.sink.frame_io
             self.info_stream(f"{path} closed; frames written {frame_io}")
         if error is None:
-            self.set_state(DevState.ON)
-            self.set_status(
-                f"Idle. Last recording: {path} ({self._stats.records_written} records, "
-                f"{self._stats.dropped_records} lost; frames written {frame_io})"
-            )
+            self._set_state_status(DevState.ON, f"Idle. Last recording: {path} ({self._stats.records_written} records, "
+                                   f"{self._stats.dropped_records} lost; frames written {frame_io})")
         else:
             self._fault(f"recording to {path} failed: {error}", path)
-        try:
-            self._push_all()
-        except tango.DevFailed:  # device being deleted
-            pass
+        self._push_all()
 
 
 def main(args: list[str] | None = None, **kwargs: Any) -> None:

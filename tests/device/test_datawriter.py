@@ -7,7 +7,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import h5py
 import numpy as np
@@ -22,6 +22,7 @@ from datawriter.device import DataWriter
 from datawriter.ring import FrameStreamWriter, ScalarStreamWriter, create_frame_stream, create_scalar_stream
 from tests.ports import free_port_block
 from tests.unit.test_recovery import kill, run_writer
+from tests.waiting import EventCollector, wait_until
 
 
 class Motor(Device):
@@ -59,16 +60,6 @@ class SlowMotor(Device):
     def Position(self) -> float:
         time.sleep(self._delay)
         return 1.0
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 @pytest.fixture
@@ -114,6 +105,9 @@ def group(dev: str) -> str:
 
 
 def test_recording_layout_manifest_swmr_and_events(tmp_path, streams) -> None:
+    """A recording's file layout and manifests, read live over SWMR; its events (counters, and
+    State/Status going Idle -> Recording -> Idle); StopRecording answering as soon as the file
+    is closed (no event push from the recorder thread waits for the monitor StopRecording holds)."""
     cam, pm = streams
     prod = Producer(cam, pm)
     prod.frames(10)  # pre-trigger material, 10 frames in the past second
@@ -130,6 +124,8 @@ def test_recording_layout_manifest_swmr_and_events(tmp_path, streams) -> None:
         events: list[int] = []
         eid = dw.subscribe_event("RecordsWritten", tango.EventType.CHANGE_EVENT,
                                  lambda e: events.append(e.attr_value.value) if not e.err else None)
+        states = EventCollector(dw, "State").__enter__()
+        statuses = EventCollector(dw, "Status").__enter__()
         path = dw.StartRecording(json.dumps({"name": "scan 1", "metadata": {"sample": "Si"}, "pre_trigger_s": 30}))
         assert dw.state() == DevState.RUNNING and dw.Recording and dw.FilePath == path
         prod.frames(20)
@@ -143,8 +139,21 @@ def test_recording_layout_manifest_swmr_and_events(tmp_path, streams) -> None:
 
             wait_until(grown, what="SWMR reader to see 30 frames")
             assert int(ds[29, 0, 0]) == 29
+        wait_until(lambda: len(events) > 1, what="RecordsWritten events while recording")  # the recorder pushes
+        t0 = time.monotonic()
         assert dw.StopRecording() == path
-        wait_until(lambda: not dw.Recording, what="recording end")
+        stop_s = time.monotonic() - t0
+        print(f"StopRecording returned in {stop_s * 1e3:.0f} ms")
+        assert stop_s < 1.0, f"StopRecording took {stop_s:.2f} s (it waits at most 2 s for the file to close)"
+        assert not dw.Recording, "StopRecording returned before the file was closed"
+        wait_until(lambda: [str(v) for v in states.values] == ["ON", "RUNNING", "ON"],
+                   what=f"State events ON, RUNNING, ON (got {states.values})")
+        wait_until(lambda: len(statuses.values) >= 3, what="Status events")
+        texts = statuses.values
+        assert texts[0].startswith("Idle") and texts[1].startswith("Recording") and texts[-1].startswith(
+            "Idle. Last recording: " + path), texts
+        states.__exit__()
+        statuses.__exit__()
         assert dw.state() == DevState.ON
         assert dw.RecordsWritten == 60 and dw.DroppedRecords == 0 and dw.Backlog == 0
         assert dw.BytesWritten >= 30 * 64 * 96 * 2
