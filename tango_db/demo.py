@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import tango
 
+from .waiting import WaitTimeout, wait_until
+
 Say = Callable[[str], None]
 
 
@@ -29,15 +31,11 @@ def _fmt_w(watts: float | None) -> str:
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except tango.DevFailed:
-            pass
-        time.sleep(0.05)
-    return False
+    """Whether ``condition`` held within ``timeout`` s (a device restarting counts as "not yet")."""
+    try:
+        return bool(wait_until(condition, timeout, 0.05, retry_on=(tango.DevFailed,)))
+    except WaitTimeout:
+        return False
 
 
 def power_meter_demo(say: Say) -> bool:
@@ -109,13 +107,15 @@ def power_meter_demo(say: Say) -> bool:
 def _settled_power(pm: tango.DeviceProxy) -> float | None:
     """The first reading taken after the last write (polling takes one period to catch up)."""
     t0 = time.time()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def fresh() -> tango.DeviceAttribute | None:
         r = pm.read_attribute("Power")
-        if r.time.totime() > t0 + 0.05:
-            return r.value
-        time.sleep(0.05)
-    return pm.Power
+        return r if r.time.totime() > t0 + 0.05 else None
+
+    try:
+        return wait_until(fresh, 5, 0.05).value
+    except WaitTimeout:
+        return pm.Power
 
 
 def run_demo(say: Say = print) -> int:

@@ -23,7 +23,6 @@ runs on a deployment that names its devices ``b12/...``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy as np
 import tango
 
 from deviceservers.MaiTai.lease import LeaseLost, ShutterLease, describe
+
+from .waiting import WaitTimeout, wait_until
 
 Say = Callable[[str], None]
 
@@ -78,13 +79,13 @@ class Results:
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
-    """Poll ``condition`` until true; raise ExperimentError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise ExperimentError(f"timed out after {timeout:.0f} s waiting for {what}")
+    """Poll ``condition`` until true (a device state or flag: nothing to subscribe to); raise
+    ExperimentError naming ``what`` after ``timeout``. An error of ``condition`` (a device in
+    FAULT) ends the wait at once."""
+    try:
+        wait_until(condition, timeout, interval, what)
+    except WaitTimeout:
+        raise ExperimentError(f"timed out after {timeout:.0f} s waiting for {what}") from None
 
 
 def idle(proxy: tango.DeviceProxy) -> bool:

@@ -1,7 +1,8 @@
 """Waiting for conditions in tests, never for fixed times.
 
 ``wait_until`` re-checks a condition until it holds or a deadline passes, and fails with the
-last value seen, so a failure says what the system was doing instead of "timed out".
+last value seen, so a failure says what the system was doing instead of "timed out" (the
+product's one helper, :func:`tango_db.waiting.wait_until`, as a test assertion).
 ``EventCollector`` subscribes to Tango events and lets a test wait for one that matches.
 """
 
@@ -14,22 +15,18 @@ from typing import Any
 
 import tango
 
+from tango_db.waiting import WaitTimeout
+from tango_db.waiting import wait_until as _wait_until
+
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
-    """Return the first truthy value of ``condition()``; raise AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-            error = None
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
-            error = exc
-        time.sleep(interval)
-    raise AssertionError(f"waited {timeout} s for {what or condition}: last value {last!r}, last error {error!r}")
+    """Return the first truthy value of ``condition()``; raise AssertionError after ``timeout``.
+    The product's :func:`tango_db.waiting.wait_until`, with every exception of ``condition``
+    counted as "not yet" (a server still starting) and a time-out as a test failure."""
+    try:
+        return _wait_until(condition, timeout, interval, what, retry_on=(Exception,))
+    except WaitTimeout as exc:
+        raise AssertionError(str(exc)) from exc.error
 
 
 def wait_state(proxy: tango.DeviceProxy, state: tango.DevState, timeout: float = 10.0) -> None:

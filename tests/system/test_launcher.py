@@ -6,23 +6,14 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
+
+from tests.waiting import wait_until
 
 from .conftest import TANGODAQ, UP_TIMEOUT_S
 
 pytestmark = pytest.mark.system
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_client_reads_the_power_meter_through_the_database(lab):
@@ -37,7 +28,7 @@ def test_client_reads_the_power_meter_through_the_database(lab):
     ]
 
     pm = lab.proxy("lab/powermeter/1")
-    wait_for(lambda: pm.state() == tango.DevState.ON, 15, "the power meter to be ON")
+    wait_until(lambda: pm.state() == tango.DevState.ON, 15, 0.2, "the power meter to be ON")
     power = pm.read_attribute("Power").value
     assert isinstance(power, float)
 
@@ -64,9 +55,10 @@ def test_supervisor_restarts_a_server_that_dies(lab):
 
     old = lab.pid_of("Newport1830C/lab")
     os.kill(old, signal.SIGKILL)
-    new = wait_for(
+    new = wait_until(
         lambda: (lab.pid_of("Newport1830C/lab") or old) != old and lab.pid_of("Newport1830C/lab"),
         20,
+        0.2,
         "a restart",
     )
     assert new != old
@@ -78,7 +70,7 @@ def test_supervisor_restarts_a_server_that_dies(lab):
         except tango.DevFailed:
             return False
 
-    wait_for(answers, 30, "the restarted power meter to answer")
+    wait_until(answers, 30, 0.2, "the restarted power meter to answer")
     assert next(p for p in lab.state()["processes"] if p["name"] == "Newport1830C/lab")["restarts"] >= 1
     log = (lab.home / "logs" / "supervisor.log").read_text()
     assert "exited with code -9" in log and "restarted" in log
@@ -113,9 +105,10 @@ def test_foreground_up_stops_everything_on_ctrl_c(lab_factory):
         text=True,
     )
     try:
-        wait_for(
+        wait_until(
             lambda: (lab.home / "state.json").exists() and lab.state().get("phase") == "running",
             UP_TIMEOUT_S,
+            0.2,
             "up",
         )
         proc.send_signal(signal.SIGINT)
@@ -132,7 +125,7 @@ def test_foreground_up_stops_everything_on_ctrl_c(lab_factory):
 def test_a_killed_supervisor_takes_its_children_along(lab_factory):
     lab = lab_factory()
     os.kill(lab.state()["supervisor_pid"], signal.SIGKILL)
-    wait_for(lambda: lab.leftovers() == [], 15, "the children to die with the supervisor")
+    wait_until(lambda: lab.leftovers() == [], 15, 0.2, "the children to die with the supervisor")
     result = lab.tangodaq("status")
     assert result.returncode == 3 and "no lab is running" in result.stdout
     assert "supervisor is gone" in lab.tangodaq("down").stdout
