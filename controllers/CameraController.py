@@ -13,8 +13,9 @@
   or on stop/abort; a recording started by someone else (``record_start``) is used and left
   running, and frames are then referenced by their start-of-exposure time
   (``#timestamp_bof=<epoch s>``, the file's ``timestamp_bof`` dataset).
-- With referencing disabled, ``ReadOne`` returns the camera's ``LastImage`` preview, and refuses it
-  when the preview is binned (``PreviewBinning`` > 1): a scan never stores binned frames unawares.
+- With referencing disabled, ``ReadOne`` returns the camera's ``LastImage`` preview, and the count
+  is refused at preparation while the preview is binned (``PreviewBinning`` > 1): a scan never
+  stores binned frames unawares.
 - The axis attributes ``TangoDevice`` and ``DataWriter`` (memorized: the Pool restores them) name
   the devices; an axis that has none memorized gets the lab's ``camera`` and ``datawriter`` roles
   (``tango_db.roles``).
@@ -146,6 +147,14 @@ class CameraTwoDController(TwoDController, Referable):
         a["starts_left"] = max(1, int(nb_starts))
         a["error"] = ""
         if not a["ref_enabled"]:
+            binning = int(self._cam(axis).read_attribute("PreviewBinning").value or 1)
+            if binning > 1:
+                # The value is then the LastImage preview, which may be binned for the live view;
+                # a scan must never store binned frames as if they were the camera's.
+                raise ValueError(
+                    f"{a['device']}: PreviewBinning is {binning}, so LastImage is a binned preview; enable "
+                    "value referencing for this channel (frames recorded by the DataWriter) or set "
+                    "PreviewBinning to 1")
             return
         dw = self._dw(axis)
         if dw.read_attribute("Recording").value:
@@ -235,16 +244,7 @@ class CameraTwoDController(TwoDController, Referable):
                 self._log.warning("%s: StopRecording failed: %s", a["writer"], exc.args[0].desc.strip())
 
     def ReadOne(self, axis: int) -> Any:
-        cam = self._cam(axis)
-        image_da, binning_da = cam.read_attributes(["LastImage", "PreviewBinning"])  # one round trip
-        if int(binning_da.value or 1) > 1:
-            # The preview may be binned for the live view; a scan must never store binned frames
-            # as if they were the camera's.
-            raise RuntimeError(
-                f"{self.ax[axis]['device']}: PreviewBinning is {int(binning_da.value)}, so LastImage is a binned "
-                "preview; enable value referencing for this channel (frames recorded by the DataWriter) "
-                "or set PreviewBinning to 1")
-        return image_da.value
+        return self._cam(axis).read_attribute("LastImage").value
 
     def RefOne(self, axis: int) -> str:
         return self.ax[axis]["ref"]

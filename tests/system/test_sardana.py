@@ -403,6 +403,33 @@ def test_camera_channel_in_ct_and_ascan_gives_frame_references(lab, door):
     assert len(data["power"]) == 3
 
 
+def _camera_value_ref(lab, enabled: bool) -> None:
+    mg = lab.proxy("mg_camera")
+    conf = json.loads(mg.read_attribute("Configuration").value)
+    for ctrl in conf["controllers"].values():
+        for ch in ctrl["channels"].values():
+            if ch["name"] == "camera":
+                ch["value_ref_enabled"] = enabled
+    mg.write_attribute("Configuration", json.dumps(conf))
+
+
+def test_camera_channel_without_referencing_gives_the_frame_and_refuses_a_binned_preview(lab, door):
+    lab_has("lab/camera/1", "lab/datawriter/1")
+    camera = lab.proxy("lab/camera/1")
+    _camera_value_ref(lab, False)
+    try:
+        door.run("ct", 0.05, "mg_camera")
+        (camera_line,) = [line for line in door.lines if "camera" in line]
+        assert "h5file://" not in camera_line and "nodata" not in camera_line, camera_line
+        camera.write_attribute("PreviewBinning", 2)
+        with pytest.raises(MacroFailed) as failed:
+            door.run("ct", 0.05, "mg_camera")
+        assert any("PreviewBinning is 2" in line for line in failed.value.lines), failed.value.lines
+    finally:
+        camera.write_attribute("PreviewBinning", 1)
+        _camera_value_ref(lab, True)
+
+
 def test_record_start_and_stop_record_the_streams(lab, door):
     lab_has("lab/datawriter/1", "lab/powermeter/1")
     meter, writer = lab.proxy("lab/powermeter/1"), lab.proxy("lab/datawriter/1")
