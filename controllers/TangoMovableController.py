@@ -116,6 +116,9 @@ class Axis:
         return self.proxy
 
 
+POSITION_ATTRIBUTES = ("Position", "Wavelength")  # what a lab device moves; nothing else may be driven
+
+
 class TangoMovableController(MotorController):
     """Motors backed by any Movable lab device (ESP300 axis, ELL14 mount, Mai Tai wavelength)."""
 
@@ -175,7 +178,12 @@ class TangoMovableController(MotorController):
         if name.lower() == "tangodevice":
             ax.device, ax.proxy = str(value).strip(), None
         elif name.lower() == "positionattribute":
-            ax.attribute, ax.proxy = str(value).strip() or "Position", None
+            attribute = str(value).strip() or "Position"
+            if attribute not in POSITION_ATTRIBUTES:
+                # A free attribute name would let anyone who may configure a motor write any
+                # attribute through the Pool's account (the laser's Shutter, for one).
+                raise ValueError(f"PositionAttribute must be one of {', '.join(POSITION_ATTRIBUTES)}, not {attribute!r}")
+            ax.attribute, ax.proxy = attribute, None
         else:
             raise KeyError(name)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import tango
 
 from deviceservers.bench.control import BenchClient
 from deviceservers.bench.optics import OpticsModel, Polariser, WavePlate
@@ -129,6 +130,11 @@ def test_pool_elements_exist_for_every_configured_device(lab):
     assert expected <= names
     motor = lab.proxy("meter_wavelength")
     assert motor.TangoDevice == "lab/powermeter/1" and motor.PositionAttribute == "Wavelength"
+    # A motor cannot be turned into a way round the laser's access rules (the Pool's account may
+    # write the Shutter; whoever configures a motor may not).
+    with pytest.raises(tango.DevFailed, match="PositionAttribute must be one of Position, Wavelength"):
+        lab.proxy("hwp").write_attribute("PositionAttribute", "Shutter")
+    assert lab.proxy("hwp").PositionAttribute == "Position"
 
 
 def test_ct_averages_the_power_over_the_count_time(lab, door):
