@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from tango_db.environment import split_tango_host  # re-exported: config.py, main_window.py, tests
 from tango_db.roles import DEFAULT_ROLES, MOUNT_ROLES, lab_roles
 
 log = logging.getLogger(__name__)
@@ -118,15 +119,6 @@ def layout_from_roles(roles: dict[str, str], classes: dict[str, str] | None = No
         mounts=mounts,
         overview=overview,
     )
-
-
-def split_tango_host(tango_host: str) -> tuple[str, int]:
-    """``host:port`` (also ``tango://host:port``) -> (host, port); ValueError saying what is wrong."""
-    text = tango_host.strip().removeprefix("tango://").rstrip("/")
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{tango_host!r} is not HOST:PORT (e.g. 127.0.0.1:10000)")
-    return host, int(port)
 
 
 def read_roles(tango_host: str) -> tuple[dict[str, str], dict[str, str]]:

@@ -8,7 +8,6 @@ window's message line instead, with the device's own reason.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -20,12 +19,15 @@ from taurus.qt.qtgui.button import TaurusCommandButton
 from taurus.qt.qtgui.display import TaurusLabel
 from taurus.qt.qtgui.panel import TaurusForm
 
+from tango_db import environment
+
 DEFAULT_TANGO_HOST = "127.0.0.1:10000"
 
 
 def tango_host_from_env() -> str:
-    """The lab's database address: ``TANGO_HOST``, else the lab's default ``127.0.0.1:10000``."""
-    return os.environ.get("TANGO_HOST") or DEFAULT_TANGO_HOST
+    """The lab's database address as Tango finds it (``TANGO_HOST``, ``~/.tangorc``,
+    ``/etc/tangorc``), else the lab's default ``127.0.0.1:10000``."""
+    return environment.tango_host() or DEFAULT_TANGO_HOST
 
 
 def model_name(tango_host: str, device: str, attribute: str | None = None) -> str:

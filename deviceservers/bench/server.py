@@ -33,6 +33,7 @@ from deviceservers.Ell14.simulator import Ell14BusSimulator
 from deviceservers.Esp300.simulator import Esp300Simulator
 from deviceservers.MaiTai.simulator import MaiTaiSimulator
 from deviceservers.Newport1830C.simulator import Newport1830CSimulator
+from tango_db import environment
 
 from .control import ControlServer
 from .optics import OpticsModel
@@ -257,9 +258,11 @@ CONTROL_PORT_OFFSET = 9  # the control port is the lab's database port + 9 (lab.
 
 def default_control_address() -> tuple[str, int] | None:
     """The control port by convention: TANGO_HOST's port + CONTROL_PORT_OFFSET on loopback."""
-    tango_host = os.environ.get("TANGO_HOST", "").split(",")[0]
-    _, _, port = tango_host.rpartition(":")
-    return ("127.0.0.1", int(port) + CONTROL_PORT_OFFSET) if port.isdigit() else None
+    try:
+        port = environment.split_tango_host(environment.tango_host())[1]
+    except ValueError:
+        return None
+    return ("127.0.0.1", port + CONTROL_PORT_OFFSET)
 
 
 def parse_address(text: str) -> tuple[str, int]:
