@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import server_instances, substitutions
+from .config import _strip_comments, server_instances, substitutions
 from .environment import split_tango_host
 
 SARDANA_JSON = Path(__file__).with_name("sardana.json")
@@ -53,7 +53,7 @@ def load_sardana_config(
         except KeyError:
             raise ValueError(f"sardana.json names the role {match.group(1)!r}, which the lab's roles lack") from None
 
-    return json.loads(_ROLE.sub(role, text))
+    return _strip_comments(json.loads(_ROLE.sub(role, text)))  # `_`-keys are comments, as in lab.json
 
 
 def lab_devices(config: dict) -> set[str]:
@@ -192,11 +192,16 @@ def create_elements(config: dict | None, tango_host: str, sardana: dict | None =
                 created.append(elem["name"])
             _write_attributes(elem["name"], elem.get("attributes", {}), tango_host)
     for mg in groups:
-        if mg["name"].lower() not in existing:
+        new_group = mg["name"].lower() not in existing
+        if new_group:
             pool.command_inout("CreateMeasurementGroup", [mg["name"], *mg["channels"]])
             created.append(mg["name"])
         if mg.get("value_ref"):
             _enable_value_ref(mg["name"], mg["value_ref"], tango_host)
+        if new_group and mg.get("plot"):  # a default only: Experiment Config's choice survives restarts
+            _plot_channels(mg["name"], mg["plot"], tango_host)
+        if mg.get("attributes"):
+            _write_attributes(mg["name"], mg["attributes"], tango_host)
     summary = f"created {', '.join(created)}" if created else "all elements exist"
     return summary + ("; " + "; ".join(notes) if notes else "")
 
@@ -220,6 +225,19 @@ def _enable_value_ref(group: str, channels: list[str], tango_host: str) -> None:
                 changed = True
     if changed:
         mg.write_attribute("Configuration", json.dumps(conf))
+
+
+def _plot_channels(group: str, channels: list[str], tango_host: str) -> None:
+    """Plot ``channels`` against the scanned motor in the live scan plot (Experiment Config's
+    "Plot type" 1, axis ``<mov>``): without it the GUI's scan plot stays empty."""
+    mg = _proxy(group, tango_host)
+    conf = json.loads(mg.read_attribute("Configuration").value)
+    wanted = {c.lower() for c in channels}
+    for ctrl in conf.get("controllers", {}).values():
+        for ch in ctrl.get("channels", {}).values():
+            if ch.get("name", "").lower() in wanted:
+                ch["plot_type"], ch["plot_axes"] = 1, ["<mov>"]
+    mg.write_attribute("Configuration", json.dumps(conf))
 
 
 def set_environment(tango_host: str, sardana: dict | None = None) -> str:

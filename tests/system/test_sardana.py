@@ -130,6 +130,11 @@ def test_pool_elements_exist_for_every_configured_device(lab):
     assert expected <= names
     motor = lab.proxy("meter_wavelength")
     assert motor.TangoDevice == "lab/powermeter/1" and motor.PositionAttribute == "Wavelength"
+    # the groups as sardana.json configures them: power plotted live, continuous triggers on time
+    channels = {ch["name"]: ch for ctrl in json.loads(lab.proxy("mg_power").Configuration)["controllers"].values()
+                for ch in ctrl["channels"].values()}
+    assert channels["power"]["plot_type"] == 1 and channels["power"]["plot_axes"] == ["<mov>"]
+    assert lab.proxy("mg_continuous").SoftwareSynchronizerInitialDomain == "Time"
     # A motor cannot be turned into a way round the laser's access rules (the Pool's account may
     # write the Shutter; whoever configures a motor may not).
     with pytest.raises(tango.DevFailed, match="PositionAttribute must be one of Position, Wavelength"):
@@ -233,6 +238,9 @@ def test_bad_parameters_are_refused_before_anything_moves(lab, door):
 
 
 def test_lab_status_and_setups(lab, door):
+    door.run("lsenv")
+    assert any(line.split()[:2] == ["JsonRecorder", "True"] for line in door.lines), door.lines  # the GUI's live plot
+    assert not any(line.split()[:1] == ["_JsonRecorder"] for line in door.lines)  # sardana.json's comments stay there
     door.run("lab_status")
     out = door.output()
     assert "lab/powermeter/1" in out and "pool/lab/1" in out
