@@ -48,7 +48,7 @@ from .hdf5_sink import Hdf5Sink, StreamSpec, check_metadata
 from .recorder import Recorder, RecorderStats
 from .ring import RingError, RingReader, list_streams
 
-EVENT_ATTRIBUTES = ("Recording", "RecordsWritten", "BytesWritten", "WriteRate", "Backlog", "DroppedRecords")
+EVENT_ATTRIBUTES = ("Recording", "FilePath", "RecordsWritten", "BytesWritten", "WriteRate", "Backlog", "DroppedRecords")
 STOP_WAIT_S = 2.0  # StopRecording and Init wait this long for the file to close (under the 3 s client time-out)
 SHUTDOWN_WAIT_S = 10.0  # a server shutting down waits this long for the file to close before it exits
 
@@ -424,7 +424,7 @@ class DataWriter(Device):
                              log=self)
         self._set_state_status(DevState.RUNNING, self._recording_status())
         self._recorder.start()
-        self._queue_push("Recording", True)
+        self._queue_push("Recording", True, "FilePath", path)
         return path
 
     @command(dtype_out=str, doc_out="file path of the recording (also when it was already stopped)")
@@ -560,7 +560,8 @@ class DataWriter(Device):
     def _push_all(self) -> None:
         s = self._stats
         rec = self._recorder
-        self._queue_push("Recording", rec is not None and rec.running, "RecordsWritten", s.records_written,
+        self._queue_push("Recording", rec is not None and rec.running, "FilePath", self._file_path,
+                         "RecordsWritten", s.records_written,
                          "BytesWritten", s.bytes_written, "WriteRate", s.write_rate_mb_s, "Backlog", s.backlog,
                          "DroppedRecords", s.dropped_records)
 

@@ -250,12 +250,11 @@ def test_overview_shows_states_in_colour_the_laser_and_the_datawriter(gui, lab, 
 
 def test_no_attribute_falls_back_to_polling(gui, taurus_log):
     """Every device pushes events for what the GUI shows (State, Status, CommunicationOk,
-    LastError...): Taurus subscribes and never activates its client-side polling. The DataWriter's
-    State/Status/FilePath are the exception until datawriter/device.py pushes them."""
+    LastError...): Taurus subscribes and never activates its client-side polling."""
     for name in ("Laser", "Motion", "Power meter", "Camera"):
         gui.show_panel(name)
     app_instance().processEvents()
-    polled = [name for name in taurus_log.polled() if "/datawriter/" not in name.lower()]
+    polled = taurus_log.polled()
     assert not polled, f"Taurus polls {polled}"
     laser_form = {item.getModelName().rsplit("/", 1)[-1] for item in gui.panel_widget("Laser").form}
     assert {"CommunicationOk", "LastError"} <= laser_form  # on screen, hence subscribed
