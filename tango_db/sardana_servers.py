@@ -39,7 +39,10 @@ server is serving by then), exactly as ``tangodaq up``'s one-shot steps do; on t
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+from deviceservers.MaiTai.lease import LASER_DOOR_ENV, UNKNOWN_LASER_DOOR, plain_name
 
 _PATCHED = "_tangodaq_async_safe"
 
@@ -83,6 +86,65 @@ def harden_tango_monitor() -> None:
 def harden() -> None:
     harden_logging()
     harden_tango_monitor()
+
+
+# ---------------------------------------------------------------- macros that run as the service
+# Sardana's expert macros (sardana/macroserver/macros/expert.py) change the Pool's controllers,
+# elements and code, as the service account that may write the laser: on a deployment with a
+# laser Door they run only there. These few only define measurement groups or print.
+HARMLESS_EXPERT_MACROS = frozenset({"defm", "defmeas", "udefmeas", "prdef", "sar_info"})
+
+
+class MacroRefused(Exception):
+    """A macro this Door may not run."""
+
+
+def check_macro_door(macro: str, library: str, door: str, laser_door: str) -> None:
+    """Refuse a Pool-changing expert macro outside the laser Door (when the lab has one)."""
+    if not laser_door or library != "expert" or macro in HARMLESS_EXPERT_MACROS:
+        return
+    if laser_door == UNKNOWN_LASER_DOOR or plain_name(door) != plain_name(laser_door):
+        where = ("the laser Door (unknown: the lab's roles could not be read when the MacroServer "
+                 "started; restart it once the database answers)" if laser_door == UNKNOWN_LASER_DOOR
+                 else f"the laser Door {laser_door}")
+        raise MacroRefused(f"{macro} changes the Pool's controllers, elements or code as the service account: it runs "
+                           f"only on {where}, for laser operators; this Door is {door}")
+
+
+def read_laser_door() -> str:
+    """The lab's laser Door, read once at the MacroServer's start ("" when the lab has none,
+    UNKNOWN_LASER_DOOR when the database could not tell): a database that stops answering later
+    cannot make the check silently pass."""
+    from .roles import ROLES_OBJECT, ROLES_PROPERTY, decode
+
+    try:
+        import tango
+
+        lines = tango.Database().get_property(ROLES_OBJECT, ROLES_PROPERTY)[ROLES_PROPERTY]
+    except Exception:  # noqa: BLE001 - any failure: refuse light rather than guess
+        logging.getLogger("tangodaq.sardana").exception("cannot read the lab's roles: no Door may make light")
+        return UNKNOWN_LASER_DOOR
+    return decode(lines).get("laser_door", "")
+
+
+def guard_macros(laser_door: str) -> None:
+    """Check every macro a client asks a Door for (not the macros a running macro calls)."""
+    if not laser_door:
+        return  # no access control deployed (a laptop lab): every Door runs every macro
+    from sardana.macroserver.msmacromanager import MacroExecutor
+
+    original = MacroExecutor._createMacroObj
+
+    def _createMacroObj(self, macro_name_or_meta, pars, init_opts={}):  # noqa: B006 - Sardana's signature
+        if init_opts.get("parent_macro") is None:
+            meta = macro_name_or_meta
+            if isinstance(meta, str):
+                meta = self.macro_manager.getMacro(meta)
+            library = getattr(getattr(meta, "lib", None), "name", "")
+            check_macro_door(meta.name, library, str(getattr(self.door, "name", "")), laser_door)
+        return original(self, macro_name_or_meta, pars, init_opts)
+
+    MacroExecutor._createMacroObj = _createMacroObj
 
 
 SERVERS = {"MacroServer": "sardana.tango.macroserver", "Pool": "sardana.tango.pool"}
@@ -144,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = argv[0]
     harden()
+    if server == "MacroServer":
+        laser_door = read_laser_door()
+        os.environ[LASER_DOOR_ENV] = laser_door
+        guard_macros(laser_door)
     instance = next((a for a in argv[1:] if not a.startswith("-")), "")
     if instance:
         start_deployed_setup(server, instance)

@@ -20,6 +20,7 @@ No Tango device is named here: the caller passes the laser's name (``tango_db.ro
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -43,12 +44,27 @@ class LightRefused(PermissionError):
     """A program asked for light from a Door that may not make it (docs/laser-safety.md)."""
 
 
-def _plain_name(name: str) -> str:
+def plain_name(name: str) -> str:
     """``tango://host:port/a/b/c`` or ``a/b/c`` -> ``a/b/c`` (lower case)."""
     name = name.strip().lower()
     if name.startswith("tango://"):
         name = name[len("tango://"):].split("/", 1)[-1]
     return name
+
+
+LASER_DOOR_ENV = "TANGODAQ_LASER_DOOR"  # set by the MacroServer's launcher (tango_db.sardana_servers)
+UNKNOWN_LASER_DOOR = "?"  # the launcher could not read the roles: no Door may make light
+
+
+def laser_door() -> str:
+    """The lab's laser Door as the MacroServer read it at its start, so a database that stops
+    answering later cannot turn the check off; outside that launcher (unit fakes), the roles."""
+    fixed = os.environ.get(LASER_DOOR_ENV)
+    if fixed is not None:
+        return fixed
+    from tango_db.roles import lab_roles
+
+    return lab_roles().get("laser_door", "")
 
 
 def check_light_door(door: str, laser_door: str) -> None:
@@ -59,7 +75,10 @@ def check_light_door(door: str, laser_door: str) -> None:
     Door (``RunMacro`` needs write access to the Door), so a deployment with access control has a
     Door that only laser operators may use (the ``laser_door`` role), and a program that makes
     light must run on it. Without that role (a laptop lab, no access control) anything goes."""
-    if laser_door and _plain_name(door) != _plain_name(laser_door):
+    if laser_door == UNKNOWN_LASER_DOOR:
+        raise LightRefused("light is refused: the lab's roles could not be read when the MacroServer started, so "
+                           "the laser Door is unknown; restart the MacroServer once the database answers")
+    if laser_door and plain_name(door) != plain_name(laser_door):
         raise LightRefused(f"light is made only from the laser Door {laser_door} (laser operators); this macro runs "
                            f"on {door or 'no Door'}: run it there, or ask a laser operator")
 

@@ -150,9 +150,9 @@ print(json.dumps(results))
 """
 
 
-def _test_users() -> list[str]:
-    """Create the test accounts that do not exist (system accounts, no home, no login shell)."""
-    made = []
+def _test_users(made: list[str]) -> None:
+    """Create the test accounts that do not exist (system accounts, no home, no login shell),
+    listing each in ``made`` as soon as it exists, so a failure half-way leaves none behind."""
     for user in TEST_USERS.values():
         try:
             pwd.getpwnam(user)
@@ -160,7 +160,6 @@ def _test_users() -> list[str]:
             subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
                            check=True, capture_output=True, timeout=30)
             made.append(user)
-    return made
 
 
 def _release_venv(base: Path) -> Path:
@@ -198,7 +197,7 @@ def facility():
     the = None
     made_users: list[str] = []
     try:
-        made_users = _test_users()
+        _test_users(made_users)
         venv = _release_venv(base)
         stack.start_mariadb()
         stack.create_tango_database()

@@ -283,8 +283,16 @@ attempt("RunMacro laser Door", proxy("door/lab/laser").command_inout, "RunMacro"
 attempt("CreateController", proxy("pool/lab/1").command_inout, "CreateController", ["Motor", "x", "y", "z"])
 attempt("ct", run_macro, "door/lab/1", "ct", 0.1, say=lambda _line: None, timeout=60)
 attempt("laser_on", run_macro, "door/lab/1", "laser_on", say=lambda _line: None, timeout=60)
+attempt("defctrl", run_macro, "door/lab/1", "defctrl", "DummyMotorController", "x_ctrl", say=lambda _line: None,
+        timeout=60)
+attempt("relctrllib", run_macro, "door/lab/1", "relctrllib", "TangoMovableController", say=lambda _line: None,
+        timeout=60)
 """)
     assert out["move"] == "ok" and out["ct"] == "ok", out
+    # Sardana's expert macros run as the service account and change the Pool's code: laser Door only
+    for expert in ("defctrl", "relctrllib"):
+        assert f"{expert} changes the Pool's controllers" in out[expert], (expert, out)
+    assert "x_ctrl" not in str(facility.proxy("pool/lab/1").read_attribute("ControllerList").value)
     for refused in ("On", "OpenShutter", "RunMacro laser Door", "CreateController"):
         assert out[refused].startswith(REFUSED), (refused, out)
     assert "only from the laser Door door/lab/laser" in out["laser_on"], out  # the Door runs it; the macro refuses

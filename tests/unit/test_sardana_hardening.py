@@ -115,3 +115,30 @@ def test_harden_patches_logging_once_and_keeps_behaviour(monkeypatch) -> None:
     finally:
         log.removeHandler(handler)
     assert seen == ["shown"]
+
+
+def test_expert_macros_that_change_the_pool_run_only_on_the_laser_door():
+    from tango_db.sardana_servers import MacroRefused, check_macro_door
+
+    laser = "door/lab/laser"
+    for macro in ("defctrl", "commit_ctrllib", "relctrllib", "send2ctrl", "defelem", "udefctrl"):
+        with pytest.raises(MacroRefused, match=f"{macro} changes the Pool.*only on the laser Door door/lab/laser"):
+            check_macro_door(macro, "expert", "door/lab/1", laser)
+        check_macro_door(macro, "expert", "tango://db:10000/Door/Lab/Laser", laser)  # the laser Door: allowed
+        check_macro_door(macro, "expert", "door/lab/1", "")  # no access control deployed: allowed
+    check_macro_door("defmeas", "expert", "door/lab/1", laser)  # defines a group of existing channels
+    check_macro_door("ascan", "scan", "door/lab/1", laser)
+    with pytest.raises(MacroRefused, match="could not be read"):  # roles unknown at start: refuse
+        check_macro_door("defctrl", "expert", "door/lab/laser", "?")
+
+
+def test_the_laser_door_is_the_one_read_at_the_macroservers_start(monkeypatch):
+    from deviceservers.MaiTai import lease
+
+    monkeypatch.setenv(lease.LASER_DOOR_ENV, "?")
+    with pytest.raises(lease.LightRefused, match="could not be read"):
+        lease.check_light_door("door/lab/laser", lease.laser_door())
+    monkeypatch.setenv(lease.LASER_DOOR_ENV, "door/lab/laser")
+    assert lease.laser_door() == "door/lab/laser"  # no database read: a later outage cannot change it
+    with pytest.raises(lease.LightRefused, match="only from the laser Door"):
+        lease.check_light_door("door/lab/1", lease.laser_door())
