@@ -172,7 +172,9 @@ class CameraView(Qt.QWidget):
     def _connect(self) -> None:
         try:
             self._proxy = tango.DeviceProxy(self.device_name)
-            for attr in ("LastImageFrameNumber", "LastImageTime", "LastImage"):
+            # LastImage first: its first event (read at subscription) comes unpaired and is drawn as
+            # such, instead of a live image newer than a number read just before it
+            for attr in ("LastImage", "LastImageFrameNumber", "LastImageTime"):
                 self._subscriptions.append(
                     self._proxy.subscribe_event(attr, tango.EventType.CHANGE_EVENT, self._on_event))
             for attr in ("FramesLost", "FrameRate", "PreviewBinning"):

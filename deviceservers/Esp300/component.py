@@ -33,9 +33,11 @@ from deviceservers.common.serial_link import LinkDown, LinkSettings, Port
 from . import driver
 
 SETTINGS_EVERY = 6  # re-read motor power, velocity, acceleration, limits every N poll periods (idle)
-# During a move MD? is asked back to back (one small request each, so the other axes and a write
-# interleave): the end of the move is known when the controller says it, not at a poll tick.
-FAST_POLL_S = 0.0
+# During a move MD? is asked almost back to back (one small request each, so the other axes and a
+# write interleave): the end of the move is known when the controller says it, not at a poll tick.
+# The 2 ms pause is about one MD? exchange on the wire at 19200 baud; without it a simulator that
+# answers at once (device tests) makes three axes spin both cores.
+FAST_POLL_S = 0.002
 POSITION_EVERY_S = 0.05  # during a move: TP? and position events at 20 Hz
 
 

@@ -138,9 +138,9 @@ class PvcamComponent(StateReporter):
         self._lost = 0
         self._recoveries = 0
         self._fps = 0.0
-        self._latest: np.ndarray | None = None
-        self._latest_meta: tuple[int, float] = (0, 0.0)  # (frame number, wall-clock EOF) of _latest
-        self._latest_seq = 0
+        # (pixels, frame number, wall-clock EOF, sequence): one tuple, replaced in one assignment, so
+        # the monitor never pairs an image with another frame's number
+        self._latest: tuple[np.ndarray | None, int, float, int] = (None, 0, 0.0, 0)
         self._ended_by = ""  # why the last acquisition ended early (connection loss), for Status
         self._published_seq = 0
         self._last_preview = 0.0
@@ -556,9 +556,7 @@ class PvcamComponent(StateReporter):
                 self._frames += 1
                 if len(eofs) >= 2 and eofs[-1] > eofs[0]:
                     self._fps = (len(eofs) - 1) / (eofs[-1] - eofs[0])
-                self._latest_meta = (base + frame.frame_number, eof_wall)
-                self._latest = frame.pixels
-                self._latest_seq += 1
+                self._latest = (frame.pixels, base + frame.frame_number, eof_wall, self._latest[3] + 1)
         except CameraConnectionLost as exc:
             self._connection_lost(b, exc)
         except CameraError as exc:
@@ -643,14 +641,14 @@ class PvcamComponent(StateReporter):
     def _publish_progress(self, force: bool = False) -> None:
         # the preview first: a client that sees the new frame count finds the new image too
         now = time.monotonic()
-        rebin = self._force_preview and self._latest is not None
-        if rebin or (self._latest_seq != self._published_seq
+        image, number, eof_wall, seq = self._latest  # read once: the acquisition thread replaces it whole
+        rebin = self._force_preview and image is not None
+        if rebin or (seq != self._published_seq
                      and (force or now - self._last_preview >= self.preview_period_s)):
             self._force_preview = False
-            self._published_seq = self._latest_seq
+            self._published_seq = seq
             # on a fixed cadence (no drift from the time each pass takes), never bunched after a pause
             self._last_preview = max(self._last_preview + self.preview_period_s, now - self.preview_period_s / 2)
-            image, (number, eof_wall) = self._latest, self._latest_meta
             if image is not None:
                 image = bin_image(image, int(self.preview_binning.value or 1))
             # number and time first: a client pairs LastImage with the number received just before it
@@ -697,4 +695,4 @@ class PvcamComponent(StateReporter):
         return float(self.exposure_time.value or 0.0)
 
     def last_frame(self) -> np.ndarray | None:
-        return self._latest
+        return self._latest[0]
