@@ -22,7 +22,13 @@ from datawriter.device import DataWriter
 from datawriter.ring import FrameStreamWriter, ScalarStreamWriter, create_frame_stream, create_scalar_stream
 from tests.ports import free_port_block
 from tests.unit.test_recovery import kill, run_writer
-from tests.waiting import EventCollector, wait_until
+from tests.waiting import EventCollector
+from tests.waiting import wait_until as _wait_until
+
+
+def wait_until(condition, timeout: float = 15.0, **kwargs):
+    """15 s by default here: recoveries and continuations restart a server first."""
+    return _wait_until(condition, timeout, **kwargs)
 
 
 class Motor(Device):

@@ -230,7 +230,8 @@ def test_the_end_of_a_move_is_heard_when_the_mount_reports_it(mounts, sim):
         due = sent + abs(target - start) / SPEED + sim.settle_s + sim.reply_delay_s
         late.append(t_on - due)
     late.sort()
-    assert late[2] < 0.03, f"ON came {[round(1000 * x) for x in late]} ms after the mount's PO was due"
+    # ~5-15 ms here; a poll tick came ~50 ms late on average. Loose for a loaded 2-core machine
+    assert late[2] < 0.045, f"ON came {[round(1000 * x) for x in late]} ms after the mount's PO was due"
     assert hwp.Position == pytest.approx(50.0, abs=0.01)
 
 

@@ -257,4 +257,5 @@ def test_a_position_write_returns_once_the_controller_took_it(proxies, sim):
     finally:
         sim.char_time_s = 0.0
     took.sort()
-    assert took[3] < 0.012, f"Position writes took {[round(1000 * t, 1) for t in took]} ms"
+    # ~2-5 ms here; TB? queued behind polls took ~55 ms. Loose: a loaded 2-core machine adds its own delay
+    assert took[3] < 0.030, f"Position writes took {[round(1000 * t, 1) for t in took]} ms"

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.system
 
 INTERVALS = 60  # 3 deg per point
 INTEG_S = 0.05
+# Between windows: more than the channels' own latency (~30-60 ms), so a loaded machine delays a
+# window instead of skipping a trigger (a point without a value).
+LATENCY_S = 0.05
 
 
 def last_entry(path: Path) -> dict:
@@ -64,7 +67,7 @@ def test_ascanct_gives_the_step_scans_malus_curve_from_one_sweep(lab):
         # triggers on time, not on the Pool's position updates (every 100 ms by default: two
         # thresholds passed between two updates skip a trigger); the real positions are captured
         lab.proxy("mg_continuous").write_attribute("SoftwareSynchronizerInitialDomain", "Time")
-        continuous_s = run("ascanct", "hwp", 0, 180, INTERVALS, INTEG_S)
+        continuous_s = run("ascanct", "hwp", 0, 180, INTERVALS, INTEG_S, LATENCY_S)
         continuous = last_entry(lab.home / "scans" / "scans.h5")
         output = list(lines)
     finally:
@@ -77,7 +80,9 @@ def test_ascanct_gives_the_step_scans_malus_curve_from_one_sweep(lab):
     # where the mount really was in each window (its own reports), not the trajectory's positions
     at = np.asarray(continuous["hwp_pos"], dtype=float)
     steps = np.diff(at)
-    assert np.all(steps > 0) and np.allclose(steps, 180 / INTERVALS, rtol=0.25), at
+    # a sweep at constant speed: windows late by a few ms on a loaded machine move their middles a little
+    assert np.all(steps > 0) and np.allclose(steps, 180 / INTERVALS, rtol=0.5), at
+    assert at[0] == pytest.approx(0, abs=2) and at[-1] == pytest.approx(180, abs=2), at
     fit_step = fit_malus(np.asarray(step["hwp"], dtype=float), np.asarray(step["power"], dtype=float), 2)
     fit_cont = fit_malus(at, power, 2)
     amplitude = fit_step.p_max - fit_step.p_min
