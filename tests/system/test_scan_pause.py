@@ -1,0 +1,138 @@
+"""Pause and resume (spock's Ctrl-Z / ``ResumeMacro``) of the lab's scans, through the Door.
+
+Where Sardana can pause (read in ``sardana/macroserver/macro.py`` and ``scan/gscan.py``): a step
+scan takes a pause at ``pausePoint()`` between two points, after the point in progress is
+moved, counted and recorded; nothing is interrupted mid-point. While paused nothing moves, the
+lab macro's shutter is closed (docs/laser-safety.md, Pause), and the resumed scan goes on at the
+next point: Sardana's HDF5 file holds every point once, in order, at its position.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tango
+
+from tango_db.door_client import run_macro
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.system
+
+
+def last_entry(path: Path, locking: bool | None = None) -> dict:
+    with h5py.File(path, "r", locking=locking) as f:
+        name = sorted(f, key=lambda n: int(n.removeprefix("entry")))[-1]
+        m = f[name]["measurement"]
+        return {k: m[k][()] for k in m if k != "pre_scan_snapshot"} | {"title": f[name]["title"][()].decode()}
+
+
+@pytest.fixture(scope="module")
+def door(lab):
+    return lab.proxy("door/lab/1", timeout_ms=10000)
+
+
+@pytest.fixture(scope="module")
+def run(lab):
+    name = f"tango://{lab.tango_host}/door/lab/1"
+
+    def run(*argv, timeout: float = 60):
+        return run_macro(name, *[str(a) for a in argv], timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def laser(lab, run):
+    laser = lab.proxy("lab/maitai/1")
+    if not laser.read_attribute("Emission").value:
+        run("laser_on", timeout=120)
+    return laser
+
+
+def still_while_paused(door, motor, seconds: float = 0.6) -> float:
+    """The motor's position over ``seconds`` of pause: never MOVING, never elsewhere; returns it."""
+    here = motor.read_attribute("Position").value
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        assert door.state() == tango.DevState.STANDBY
+        assert motor.state() != tango.DevState.MOVING
+        assert motor.read_attribute("Position").value == pytest.approx(here, abs=0.01)
+        time.sleep(0.05)
+    return here
+
+
+def test_a_paused_step_scan_stands_still_in_the_dark_and_resumes_at_the_next_point(lab, door, run, laser):
+    """polarization_scan (its ascan opens the shutter): paused mid-sweep, resumed, 13 points once each."""
+    hwp = lab.proxy("lab/ell14/hwp")
+    run("mv", "hwp", 0)
+    door.RunMacro(["polarization_scan", "hwp", "0", "180", "12", "0.1"])
+    wait_until(lambda: laser.read_attribute("Shutter").value, 10, what="the macro to open the shutter")
+    # past the third point (30 deg) and before the last: the pause lands on the ascan mid-sweep
+    wait_until(lambda: hwp.read_attribute("Position").value > 35, 20, interval=0.01, what="the sweep past 35 deg")
+    door.PauseMacro()
+    wait_until(lambda: door.state() == tango.DevState.STANDBY, 10, what="the Door paused")
+    wait_until(lambda: not laser.read_attribute("Shutter").value, 3, interval=0.05, what="the shutter closed")
+    at = still_while_paused(door, hwp)
+    assert 35 < at < 180 and not laser.read_attribute("Shutter").value
+    # the MacroServer holds the file open (HDF5's lock) until the scan ends; each point is flushed as
+    # it is recorded, so a reader that skips the lock sees every point measured so far, and only those
+    paused = last_entry(lab.home / "scans" / "scans.h5", locking=False)
+    done = len(paused["Pt_No"])
+    assert paused["title"].startswith("ascan hwp 0.0 180.0 12 0.1") and 3 <= done < 13, paused
+    np.testing.assert_array_equal(paused["Pt_No"], np.arange(done))
+    assert paused["hwp"][-1] == pytest.approx(at, abs=0.1)  # it stands where its last point was measured
+    door.ResumeMacro()
+    wait_until(lambda: door.state() in (tango.DevState.ON, tango.DevState.ALARM), 30, what="the macro to end")
+    assert door.state() == tango.DevState.ON, door.read_attribute("Output").value
+    output = "\n".join(door.read_attribute("Output").value or ())
+    assert "laser shutter reopened after the pause" in output
+    data = last_entry(lab.home / "scans" / "scans.h5")
+    assert data["title"].startswith("ascan hwp 0.0 180.0 12 0.1")
+    np.testing.assert_array_equal(data["Pt_No"], np.arange(13))  # nothing twice, nothing skipped
+    np.testing.assert_allclose(data["hwp"], np.linspace(0, 180, 13), atol=0.1)
+    np.testing.assert_array_equal(data["power"][:done], paused["power"])  # the points before the pause, kept
+    assert np.all(np.asarray(data["power"]) > 1e-6), data["power"]  # no point measured dark
+    assert not laser.read_attribute("Shutter").value  # closed again by the macro at its end
+
+
+
+def test_a_pause_during_a_continuous_sweep_is_taken_when_the_sweep_ends(lab, door, run):
+    """Sardana's ``ascanct`` cannot pause mid-sweep (its points are triggers along one constant-
+    velocity move: ``CTScan.scan_loop`` reaches ``pausePoint()`` only after the last waypoint).
+    A pause sent during the sweep is deferred: the sweep and its acquisition run to the end, then
+    the Door pauses with every point recorded once; nothing moves while paused; resume ends it."""
+    hwp = lab.proxy("lab/ell14/hwp")
+    run("mv", "hwp", 0)
+    run("senv", "ActiveMntGrp", "mg_continuous")
+    lab.proxy("mg_continuous").write_attribute("SoftwareSynchronizerInitialDomain", "Time")  # as test_continuous_scan
+    try:
+        door.RunMacro(["ascanct", "hwp", "0", "60", "20", "0.05"])
+        wait_until(lambda: hwp.read_attribute("Position").value > 10, 20, interval=0.01, what="the sweep past 10 deg")
+        door.PauseMacro()
+        # the sweep goes on to its end (60 deg plus the run-out, back to 60) before the pause is taken
+        furthest = 0.0
+        while door.state() == tango.DevState.RUNNING:
+            furthest = max(furthest, hwp.read_attribute("Position").value)
+            time.sleep(0.02)
+        assert furthest > 59, f"the sweep stopped at {furthest} deg: the pause was not deferred to its end"
+        assert door.state() == tango.DevState.STANDBY, door.read_attribute("Output").value
+        at = still_while_paused(door, hwp)
+        assert at == pytest.approx(60, abs=0.5)
+        door.ResumeMacro()
+        wait_until(lambda: door.state() in (tango.DevState.ON, tango.DevState.ALARM), 20, what="the macro to end")
+        assert door.state() == tango.DevState.ON, door.read_attribute("Output").value
+    finally:
+        if door.state() == tango.DevState.STANDBY:
+            door.AbortMacro()
+            wait_until(lambda: door.state() != tango.DevState.STANDBY, 10)
+        run("senv", "ActiveMntGrp", "mg_power")
+    data = last_entry(lab.home / "scans" / "scans.h5")
+    assert data["title"].startswith("ascanct hwp 0.0 60.0 20"), data["title"]
+    np.testing.assert_array_equal(data["Pt_No"], np.arange(21))
+    at = np.asarray(data["hwp_pos"], dtype=float)  # where the mount was in each window
+    assert np.all(np.diff(at) > 0) and np.allclose(np.diff(at), 3, rtol=0.25), at
+    assert np.all(np.isfinite(np.asarray(data["power"], dtype=float))), data["power"]
