@@ -33,9 +33,14 @@ _APP: list[Qt.QApplication] = []  # a reference, or Python collects the applicat
 
 
 def app_instance() -> Qt.QApplication:
+    # A TaurusApplication, not a plain one: the application is one per process, and the GUI tests
+    # that may run after this module in the same process need Taurus' (its Sardana extensions
+    # are registered as it starts; a plain QApplication left the MacroServer without them)
+    from taurus.qt.qtgui.application import TaurusApplication
+
     app = Qt.QApplication.instance()
     if app is None:
-        app = Qt.QApplication(["test_camera_view"])
+        app = TaurusApplication(["test_camera_view"], cmd_line_parser=None, app_name="tangodaq-gui-test")
         _APP.append(app)
     return app
 
