@@ -45,6 +45,16 @@ def run(lab):
     return run
 
 
+@pytest.fixture(autouse=True)
+def door_left_free(door):
+    """A test that fails while a macro is paused or running leaves the shared lab's Door free."""
+    yield
+    if door.state() in (tango.DevState.STANDBY, tango.DevState.RUNNING):
+        door.AbortMacro()
+        wait_until(lambda: door.state() not in (tango.DevState.STANDBY, tango.DevState.RUNNING), 10,
+                   what="the Door to abort the macro a failed test left")
+
+
 @pytest.fixture(scope="module")
 def laser(lab, run):
     laser = lab.proxy("lab/maitai/1")
@@ -126,9 +136,9 @@ def test_a_pause_during_a_continuous_sweep_is_taken_when_the_sweep_ends(lab, doo
         wait_until(lambda: door.state() in (tango.DevState.ON, tango.DevState.ALARM), 20, what="the macro to end")
         assert door.state() == tango.DevState.ON, door.read_attribute("Output").value
     finally:
-        if door.state() == tango.DevState.STANDBY:
+        if door.state() in (tango.DevState.STANDBY, tango.DevState.RUNNING):
             door.AbortMacro()
-            wait_until(lambda: door.state() != tango.DevState.STANDBY, 10)
+            wait_until(lambda: door.state() not in (tango.DevState.STANDBY, tango.DevState.RUNNING), 10)
         run("senv", "ActiveMntGrp", "mg_power")
     data = last_entry(lab.home / "scans" / "scans.h5")
     assert data["title"].startswith("ascanct hwp 0.0 60.0 20"), data["title"]
