@@ -9,6 +9,8 @@ next point: Sardana's HDF5 file holds every point once, in order, at its positio
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -27,7 +29,8 @@ def last_entry(path: Path, locking: bool | None = None) -> dict:
     with h5py.File(path, "r", locking=locking) as f:
         name = sorted(f, key=lambda n: int(n.removeprefix("entry")))[-1]
         m = f[name]["measurement"]
-        return {k: m[k][()] for k in m if k != "pre_scan_snapshot"} | {"title": f[name]["title"][()].decode()}
+        return ({k: m[k][()] for k in m if k != "pre_scan_snapshot"} | {"title": f[name]["title"][()].decode()}
+                | {"ended": "end_time" in f[name]})
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,8 @@ def run(lab):
 def door_left_free(door):
     """A test that fails while a macro is paused or running leaves the shared lab's Door free."""
     yield
-    if door.state() in (tango.DevState.STANDBY, tango.DevState.RUNNING):
+    state = wait_until(lambda: (door.state(),), 60, what="the Door answering")[0]  # a MacroServer restarting
+    if state in (tango.DevState.STANDBY, tango.DevState.RUNNING):
         door.AbortMacro()
         wait_until(lambda: door.state() not in (tango.DevState.STANDBY, tango.DevState.RUNNING), 10,
                    what="the Door to abort the macro a failed test left")
@@ -146,3 +150,24 @@ def test_a_pause_during_a_continuous_sweep_is_taken_when_the_sweep_ends(lab, doo
     at = np.asarray(data["hwp_pos"], dtype=float)  # where the mount was in each window
     assert np.all(np.diff(at) > 0) and np.allclose(np.diff(at), 3, rtol=0.25), at
     assert np.all(np.isfinite(np.asarray(data["power"], dtype=float))), data["power"]
+
+
+def test_a_macroserver_killed_mid_scan_leaves_a_readable_file_that_says_where_it_stopped(lab, door, run):
+    """SIGKILL, as a crash: Sardana's file (flushed at each point) opens after the death, holds the
+    points measured, once each, at their positions, and no end time (the scan did not end)."""
+    hwp = lab.proxy("lab/ell14/hwp")
+    run("mv", "hwp", 0)
+    door.RunMacro(["ascan", "hwp", "0", "180", "36", "0.1"])
+    wait_until(lambda: hwp.read_attribute("Position").value > 20, 20, interval=0.01, what="the scan past 20 deg")
+    pid = lab.pid_of("MacroServer/lab")
+    os.kill(pid, signal.SIGKILL)
+    # with HDF5's lock: it opens once the dead process's last thread is gone (nobody holds the file)
+    data = wait_until(lambda: last_entry(lab.home / "scans" / "scans.h5"), 10, what="the scan file to open")
+    done = len(data["Pt_No"])
+    assert data["title"].startswith("ascan hwp 0.0 180.0 36 0.1") and 4 <= done < 37, data
+    assert not data["ended"]  # no end_time: the scan stopped at point done - 1
+    np.testing.assert_array_equal(data["Pt_No"], np.arange(done))
+    np.testing.assert_allclose(data["hwp"], np.linspace(0, 180, 37)[:done], atol=0.1)
+    assert np.all(np.isfinite(np.asarray(data["power"], dtype=float)))
+    wait_until(lambda: door.state() == tango.DevState.ON, 60, interval=0.2,
+               what="the Door back ON (the launcher restarts the MacroServer)")
