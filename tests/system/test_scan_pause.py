@@ -4,7 +4,9 @@ Where Sardana can pause (read in ``sardana/macroserver/macro.py`` and ``scan/gsc
 scan takes a pause at ``pausePoint()`` between two points, after the point in progress is
 moved, counted and recorded; nothing is interrupted mid-point. While paused nothing moves, the
 lab macro's shutter is closed (docs/laser-safety.md, Pause), and the resumed scan goes on at the
-next point: Sardana's HDF5 file holds every point once, in order, at its position.
+next point: Sardana's HDF5 file holds every point once, in order, at its position. A continuous
+scan (``ascanct``) has no pause point inside its sweep: a pause is taken when the sweep ends.
+A MacroServer killed mid-scan leaves the file readable with the points measured and no end time.
 """
 
 from __future__ import annotations
