@@ -42,6 +42,7 @@ from deviceservers.MaiTai.lease import (
     check_light_door,
     describe,
 )
+from deviceservers.MaiTai.lease import laser_door as lease_laser_door
 from tango_db.roles import MOUNT_ROLES, STAGE_ROLES, device, lab_roles
 
 importlib.reload(polarization_analysis)  # so that `relmaclib lab_macros` also picks up the maths
@@ -138,8 +139,9 @@ class LabMacro:
 
     def require_laser_door(self) -> None:
         """Light only from the laser Door, when the deployment has one (access control: only laser
-        operators may run macros there; see ``deviceservers.MaiTai.lease.check_light_door``)."""
-        laser_door = lab_roles().get("laser_door", "")
+        operators may run macros there; see ``deviceservers.MaiTai.lease.check_light_door``). The
+        laser Door is the one the MacroServer read at its start (``lease.laser_door``)."""
+        laser_door = lease_laser_door()
         if laser_door:  # no laser Door (a laptop lab, no access control): any Door
             check_light_door(self.getDoorName(), laser_door)
 
