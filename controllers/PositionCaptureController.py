@@ -24,7 +24,6 @@ without ``_pos``: ``hwp_pos`` -> the ``hwp`` role) and ``PositionAttribute`` (``
 from __future__ import annotations
 
 import math
-import threading
 import time
 import weakref
 from typing import Any
@@ -43,6 +42,7 @@ from sardana.pool.controller import (
 )
 
 from tango_db.roles import lab_roles
+from tangodaq_controllers._acquisition import WindowThread
 
 TIMEOUT_MS = 2000
 READ_EVERY_S = 0.01  # a moving device reports every 25-50 ms; its cached attribute is read this often
@@ -52,44 +52,15 @@ MARGIN_S = 0.03  # beyond the slowest recent capture: the Pool's own bookkeeping
 TAILS_KEPT = 20
 
 
-def describe(exc: tango.DevFailed) -> str:
-    return exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
-
-
-class Capture:
+class Capture(WindowThread):
     """One window of one axis: the reported position at the window's middle, in its own thread."""
 
     def __init__(self, proxy: tango.DeviceProxy, device: str, attribute: str, integ_time: float) -> None:
-        self.proxy, self.device, self.attribute = proxy, device, attribute
-        self.integ_time = integ_time
-        self.t0 = time.time()
+        super().__init__(device, integ_time, what="capture", context=f"cannot read {attribute}: ")
+        self.proxy, self.attribute = proxy, attribute
         self.value = math.nan
-        self.error = ""
-        self.finished: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"capture {device}", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        with tango.EnsureOmniThread():
-            try:
-                self._capture()
-            except tango.DevFailed as exc:
-                self.error = f"{self.device}: cannot read {self.attribute}: {describe(exc)}"
-            except Exception as exc:  # noqa: BLE001 - reported through StateOne/ReadOne
-                self.error = f"{self.device}: {exc}"
-            finally:
-                self.finished = time.time()
-
-    def _capture(self) -> None:
+    def acquire(self) -> None:
         middle = self.t0 + self.integ_time / 2
         before: tuple[float, float] | None = None
         while not self._stop.is_set():

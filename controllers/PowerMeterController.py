@@ -26,7 +26,6 @@ that has none memorized gets the lab's ``meter`` role (``tango_db.roles``).
 from __future__ import annotations
 
 import math
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from sardana.pool.controller import (
 )
 
 from tango_db.roles import device_or_empty as role_default
+from tangodaq_controllers._acquisition import WindowThread, describe
 
 TIMEOUT_MS = 2000
 NO_NUMBER = "InstrumentRefused"  # Measure's reason when the meter answers text (SAT, OVER, ERR, UNDER)
@@ -55,10 +55,6 @@ DEFAULT_LATENCY_S = 0.05  # latency_time before any count measured it
 MARGIN_S = 0.03  # beyond the slowest recent count: the Pool's own bookkeeping after the read, jitter
 TAILS_KEPT = 20
 RING_GRACE_S = 1.0  # a streaming meter writes a sample every ~10 ms: none a second after the window = stopped
-
-
-def describe(exc: tango.DevFailed) -> str:
-    return exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
 
 
 def _new_proxy(device: str) -> tango.DeviceProxy:
@@ -74,47 +70,24 @@ def default_stream(device: str) -> str:
 
 
 
-class Count:
+class Count(WindowThread):
     """One acquisition of one axis, run in its own thread."""
 
     def __init__(self, device: str, stream: str, integ_time: float,
                  proxy: Callable[[], tango.DeviceProxy] | None = None) -> None:
-        self.device = device
+        super().__init__(device, integ_time, what="count")
         self._proxy = proxy or (lambda: _new_proxy(device))
         self.stream = stream
-        self.integ_time = integ_time
         self.samples: list[float] = []
         self.source = ""
-        self.error = ""
-        self.t0 = time.time()
-        self.finished: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"count {device}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def value(self) -> float:
         return float(sum(self.samples) / len(self.samples)) if self.samples else math.nan
 
     # ------------------------------------------------------------------ the two sources
-    def _run(self) -> None:
-        with tango.EnsureOmniThread():
-            try:
-                if not (self._streaming() and self._from_ring()):
-                    self._from_tango()
-            except tango.DevFailed as exc:  # reported through StateOne/ReadOne
-                self.error = f"{self.device}: {describe(exc)}"
-            except Exception as exc:  # noqa: BLE001 - reported through StateOne/ReadOne
-                self.error = f"{self.device}: {exc}"
-            finally:
-                self.finished = time.time()
+    def acquire(self) -> None:
+        if not (self._streaming() and self._from_ring()):
+            self._from_tango()
 
     def _streaming(self) -> bool:
         """Is the meter streaming now? Its ring stays open (producer alive) when it is not, so

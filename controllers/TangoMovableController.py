@@ -43,6 +43,7 @@ from sardana.pool.controller import (
 )
 
 from tango_db.roles import lab_roles
+from tangodaq_controllers._acquisition import describe
 
 TIMEOUT_MS = 2000
 START_GRACE_S = 0.5  # a device that has not reported MOVING yet right after a write is still moving
@@ -77,10 +78,6 @@ def limit_switches(state: tango.DevState, status: str) -> int:
     if not flags:  # a limit without a side: report both, motion is refused either way
         flags = MotorController.UpperLimitSwitch | MotorController.LowerLimitSwitch
     return flags
-
-
-def describe(exc: tango.DevFailed) -> str:
-    return exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
 
 
 class Axis:

@@ -1,0 +1,59 @@
+"""What the lab's acquisition controllers share: a Tango error in one line, and one window of one
+axis acquired in its own thread.
+
+The Pool skips this file when it looks for controllers (its name does not start with a letter);
+the controllers import it as ``tangodaq_controllers._acquisition``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+
+import tango
+
+
+def describe(exc: tango.DevFailed) -> str:
+    """The first line of a DevFailed's description: what a person reads in spock and the GUI."""
+    return exc.args[0].desc.strip().splitlines()[0] if exc.args else str(exc)
+
+
+class WindowThread(ABC):
+    """One acquisition window of one axis, run in its own thread: ``StartOne`` returns at once, and
+    ``StateOne``/``ReadOne`` look at ``running()``, ``finished`` and ``error``. A failure is kept in
+    ``error`` (with the device's name) instead of escaping the thread."""
+
+    def __init__(self, device: str, integ_time: float, *, what: str, context: str = "") -> None:
+        self.device = device
+        self.integ_time = integ_time
+        self.error = ""
+        self.t0 = time.time()
+        self.finished: float | None = None
+        self._context = context  # put before a Tango error's description, e.g. "cannot read Position: "
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{what} {device}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @abstractmethod
+    def acquire(self) -> None:
+        """The window's work, in the thread (``self._stop`` is set when the Pool stops it)."""
+
+    def _run(self) -> None:
+        with tango.EnsureOmniThread():
+            try:
+                self.acquire()
+            except tango.DevFailed as exc:  # reported through StateOne/ReadOne
+                self.error = f"{self.device}: {self._context}{describe(exc)}"
+            except Exception as exc:  # noqa: BLE001 - reported through StateOne/ReadOne
+                self.error = f"{self.device}: {exc}"
+            finally:
+                self.finished = time.time()
