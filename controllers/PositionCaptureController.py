@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from typing import Any
 
 import tango
@@ -42,14 +41,13 @@ from sardana.pool.controller import (
 )
 
 from tango_db.roles import lab_roles
-from tangodaq_controllers._acquisition import WindowThread
+from tangodaq_controllers._acquisition import LatencyTracker, WindowThread
 
 TIMEOUT_MS = 2000
 READ_EVERY_S = 0.01  # a moving device reports every 25-50 ms; its cached attribute is read this often
 WAIT_AFTER_S = 1.0  # longest wait for a report after the window's middle (a stalled poll)
 DEFAULT_LATENCY_S = 0.03
 MARGIN_S = 0.03  # beyond the slowest recent capture: the Pool's own bookkeeping after the read, jitter
-TAILS_KEPT = 20
 
 
 class Capture(WindowThread):
@@ -115,8 +113,7 @@ class PositionCaptureController(CounterTimerController):
         self.proxies: dict[str, tango.DeviceProxy] = {}
         self.integ_time = 1.0
         self._to_start: list[int] = []
-        self._tails: list[float] = []
-        self._tails_seen: weakref.WeakSet[Capture] = weakref.WeakSet()
+        self._latency = LatencyTracker(DEFAULT_LATENCY_S, MARGIN_S)
 
     def _element_name(self, axis: int) -> str:
         try:
@@ -151,19 +148,10 @@ class PositionCaptureController(CounterTimerController):
         else:
             raise KeyError(name)
 
-    def _note_latency(self, capture: Capture | None) -> None:
-        """How long after its window this capture's value reached the Pool (read once it ended):
-        the count's own tail and the Pool's state loop together."""
-        if capture is None or capture.finished is None or capture in self._tails_seen:
-            return
-        self._tails_seen.add(capture)
-        self._tails.append(max(0.0, time.time() - (capture.t0 + capture.integ_time)))
-        del self._tails[:-TAILS_KEPT]
-
     def GetCtrlPar(self, parameter: str) -> Any:
         """``latency_time``: how long after a window the last captures knew their value."""
         if parameter.lower() == "latency_time":
-            return (max(self._tails) if self._tails else DEFAULT_LATENCY_S) + MARGIN_S
+            return self._latency.latency_s()
         return super().GetCtrlPar(parameter)
 
     def _proxy(self, device: str) -> tango.DeviceProxy:
@@ -211,7 +199,7 @@ class PositionCaptureController(CounterTimerController):
 
     def ReadOne(self, axis: int) -> float:
         capture = self.captures.get(axis)
-        self._note_latency(capture)
+        self._latency.note(capture)
         if capture is None:
             return math.nan
         if capture.error:

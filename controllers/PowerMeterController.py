@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -46,14 +45,13 @@ from sardana.pool.controller import (
 )
 
 from tango_db.roles import device_or_empty as role_default
-from tangodaq_controllers._acquisition import WindowThread, describe
+from tangodaq_controllers._acquisition import LatencyTracker, WindowThread, describe
 
 TIMEOUT_MS = 2000
 NO_NUMBER = "InstrumentRefused"  # Measure's reason when the meter answers text (SAT, OVER, ERR, UNDER)
 FRESH_WAIT_MAX_S = 5.0  # longest wait for a first reading after the window, beyond the count time
 DEFAULT_LATENCY_S = 0.05  # latency_time before any count measured it
 MARGIN_S = 0.03  # beyond the slowest recent count: the Pool's own bookkeeping after the read, jitter
-TAILS_KEPT = 20
 RING_GRACE_S = 1.0  # a streaming meter writes a sample every ~10 ms: none a second after the window = stopped
 
 
@@ -200,8 +198,7 @@ class PowerMeterController(CounterTimerController):
         # how long after their window's end the last counts' values were known: the latency a
         # continuous scan must leave between two triggers (the meter's reading time, the ring's
         # delivery), or its next trigger would find the channel still counting and be skipped
-        self._tails: list[float] = []
-        self._tails_seen: weakref.WeakSet[Count] = weakref.WeakSet()
+        self._latency = LatencyTracker(DEFAULT_LATENCY_S, MARGIN_S)
         # one proxy per meter and use, made once: a DeviceProxy costs a database round trip
         self._count_proxies: dict[str, tango.DeviceProxy] = {}
         self._state_proxies: dict[str, tango.DeviceProxy] = {}
@@ -252,21 +249,12 @@ class PowerMeterController(CounterTimerController):
             raise KeyError(name)
 
     # ------------------------------------------------------------------ controller parameters
-    def _note_latency(self, count: Count | None) -> None:
-        """How long after its window this count's value reached the Pool (read once it ended):
-        the count's own tail and the Pool's state loop together."""
-        if count is None or count.finished is None or count in self._tails_seen:
-            return
-        self._tails_seen.add(count)
-        self._tails.append(max(0.0, time.time() - (count.t0 + count.integ_time)))
-        del self._tails[:-TAILS_KEPT]
-
     def GetCtrlPar(self, parameter: str) -> Any:
         """``latency_time``: the time a count needs after its window to know its value (the
         longest of the last counts', DEFAULT_LATENCY_S before any), plus the Pool's state loop.
         Continuous scans space their triggers by at least this (MeasurementGroup LatencyTime)."""
         if parameter.lower() == "latency_time":
-            return (max(self._tails) if self._tails else DEFAULT_LATENCY_S) + MARGIN_S
+            return self._latency.latency_s()
         return super().GetCtrlPar(parameter)
 
     # ------------------------------------------------------------------ acquisition
@@ -317,7 +305,7 @@ class PowerMeterController(CounterTimerController):
 
     def ReadOne(self, axis: int) -> float:
         count = self.counts.get(axis)
-        self._note_latency(count)
+        self._latency.note(count)
         if count is None:
             return math.nan
         if count.error and not count.samples:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 
 import tango
@@ -57,3 +58,27 @@ class WindowThread(ABC):
                 self.error = f"{self.device}: {exc}"
             finally:
                 self.finished = time.time()
+
+
+class LatencyTracker:
+    """A channel's ``latency_time``: how long after its window the last windows' values reached
+    the Pool (read once each ended: the window's own tail and the Pool's state loop together), the
+    longest of the last ``kept``, plus ``margin_s``; ``default_s`` before any was measured.
+    Continuous scans space their triggers by at least this (MeasurementGroup LatencyTime), so a
+    trigger never comes while the previous window is still being read."""
+
+    def __init__(self, default_s: float, margin_s: float = 0.03, kept: int = 20) -> None:
+        self.default_s, self.margin_s, self.kept = default_s, margin_s, kept
+        self._tails: list[float] = []
+        self._seen: weakref.WeakSet[WindowThread] = weakref.WeakSet()
+
+    def note(self, window: WindowThread | None) -> None:
+        """Count ``window``'s tail once, when it has ended."""
+        if window is None or window.finished is None or window in self._seen:
+            return
+        self._seen.add(window)
+        self._tails.append(max(0.0, time.time() - (window.t0 + window.integ_time)))
+        del self._tails[:-self.kept]
+
+    def latency_s(self) -> float:
+        return (max(self._tails) if self._tails else self.default_s) + self.margin_s
