@@ -449,8 +449,12 @@ def test_record_start_and_stop_record_the_streams(lab, door):
     lab_has("lab/datawriter/1", "lab/powermeter/1")
     meter, writer = lab.proxy("lab/powermeter/1"), lab.proxy("lab/datawriter/1")
     meter.write_attribute("Streaming", True)
+    streaming_since = time.time()
     try:
-        wait_until(lambda: meter.read_attribute("SampleRate").value > 10, 5, what="the meter to stream")
+        # streaming, with more history in the ring than the pre-trigger asks for (0.2 s): the ring
+        # starts when streaming does
+        wait_until(lambda: meter.read_attribute("SampleRate").value > 10 and time.time() - streaming_since > 0.6,
+                   5, what="the meter to stream for 0.6 s")
         t0 = time.time()
         path = door.run("record_start", "sardana_test", 0.2)
         assert path.endswith(".h5") and f"recording to {path}" in door.output()
