@@ -183,7 +183,11 @@ class Simulator(abc.ABC):
             data += self.reply_terminator
         if self.faults.garble_next > 0:
             self.faults.garble_next -= 1
-            data = bytes(self.rng.choice(b"#@!?\xff\x00~") for _ in range(max(3, len(data) - 2))) + self.reply_terminator
+            # Line noise (a baud-rate mismatch, a bad cable) always carries bytes that are not
+            # text; random printable characters alone would be a well-formed reply to the reader.
+            noise = bytearray(self.rng.choice(b"#@!?\xff\x00~") for _ in range(max(3, len(data) - 2)))
+            noise[self.rng.randrange(len(noise))] = 0xFF
+            data = bytes(noise) + self.reply_terminator
         if self.faults.truncate_next > 0:
             self.faults.truncate_next -= 1
             data = data[: max(1, len(data) // 2)]
