@@ -272,8 +272,10 @@ def cmd_status(args) -> int:
         )
         _say(device_table(f"{host}:{port}", devices))
         return 0
-    _say(f"no lab is running (nothing supervised from {paths.data_dir()}, no database at {host}:{port});")
-    _say("start it with `tangodaq up`")
+    _say(f"no Tango database answers at {host}:{port}, and no lab is supervised from {paths.data_dir()}:")
+    _say("  on a laptop, start the lab with `tangodaq up`;")
+    _say(f"  on a facility database, {host} or the network to it is down: servers already running keep serving the "
+         "clients connected to them; new clients (this command too) work again once the database answers")
     return 3
 
 

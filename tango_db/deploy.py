@@ -73,6 +73,7 @@ class Site:
     log_dir: str = "/var/log/tangodaq"  # Starter's LogFileHome: one log per server
     auto_restart_minutes: int = 1  # Starter restarts a server that failed after running this long
     access_control: dict = field(default_factory=dict)  # roles and lab hosts (tango_db.access_control)
+    hosts: dict = field(default_factory=dict)  # server or server/instance -> the host whose Starter runs it
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -85,7 +86,18 @@ class Site:
         unknown = sorted(k for k in data if k not in known and not k.startswith("_"))
         if unknown:
             raise DeployError(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        site = cls(**{k: v for k, v in data.items() if k in known})
+        bad = sorted(f"{k}={v!r}" for k, v in site.hosts.items()
+                     if not k.startswith("_") and (not isinstance(v, str) or not v.strip() or "." in v or "/" in v))
+        if bad:
+            raise DeployError(f"{path}: hosts: {', '.join(bad)} — name each host by its short host name "
+                              "(the name its Starter runs under, tango/admin/<host>)")
+        return site
+
+    def host_of(self, server_instance: str, default: str) -> str:
+        """The Starter host of ``Server/instance``: named as such, or by the server's name, or ``default``."""
+        server = server_instance.split("/")[0]
+        return self.hosts.get(server_instance) or self.hosts.get(server) or default
 
     @property
     def group_name(self) -> str:
@@ -172,6 +184,12 @@ def add_bench(config: dict, db_port: int, fast: bool = False, bench_device: str 
     return out
 
 
+def bench_on_host(config: dict, host: str) -> dict:
+    """The simulated lab with every address of the virtual bench (``127.0.0.1``) replaced by the
+    name of the host that runs it: the bench listens there, and servers on other hosts reach it."""
+    return json.loads(json.dumps(config).replace("127.0.0.1:", f"{host}:"))
+
+
 def check_paths(config: dict) -> list[str]:
     """Folders the Sardana servers will load code from, which must exist on this installation."""
     problems = []
@@ -184,7 +202,7 @@ def check_paths(config: dict) -> list[str]:
     return problems
 
 
-def site_config(args, site: Site, db_port: int) -> dict:
+def site_config(args, site: Site, db_port: int, default_host: str = "") -> dict:
     """The configuration this deployment writes, or DeployError saying why not."""
     if bool(args.simulated) == bool(args.config):
         raise DeployError(
@@ -196,6 +214,9 @@ def site_config(args, site: Site, db_port: int) -> dict:
     if args.simulated:
         simulated = load_config(None, args.lab, data_dir=site.data_dir, port=db_port)
         config = add_bench(simulated, db_port, fast=args.bench_fast)
+        hosts = {site.host_of(si.name, default_host) for si in server_instances(config)}
+        if len(hosts) > 1:  # servers on other hosts reach the bench by its host's name
+            config = bench_on_host(config, site.host_of(f"{BENCH_SERVER}/lab", default_host))
     else:
         config = load_config(args.config, args.lab, data_dir=site.data_dir, port=db_port)
         with open(args.config) as f:
@@ -298,7 +319,18 @@ def launcher_dir() -> Path:
 
 
 def starter_changes(config: dict, db, host: str, ds_path: list[str], site: Site) -> list[Change]:
-    """Starter's device and properties on ``host``, and every server controlled and on the host."""
+    """Starter's device and properties on every host that runs a server (``host`` unless the
+    site's ``hosts`` names another), and every server controlled and registered on its host."""
+    placed = {si.name: site.host_of(si.name, host) for si in server_instances(config)}
+    changes: list[Change] = []
+    for each in sorted(set(placed.values()), key=lambda h: (h != host, h)):
+        changes += _starter_device_changes(db, each, ds_path, site)
+    for si in server_instances(config):
+        changes += _server_changes(db, si.name, si.server, placed[si.name])
+    return changes
+
+
+def _starter_device_changes(db, host: str, ds_path: list[str], site: Site) -> list[Change]:
     import tango
 
     changes: list[Change] = []
@@ -323,26 +355,33 @@ def starter_changes(config: dict, db, host: str, ds_path: list[str], site: Site)
         if list(current.get(prop, [])) != value:
             changes.append(Change("starter", f"put_device_property({starter}, {prop}={value})",
                                   lambda p=prop, v=value: db.put_device_property(starter, {p: v})))
-    for si in server_instances(config):
-        level = starter_level(si.server)
-        try:
-            old = db.get_server_info(si.name)
-            same = old.host == host and old.mode == 1 and old.level == level
-        except tango.DevFailed:
-            same = False
-        if not same:
-            info = tango.DbServerInfo()
-            info.name, info.host, info.mode, info.level = si.name, host, 1, level
-            changes.append(Change("starter", f"put_server_info({si.name}: host={host}, controlled, startup level {level})",
-                                  lambda i=info: db.put_server_info(i)))
-        admin = f"dserver/{si.name}"
-        try:
-            known_host = db.get_device_info(admin).host
-        except tango.DevFailed:
-            known_host = ""
-        if known_host.split(".")[0] != host:
-            changes.append(Change("starter", f"register {si.name} on {host} (so Starter and Astor list it)",
-                                  lambda a=admin: register_on_host(db, a, host)))
+    return changes
+
+
+def _server_changes(db, name: str, server: str, host: str) -> list[Change]:
+    """``name`` (Server/instance) controlled by the Starter of ``host``, at its level, listed there."""
+    import tango
+
+    changes: list[Change] = []
+    level = starter_level(server)
+    try:
+        old = db.get_server_info(name)
+        same = old.host == host and old.mode == 1 and old.level == level
+    except tango.DevFailed:
+        same = False
+    if not same:
+        info = tango.DbServerInfo()
+        info.name, info.host, info.mode, info.level = name, host, 1, level
+        changes.append(Change("starter", f"put_server_info({name}: host={host}, controlled, startup level {level})",
+                              lambda i=info: db.put_server_info(i)))
+    admin = f"dserver/{name}"
+    try:
+        known_host = db.get_device_info(admin).host
+    except tango.DevFailed:
+        known_host = ""
+    if known_host.split(".")[0] != host:
+        changes.append(Change("starter", f"register {name} on {host} (so Starter and Astor list it)",
+                              lambda a=admin: register_on_host(db, a, host)))
     return changes
 
 
@@ -575,8 +614,8 @@ def tac_answers(db) -> bool:
 
 def plan(args, db, db_port: int) -> tuple[list[Change], list[tuple], dict]:
     site = Site.load(args.site)
-    config = site_config(args, site, db_port)
     host = (args.starter_host or socket.gethostname()).split(".")[0]  # Starter's own name: tango/admin/<short host>
+    config = site_config(args, site, db_port, host)
     folder = launcher_dir()
     ds_path = [str(folder), str(Path(sys.executable).parent)] if not args.start_ds_path else args.start_ds_path
     from .config import db_changes
@@ -592,13 +631,21 @@ def plan(args, db, db_port: int) -> tuple[list[Change], list[tuple], dict]:
     changes += launcher_changes(config, folder)
     changes += folder_changes(site)
     notes = []
+    placed: dict[str, list[str]] = {}
+    for si in server_instances(config):
+        placed.setdefault(site.host_of(si.name, host), []).append(si.name)
+    others = {h: names for h, names in placed.items() if h != host}
+    for other, names in sorted(others.items()):
+        notes.append(f"{', '.join(names)} run on {other}: install this same release there and run this deploy "
+                     f"there too, as root (it makes that host's folders and launchers; the database part is "
+                     f"already written)")
     if site.access_control:
         changes += access_changes(db, config, site, sardana, notes)
     if not args.simulated and _has_server(db, f"{BENCH_SERVER}/lab"):
         notes.append(f"{BENCH_SERVER}/lab (the virtual bench of a simulated deployment) is still in the database "
                      f"and controlled by Starter: once the real instruments are deployed, stop it from Astor and "
                      f"remove it (tango_admin --delete-server {BENCH_SERVER}/lab)")
-    return changes, calls, {"config": config, "site": site, "host": host, "notes": notes}
+    return changes, calls, {"config": config, "site": site, "host": host, "hosts": sorted(placed, key=lambda h: (h != host, h)), "notes": notes}
 
 
 def _has_server(db, name: str) -> bool:
@@ -626,7 +673,7 @@ def run(args, say: Callable[[str], None]) -> int:
     for note in info["notes"]:
         say(f"note: {note}")
     kind = "simulated lab (virtual bench)" if args.simulated else f"hardware from {args.config}"
-    say(f"deploying the {kind} to the Tango database at {host}:{port}, Starter on {info['host']}, "
+    say(f"deploying the {kind} to the Tango database at {host}:{port}, Starter on {', '.join(info['hosts'])}, "
         f"servers run as {info['site'].service_user}:")
     if not changes:
         say("  nothing to change: the database, Starter and the folders already hold this deployment")
@@ -654,7 +701,8 @@ def run(args, say: Callable[[str], None]) -> int:
         if any("mkdir" in f or "write " in f for f in failed):
             say("run deploy again as root on the Starter host to create the folders and launchers")
         return 1
-    starter = f"tango/admin/{info['host']}"
-    say(f"\nwritten. Start Starter on {info['host']} as {info['site'].service_user} (or restart it: it reads its "
-        f"properties at start), then start the servers from Astor, or: DevStartAll on {starter}")
+    hosts = info["hosts"]
+    starters = ", ".join(f"tango/admin/{h}" for h in hosts)
+    say(f"\nwritten. Start Starter on {', '.join(hosts)} as {info['site'].service_user} (or restart it: it reads "
+        f"its properties at start), then start the servers from Astor, or: DevStartAll on {starters}")
     return 0

@@ -184,13 +184,29 @@ def _release_venv(base: Path) -> Path:
     return venv
 
 
-@pytest.fixture(scope="module")
-def facility():
+def facility_requirements() -> str | None:
     why = missing_requirements()
     if why is None and not os.path.exists(DEBIAN_PYTHON):
         why = f"{DEBIAN_PYTHON} is missing: the release is installed with Debian's Python (apt-get install python3-venv)"
+    return why
+
+
+@pytest.fixture(scope="session")
+def release():
+    """The release's virtual environment, built once for the facility and several-hosts tiers."""
+    why = facility_requirements()
     if why:
         pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="tangodaq-release-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        yield _release_venv(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def facility(release):
     base = Path(tempfile.mkdtemp(prefix="tangodaq-facility-", dir="/tmp"))
     os.chmod(base, 0o755)
     stack = FacilityStack(base / "stack")
@@ -198,7 +214,7 @@ def facility():
     made_users: list[str] = []
     try:
         _test_users(made_users)
-        venv = _release_venv(base)
+        venv = release
         stack.start_mariadb()
         stack.create_tango_database()
         stack.start_databaseds()
@@ -238,4 +254,118 @@ def facility():
         ring_dirs = [p for p in Path("/dev/shm").glob(f"tangodaq*{stack.db_port}*")]
         for ring in ring_dirs:
             shutil.rmtree(ring, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --- several hosts ---------------------------------------------------------------------------------
+
+#: the lab spread as a facility spreads it: host -> the servers its Starter runs
+HOST_SERVERS = {
+    "motion": ["Ell14/lab", "Esp300/lab", "MacroServer/lab", "MaiTai/lab", "Newport1830C/lab", "Pool/lab",
+               "VirtualBench/lab"],
+    "acq": ["DataWriter/lab", "Pvcam/lab"],
+}
+
+
+class HostsLab:
+    """The release deployed over four hosts: ``db`` (MariaDB + DataBaseds), ``motion`` (the
+    instruments but the camera, the virtual bench, Sardana), ``acq`` (camera + DataWriter, with
+    the rings in its own /dev/shm) and ``client`` (where users sit)."""
+
+    def __init__(self, base: Path, network, stack: FacilityStack, venv: Path) -> None:
+        self.base, self.network, self.stack, self.venv = base, network, stack, venv
+        self.tango_host = stack.tango_host
+        self.site_file = base / "site.json"
+        self.data_dir = base / "site" / "data"
+        self.log_dir = base / "site" / "logs"
+        self.env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(base), "TANGO_HOST": self.tango_host,
+                    "LANG": "C.UTF-8"}
+        self.starters: dict[str, subprocess.Popen] = {}
+        self._client = None
+
+    def tangodaq(self, host: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        """The release's ``tangodaq`` on ``host``."""
+        return self.network.run(host, ["env", "-i", *[f"{k}={v}" for k, v in self.env.items()],
+                                       str(self.venv / "bin" / "tangodaq"), *args], timeout=timeout, cwd=self.base)
+
+    def python(self, host: str, code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A fresh Python process of the release on ``host`` (a new client)."""
+        return self.network.run(host, ["env", "-i", *[f"{k}={v}" for k, v in self.env.items()],
+                                       str(self.venv / "bin" / "python"), "-c", code], timeout=timeout, cwd=self.base)
+
+    def start_starter(self, host: str) -> None:
+        """Debian's Starter on ``host`` as the service user, as the host's boot would start it."""
+        from tests.facility.stack import STARTER
+
+        env = {"PATH": "/usr/bin:/bin", "TANGO_HOST": self.tango_host, "HOME": "/var/lib/tango",
+               "TANGODAQ_LOG_DIR": str(self.log_dir)}
+        log = open(self.base / "logs" / f"Starter-{host}.log", "ab")
+        self.starters[host] = self.network.popen(
+            host, ["runuser", "-u", "tango", "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()], STARTER, host],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def client(self):
+        """The users' long-lived client on the ``client`` host."""
+        if self._client is None:
+            from tests.facility.hosts import Client
+
+            self._client = Client(self.network, "client", str(self.venv / "bin" / "python"), self.env,
+                                  self.base / "logs" / "client.log")
+            self._client.call("import json\nfrom tango_db.door_client import run_macro, MacroFailed")
+        return self._client
+
+    def logs(self) -> str:
+        out = []
+        for log in sorted(self.base.rglob("*.log")):
+            with contextlib.suppress(OSError):
+                out.append(f"----- {log}\n" + log.read_text(errors="replace")[-2500:])
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def hosts_lab(release):
+    from tests.facility.hosts import Network
+    from tests.facility.hosts import missing_requirements as network_missing
+
+    why = network_missing()
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="tangodaq-hosts-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    (base / "logs").mkdir()
+    network = Network(base / "net", ["db", "motion", "acq", "client"])
+    lab = None
+    try:
+        network.create()
+        stack = FacilityStack(base / "stack", on_host=lambda argv: network.argv("db", argv), host="db",
+                              address=network.address["db"])
+        stack.start_mariadb()
+        stack.create_tango_database()
+        stack.start_databaseds()
+        lab = HostsLab(base, network, stack, release)
+        lab.site_file.write_text(json.dumps({
+            "service_user": "tango", "data_dir": str(lab.data_dir), "log_dir": str(lab.log_dir),
+            "hosts": {server.split("/")[0]: host for host, servers in HOST_SERVERS.items() for server in servers
+                      if host != "motion"},
+        }))
+        (base / "site").mkdir(mode=0o755)
+        # deployed from the motion host (the default Starter host: where deploy runs)
+        result = lab.tangodaq("motion", "deploy", "--simulated", "--bench-fast", "--site", str(lab.site_file), "--write")
+        if result.returncode != 0:
+            raise RuntimeError(f"deploy failed:\n{result.stdout}\n{result.stderr}")
+        lab.deploy_output = result.stdout
+        for host in HOST_SERVERS:
+            lab.start_starter(host)
+        yield lab
+    except Exception:
+        if lab is not None:
+            print(lab.logs())
+        raise
+    finally:
+        if lab is not None and lab._client is not None:
+            lab._client.close()
+        network.remove()  # every host's processes end with its PID 1
+        stack.procs.clear()
         shutil.rmtree(base, ignore_errors=True)

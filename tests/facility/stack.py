@@ -22,7 +22,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from tango_db.embedded_db import port_open
 from tests.ports import free_port_block
 
 DATABASEDS = "/usr/lib/tango/DataBaseds"
@@ -63,16 +62,21 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = N
 
 
 class FacilityStack:
-    """MariaDB + DataBaseds (+ Starter on demand) in ``base``, on a block of free ports."""
+    """MariaDB + DataBaseds (+ Starter on demand) in ``base``, on a block of free ports.
 
-    def __init__(self, base: Path) -> None:
+    On a host of its own (``tests/facility/hosts.py``), ``on_host`` wraps each daemon's command
+    line to run there, and the database listens on ``host``'s address at Tango's usual port."""
+
+    def __init__(self, base: Path, on_host=None, host: str = "", address: str = "") -> None:
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
-        self.ports = free_port_block()
+        self.on_host = on_host or (lambda argv: argv)
+        self.ports = 10000 if on_host else free_port_block()  # a host of its own has every port free
         self.db_port = self.ports  # Tango database
         self.mysql_port = self.ports + 5  # the bench uses +1..+4 and +9 in the simulated deploy
-        self.tango_host = f"127.0.0.1:{self.db_port}"
+        self.address = address or "127.0.0.1"
+        self.tango_host = f"{host or '127.0.0.1'}:{self.db_port}"
         self.hostname = socket.gethostname().split(".")[0]
         self.logs = self.base / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -94,14 +98,21 @@ class FacilityStack:
                 check=True, capture_output=True, timeout=120,
             )
         log = self.logs / "mariadb.log"
-        self.procs["mariadb"] = subprocess.Popen(
+        self.procs["mariadb"] = subprocess.Popen(self.on_host(
             ["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={self.mysql_socket}",
              f"--port={self.mysql_port}", "--bind-address=127.0.0.1", "--user=mysql",
              f"--pid-file={data / 'mysql.pid'}", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
-             "--innodb-log-file-size=8M", "--skip-name-resolve"],
+             "--innodb-log-file-size=8M", "--skip-name-resolve"]),
             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_for(lambda: port_open("127.0.0.1", self.mysql_port), 60, "mariadbd", self.procs["mariadb"], log)
+        wait_for(self.mysql_answers, 60, "mariadbd", self.procs["mariadb"], log)
+
+    def mysql_answers(self) -> bool:
+        """MariaDB answers on its socket (a file: reachable from any host's network)."""
+        try:
+            return self.sql("SELECT 1").strip() == "1"
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return False
 
     def sql(self, statements: str, database: str | None = None) -> str:
         argv = ["mariadb", f"--socket={self.mysql_socket}", "-uroot", "--batch", "--skip-column-names"]
@@ -136,10 +147,14 @@ class FacilityStack:
             "TANGO_HOST": self.tango_host,
         }
         self.procs["DataBaseds"] = subprocess.Popen(
-            [DATABASEDS, "2", "-ORBendPoint", f"giop:tcp:127.0.0.1:{self.db_port}"],
+            self.on_host([DATABASEDS, "2", "-ORBendPoint", f"giop:tcp:{self.address}:{self.db_port}"]),
             env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_for(self.database_answers, 60, "DataBaseds", self.procs["DataBaseds"], log)
+        if self.address == "127.0.0.1":
+            wait_for(self.database_answers, 60, "DataBaseds", self.procs["DataBaseds"], log)
+        else:  # out of this process's reach: its own word
+            wait_for(lambda: "Ready to accept request" in log.read_text(errors="replace"), 60, "DataBaseds",
+                     self.procs["DataBaseds"], log)
 
     def database_answers(self) -> bool:
         from tango_db.embedded_db import database_answers

@@ -127,7 +127,7 @@ def test_a_killed_supervisor_takes_its_children_along(lab_factory):
     os.kill(lab.state()["supervisor_pid"], signal.SIGKILL)
     wait_until(lambda: lab.leftovers() == [], 15, 0.2, "the children to die with the supervisor")
     result = lab.tangodaq("status")
-    assert result.returncode == 3 and "no lab is running" in result.stdout
+    assert result.returncode == 3 and "no lab is supervised" in result.stdout and "tangodaq up" in result.stdout
     assert "supervisor is gone" in lab.tangodaq("down").stdout
 
 
