@@ -23,8 +23,16 @@ outcomes: dict[str, dict] = {}
 _lock = threading.Lock()
 
 
+_proxies: dict[str, tango.DeviceProxy] = {}
+
+
 def proxy(name: str, timeout_ms: int = 10000) -> tango.DeviceProxy:
-    p = tango.DeviceProxy(name)
+    """One proxy per device for the client's life, as a GUI holds them: once made, it reaches its
+    device without the database."""
+    with _lock:
+        p = _proxies.get(name.lower())
+        if p is None:
+            p = _proxies[name.lower()] = tango.DeviceProxy(name)
     p.set_timeout_millis(timeout_ms)
     return p
 
