@@ -23,6 +23,10 @@ The fix is the same for both: acquire in C through a ``with`` statement on the C
 so that no Python bytecode runs between acquiring and entering the protected block. Both
 patches keep the public behaviour (same return values, same locks).
 
+The Pool also stores its motors' set points in the database without making motion wait for it
+(``tango_db.set_point_recorder``): a database host that goes away mid-scan no longer fails the
+scan's moves.
+
 Run as ``python -m tango_db.sardana_servers MacroServer|Pool <instance> [options]``;
 ``tango_db.processes`` starts the lab's MacroServer this way. Under Starter, which runs a server
 by its name from ``StartDsPath``, ``tangodaq deploy`` writes a launcher file named ``MacroServer``
@@ -149,22 +153,43 @@ def guard_macros(laser_door: str) -> None:
 
 SERVERS = {"MacroServer": "sardana.tango.macroserver", "Pool": "sardana.tango.pool"}
 SETUP_TIMEOUT_S = 120.0  # how long the deployed set-up waits for this server's devices
+DESCRIPTION_RETRY_S = 1.0  # between two reads of the description while the database does not answer
 
 
 def deployed_description() -> dict | None:
-    """The Sardana description ``tangodaq deploy`` stored in the database, or None."""
+    """The Sardana description ``tangodaq deploy`` stored in the database, or None (a laptop lab:
+    ``tangodaq up`` sets its Pool and MacroServer up itself). A database that does not answer
+    raises DevFailed: that is not "nothing deployed"."""
     import json
 
     import tango
 
     from .deploy import SARDANA_PROPERTY
 
-    try:
-        lines = tango.Database().get_property("tangodaq", SARDANA_PROPERTY)[SARDANA_PROPERTY]
-    except tango.DevFailed:
-        return None
+    lines = tango.Database().get_property("tangodaq", SARDANA_PROPERTY)[SARDANA_PROPERTY]
     text = "".join(lines)
     return json.loads(text) if text else None
+
+
+def _read_description(log: logging.Logger) -> dict | None:
+    """:func:`deployed_description`, asked again until the database answers. The first ask runs
+    while the server initialises its ORB, which shuts down the one a client call of this thread
+    may have started (``BAD_INV_ORDER_ORBHasShutdown``, seen on every few starts under Starter);
+    before, that read as "nothing deployed" and the Pool silently created no elements."""
+    import time
+
+    import tango
+
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
+    while True:
+        try:
+            return deployed_description()
+        except tango.DevFailed as exc:
+            reason = exc.args[0].desc.strip() if exc.args else str(exc)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the deployed Sardana description could not be read: {reason}") from None
+            log.warning("deployed Sardana description not read yet (%s): asking again", reason)
+            time.sleep(DESCRIPTION_RETRY_S)  # the database gives no event to wait for
 
 
 def _apply_deployed(server: str, instance: str) -> None:
@@ -175,13 +200,15 @@ def _apply_deployed(server: str, instance: str) -> None:
 
     log = logging.getLogger("tangodaq.sardana")
     try:
-        description = deployed_description()
+        description = _read_description(log)
         if not description:
             return
         db = tango.Database()
         tango_host = f"{db.get_db_host()}:{db.get_db_port()}"
         mine = description["pool"] if server == "Pool" else description["macroserver"]
         if db.get_device_info(mine).ds_full_name.lower() != f"{server}/{instance}".lower():
+            log.info("deployed Sardana set-up: %s belongs to %s, not to %s/%s", mine,
+                     db.get_device_info(mine).ds_full_name, server, instance)
             return  # another Pool/MacroServer of the facility: not ours to set up
         sardana_setup.wait_answers(mine, tango_host, SETUP_TIMEOUT_S)
         if server == "Pool":
@@ -206,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = argv[0]
     harden()
+    if server == "Pool":  # motion must not wait for the database (tango_db/set_point_recorder.py)
+        from .set_point_recorder import record_motor_set_points_in_background
+
+        record_motor_set_points_in_background()
     if server == "MacroServer":
         laser_door = read_laser_door()
         os.environ[LASER_DOOR_ENV] = laser_door

@@ -368,4 +368,7 @@ def hosts_lab(release):
             lab._client.close()
         network.remove()  # every host's processes end with its PID 1
         stack.procs.clear()
-        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("TANGODAQ_KEEP_TEST_FILES"):  # a developer reading the servers' logs
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)

@@ -60,6 +60,15 @@ def test_starters_bring_the_lab_up_on_both_hosts(hosts_lab):
     except AssertionError:
         raise AssertionError(f"not idle: {last}\n{hosts_lab.logs()}") from None
 
+    def elements() -> str:  # the Pool creates the deployed elements once it answers
+        return hosts_lab.client.call(
+            "pool = proxy('pool/lab/1')\n"
+            "result = ' '.join(pool.read_attribute('MotorList').value or ()) + ' '"
+            " + ' '.join(pool.read_attribute('ExpChannelList').value or ())")
+
+    wait_until(lambda: '"hwp"' in elements() and '"camera"' in elements(), timeout=60, interval=0.5,
+               what="the Pool's deployed elements")
+
 
 def test_events_cross_hosts_from_addresses_the_client_can_reach(hosts_lab):
     client = hosts_lab.client
@@ -117,3 +126,112 @@ def test_a_scan_with_channels_on_two_hosts_references_the_frames_recorded_on_acq
         indexes = [int(r.split("#index=")[1]) for r in refs]
         assert indexes == sorted(indexes) and max(indexes) < len(dataset)
         assert dataset[indexes[-1]].ndim == 2 and dataset[indexes[-1]].any()
+
+
+def _state(client, device: str) -> str:
+    return client.call(f"result = str(proxy({device!r}, 3000).state())", timeout=30)
+
+
+def _start_scan(client, *args: object) -> None:
+    """A scan started from the client in the background, returned once it has recorded points
+    (its elements are in use: preparing a scan may still need the database)."""
+    client.call("scan_lines = []\n"
+                f"background('scan', run_macro, 'door/lab/1', *{list(args)!r}, say=scan_lines.append, timeout=180)")
+
+    def points() -> int:
+        return client.call("import re\nresult = sum(bool(re.match(r'\\s*\\d+\\s+-?\\d', line)) for line in scan_lines)")
+
+    wait_until(lambda: points() >= 2 or client.call("result = outcome('scan')"), timeout=30, interval=0.1,
+               what="the scan to record its first points")
+    assert client.call("result = outcome('scan')") is None, "the scan ended before the test could cut a link"
+
+
+def _scan_outcome(client, timeout: float) -> dict:
+    wait_until(lambda: client.call("result = outcome('scan')") is not None, timeout=timeout, interval=0.3,
+               what="the scan to end")
+    return client.call("result = outcome('scan')")
+
+
+def test_the_database_cut_mid_scan(hosts_lab):
+    """Running servers keep serving, the scan goes on, a new client is told what is wrong, and
+    everything works again once the database host is back."""
+    lab, client = hosts_lab, hosts_lab.client
+    _state(client, "lab/maitai/1")  # the client knows the laser before the cut, as a GUI would
+    _start_scan(client, "ascan", "hwp", 0, 40, 40, 0.1)
+    lab.network.cut("db")
+    try:
+        status = lab.tangodaq("client", "status", timeout=60)
+        assert status.returncode == 3, status.stdout + status.stderr
+        assert "no Tango database answers at db:10000" in status.stdout and "network" in status.stdout
+        assert _state(client, "lab/maitai/1") == "OFF"  # served from the motion host, no database needed
+        outcome = _scan_outcome(client, timeout=90)
+        assert outcome["ok"], outcome
+    finally:
+        lab.network.restore("db")
+    status = lab.tangodaq("client", "status", timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "lab/camera/1" in status.stdout and "lab/maitai/1" in status.stdout
+    assert len(_last_scan(lab)["hwp"]) == 41
+
+
+def test_the_client_cut_mid_macro(hosts_lab):
+    """The macro completes without its client; the client, back, gets its end and new events."""
+    lab, client = hosts_lab, hosts_lab.client
+    client.call("subscribe('lab/esp300/y', 'Position')")
+    _start_scan(client, "ascan", "hwp", 0, 40, 40, 0.1)
+    lab.network.cut("client")
+    try:
+        def door_idle() -> bool:  # seen from the motion host: the macro went on alone
+            seen = lab.python("motion", "import tango; print(tango.DeviceProxy('door/lab/1').state())")
+            return seen.stdout.strip() == "ON"
+
+        wait_until(door_idle, timeout=60, interval=0.5, what="the macro to finish while its client is cut off")
+    finally:
+        lab.network.restore("client")
+    outcome = _scan_outcome(client, timeout=60)
+    assert outcome["ok"], outcome  # the client saw the macro's own end
+    client.call(_macro("mv", "stage_y", 1.5))
+
+    def moved() -> bool:
+        got = client.call("with lock:\n    result = list(events['lab/esp300/y/position'])")
+        return any(kind == "value" and abs(value - 1.5) < 1e-3 for kind, value in got)
+
+    wait_until(moved, timeout=20, interval=0.3, what="the client's Position events after its link came back")
+
+
+def test_the_acquisition_host_cut_mid_recording(hosts_lab):
+    """The scan says which channel failed; the recording on the cut host stays a readable file
+    with its frames and its loss counts."""
+    lab, client = hosts_lab, hosts_lab.client
+    client.call(_macro("senv", "ActiveMntGrp", "mg_camera"))
+    try:
+        _start_scan(client, "ascan", "hwp", 0, 40, 40, 0.05)
+        wait_until(lambda: client.call("result = proxy('lab/datawriter/1').read_attribute('Recording').value"),
+                   timeout=30, interval=0.1, what="the camera's recording to start")
+        lab.network.cut("acq")
+        try:
+            outcome = _scan_outcome(client, timeout=90)
+        finally:
+            lab.network.restore("acq")
+    finally:
+        client.call(_macro("senv", "ActiveMntGrp", "mg_power"))
+    assert not outcome["ok"], outcome
+    assert "lab/camera/1" in outcome["error"] or "camera" in outcome["error"], outcome
+    writer = "proxy('lab/datawriter/1')"
+    path = client.call(f"result = {writer}.read_attribute('FilePath').value")
+    if client.call(f"result = {writer}.read_attribute('Recording').value"):
+        client.call(f"{writer}.command_inout('StopRecording')")
+    wait_until(lambda: not client.call(f"result = {writer}.read_attribute('Recording').value"), timeout=30,
+               what="the recording to close")
+    with h5py.File(path, "r") as f:  # plain h5py, as a scientist opens it
+        frames = [ds for name, ds in _datasets(f) if name.endswith("frames/data")]
+        lost = [int(ds[()]) for name, ds in _datasets(f) if name.endswith("lost_records")]
+        assert frames and len(frames[0]) > 0
+        assert lost and all(n >= 0 for n in lost)
+        assert "end_time" in f["entry"]
+
+
+def _datasets(f):
+    found = []
+    f.visititems(lambda name, obj: found.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+    return found
