@@ -170,23 +170,42 @@ class CameraTwoDController(TwoDController, Referable):
         if repetitions != 1:
             raise ValueError("the camera takes one frame per start (software synchronisation)")
         self.integ_time = float(value)
+        a = self.ax[axis]
+        a["load_error"] = ""
         try:
             self._cam(axis).write_attribute("ExposureTime", self.integ_time)
-        except tango.DevFailed as exc:
-            raise RuntimeError(f"{self.ax[axis]['device']}: cannot set ExposureTime {value}: "
-                               f"{exc.args[0].desc.strip()}") from None
+        except (tango.DevFailed, TypeError) as exc:
+            # Not raised: an exception from LoadOne or StartOne leaves Sardana's acquisition
+            # action unfinished (its thread pool logs it as uncaught) and the scan waits for ever;
+            # the reason goes to StateOne, whose Fault ends the acquisition and names the cause.
+            a["load_error"] = f"{a['device']}: cannot set ExposureTime {value:g} s: {self._why(axis, exc)}"
+            a["cam"] = None
 
     def StartOne(self, axis: int, value: float | None = None) -> None:
         a = self.ax[axis]
         cam = self._cam(axis)
         a["started"] = time.time()
-        a["ref"], a["error"], a["snapped"] = "", "", False
+        a["ref"], a["error"], a["snapped"] = "", a.get("load_error", ""), False
+        if a["error"]:
+            return  # StateOne reports it (see LoadOne)
         try:
             cam.command_inout("Snap")
-        except tango.DevFailed as exc:
-            raise RuntimeError(f"{a['device']}: Snap failed: {exc.args[0].desc.strip()} "
-                               f"({cam.status().strip()})") from None
+        except (tango.DevFailed, TypeError) as exc:
+            a["error"] = f"{a['device']}: Snap failed: {self._why(axis, exc)}"
+            a["cam"] = None
+            return
         a["snapped"] = True
+
+    def _why(self, axis: int, exc: Exception) -> str:
+        """What went wrong, in words: PyTango raises a bare ``TypeError`` ("unsupported
+        data_format") for a write to a device it cannot reach; a ping then gives the reason."""
+        if isinstance(exc, tango.DevFailed):
+            return exc.args[0].desc.strip()
+        try:
+            self._cam(axis).ping()
+        except tango.DevFailed as failed:
+            return f"{failed.args[0].desc.strip()} (is its server, or the network to its host, down?)"
+        return str(exc)
 
     def StateOne(self, axis: int) -> tuple[Any, str]:
         a = self.ax[axis]
@@ -196,6 +215,8 @@ class CameraTwoDController(TwoDController, Referable):
             state, frames = state_da.value, int(frames_da.value or 0)
         except tango.DevFailed as exc:
             self.ax[axis]["cam"] = None
+            if a["error"]:
+                return State.Fault, a["error"]
             return State.Fault, f"{a['device']}: {exc.args[0].desc.strip()}"
         if a["error"]:
             return State.Fault, a["error"]

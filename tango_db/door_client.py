@@ -17,7 +17,10 @@ Door comes back ON after its restart with no status of our macro, and an old ver
 client took that silence for "finish". Now success needs our macro's own end status; a Door
 that answers again without it, or stays unreachable for ``LOST_AFTER_S``, raises ``MacroLost``.
 The Door's state is also read every ``STATE_READ_EVERY_S`` while waiting, because the events of
-a dead server simply stop (their heartbeat error comes only after ~10 s).
+a dead server simply stop (their heartbeat error comes only after ~10 s). A Door back to ON from
+the *same* MacroServer (pid and start date in the database unchanged) means this client's own
+link was down while the macro ended: its events are late, not lost (TCP resends them once the
+link is back, after its back-off), so the end status is waited for ``LATE_END_STATUS_S`` more.
 
 Ctrl-C while waiting stops the macro (``StopMacro``: the macro's ``on_stop`` closes the shutter)
 and re-raises ``KeyboardInterrupt``.
@@ -41,6 +44,7 @@ START_TIMEOUT_S = 10.0  # from RunMacro to the macro's first status event
 STATE_READ_EVERY_S = 1.0  # the Door's state is read this often when no event came
 END_STATUS_GRACE_S = 2.0  # the end status precedes the Door's ON; allow event threads to trail
 LOST_AFTER_S = 30.0  # the MacroServer unreachable this long while our macro ran: it is lost
+LATE_END_STATUS_S = 30.0  # the same MacroServer still runs: our end status may be on its way (a network outage)
 
 
 class MacroFailed(RuntimeError):
@@ -158,6 +162,7 @@ def _wait_end(door: tango.DeviceProxy, run: _Run, name: str, timeout: float | No
     t0 = time.monotonic()
     running = False
     last_read = t0
+    server = _server_identity(door)  # to tell a restarted MacroServer from delayed events
     unreachable_since: float | None = None
     unreachable_why = ""
     try:
@@ -183,6 +188,15 @@ def _wait_end(door: tango.DeviceProxy, run: _Run, name: str, timeout: float | No
             elif state is not None and (running or now - t0 > START_TIMEOUT_S) and state in (
                     tango.DevState.ON, tango.DevState.ALARM):
                 how = _end_status(run)
+                if how is None and server is not None and _server_identity(door) == server:
+                    # The MacroServer did not restart: this client's link was down while the macro
+                    # ended (events are delayed by TCP's back-off after an outage, not lost).
+                    how = _end_status(run, LATE_END_STATUS_S)
+                    if how is None:
+                        raise MacroLost(name, door.dev_name(), f"no end status of this macro reached this client "
+                                        f"within {LATE_END_STATUS_S:.0f} s although the MacroServer kept running: "
+                                        "its events were lost on the way (a network outage?); the macro's end is "
+                                        "unknown here, see the Door's output", run.errors)
                 if how is None:
                     detail = "the Door went back to ON without any end status of this macro"
                     if unreachable_why:
@@ -198,9 +212,19 @@ def _wait_end(door: tango.DeviceProxy, run: _Run, name: str, timeout: float | No
         raise
 
 
-def _end_status(run: _Run) -> str | None:
+def _server_identity(door: tango.DeviceProxy) -> tuple[int, str] | None:
+    """The Door's server as the database knows it (pid, start date), None if it cannot say:
+    another identity after the macro means the MacroServer restarted while it ran."""
+    try:
+        info = door.get_device_db().get_device_info(door.dev_name())
+        return int(info.pid), str(info.started_date)
+    except (tango.DevFailed, AttributeError):
+        return None
+
+
+def _end_status(run: _Run, grace: float = END_STATUS_GRACE_S) -> str | None:
     """Our macro's end status; it precedes the Door's ON, but give trailing event threads a moment."""
-    deadline = time.monotonic() + END_STATUS_GRACE_S
+    deadline = time.monotonic() + grace
     while True:
         run.status_seen.clear()
         how = run.statuses.get(str(run.macro_id))

@@ -87,6 +87,59 @@ def harden_tango_monitor() -> None:
         setattr(monitor, _PATCHED, True)
 
 
+FAULT_MESSAGE = "Measurement group ended acquisition with Fault state"
+
+
+def explain_acquisition_faults() -> None:
+    """Make a scan that fails on a channel say which channel and why.
+
+    Sardana's client side raises only "Measurement group ended acquisition with Fault state";
+    the reason (a camera whose host is cut off: ``lab/camera/1: ... TRANSIENT_CallTimedout``) sits
+    in the group's Status, which the Pool fills from each channel's StateOne. It is added here."""
+    from sardana.taurus.core.tango.sardana.pool import MeasurementGroup
+
+    if getattr(MeasurementGroup, _PATCHED, False):
+        return
+
+    def explained(original):
+        def run(self, *args, **kwargs):
+            try:
+                return original(self, *args, **kwargs)
+            except Exception as exc:
+                if str(exc) != FAULT_MESSAGE:
+                    raise
+                raise Exception(f"{FAULT_MESSAGE}: {_fault_reasons(self)}") from None
+
+        return run
+
+    for method in ("count_raw", "count", "count_continuous"):  # step scans call count_raw, ct calls count
+        setattr(MeasurementGroup, method, explained(getattr(MeasurementGroup, method)))
+    setattr(MeasurementGroup, _PATCHED, True)
+
+
+def _fault_reasons(group) -> str:
+    """The channels of ``group`` in Fault, each with its own Status (the controller's reason)."""
+    import tango
+
+    try:
+        status = str(group.status()).strip()
+    except Exception as why:  # noqa: BLE001 - the reason could not be read: say so
+        return f"its Status could not be read ({why})"
+    reasons = []
+    for line in status.splitlines():
+        name, _, state = line.strip().rpartition(" is ")
+        if state.strip().lower() != "fault" or not name:
+            continue
+        try:
+            device = group.getChannelInfo(name)[0]
+            proxy = tango.DeviceProxy(device)
+            proxy.set_timeout_millis(3000)
+            reasons.append(f"{name}: {proxy.status().strip()}")
+        except Exception:  # noqa: BLE001 - keep the group's word for it
+            reasons.append(line.strip())
+    return "; ".join(reasons) or status
+
+
 def harden() -> None:
     harden_logging()
     harden_tango_monitor()
@@ -171,16 +224,35 @@ def deployed_description() -> dict | None:
     return json.loads(text) if text else None
 
 
+def _wait_serving(deadline: float) -> None:
+    """Until this process's Tango server has started (its ``Util`` exists and is past start-up).
+
+    A client call made from this thread while the server initialises its ORB races with it: the
+    server shuts down the ORB the client call started (``BAD_INV_ORDER_ORBHasShutdown``, seen on
+    every few starts under Starter), and a read could come back empty; before, that read as
+    "nothing deployed" and the Pool silently created no elements."""
+    import time
+
+    import tango
+
+    while time.monotonic() < deadline:
+        try:
+            if not tango.Util.instance(False).is_svr_starting():
+                return
+        except tango.DevFailed:
+            pass  # the server has not created its Util yet
+        time.sleep(0.05)  # cppTango gives no event for "server started" to a thread of its own
+
+
 def _read_description(log: logging.Logger) -> dict | None:
-    """:func:`deployed_description`, asked again until the database answers. The first ask runs
-    while the server initialises its ORB, which shuts down the one a client call of this thread
-    may have started (``BAD_INV_ORDER_ORBHasShutdown``, seen on every few starts under Starter);
-    before, that read as "nothing deployed" and the Pool silently created no elements."""
+    """:func:`deployed_description` once the server serves, asked again while the database does
+    not answer."""
     import time
 
     import tango
 
     deadline = time.monotonic() + SETUP_TIMEOUT_S
+    _wait_serving(deadline)
     while True:
         try:
             return deployed_description()
@@ -238,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
         record_motor_set_points_in_background()
     if server == "MacroServer":
+        explain_acquisition_faults()
         laser_door = read_laser_door()
         os.environ[LASER_DOOR_ENV] = laser_door
         guard_macros(laser_door)
