@@ -44,8 +44,9 @@ setup() {
 # Shared libraries the PyQt5 wheel needs to render offscreen (the GUI tests); Debian only.
 QT_DEBS="libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0"
 # The facility tier (tests/facility): Debian's MariaDB, C++ Tango database and Starter, started by
-# the tests themselves (invoke-rc.d may be blocked, and the tests use their own ports and folders).
-FACILITY_DEBS="mariadb-server tango-db tango-starter tango-accesscontrol python3-venv"
+# the tests themselves (invoke-rc.d may be blocked, and the tests use their own ports and folders);
+# ip and nsenter for the several-hosts tests (network namespaces made and removed by the tests).
+FACILITY_DEBS="mariadb-server tango-db tango-starter tango-accesscontrol python3-venv iproute2 util-linux"
 
 # Debian asks where the Tango database is and whether to create it: the tests create their own.
 preseed_tango() {

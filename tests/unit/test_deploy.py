@@ -99,3 +99,25 @@ def test_comments_are_allowed_anywhere_in_a_configuration(tmp_path):
     config = load_config(overlay, None, data_dir="/srv/lab", port=PORT)
     props = config["servers"]["MaiTai"]["lab"]["MaiTai"]["lab/maitai/1"]["properties"]
     assert "_BaudRate" not in props and "BaudRate" not in props and props["SerialURL"]
+
+
+def test_a_site_places_servers_on_hosts_by_server_or_instance(tmp_path):
+    site_file = tmp_path / "site.json"
+    site_file.write_text(json.dumps({"hosts": {"Pvcam": "acq1", "DataWriter/lab": "acq1", "Pvcam/lab2": "acq2"}}))
+    site = deploy.Site.load(site_file)
+    assert site.host_of("Pvcam/lab", "motion") == "acq1"
+    assert site.host_of("Pvcam/lab2", "motion") == "acq2"  # the instance's own entry wins
+    assert site.host_of("DataWriter/lab", "motion") == "acq1"
+    assert site.host_of("MaiTai/lab", "motion") == "motion"
+    site_file.write_text(json.dumps({"hosts": {"Pvcam": "acq1.example.org"}}))
+    with pytest.raises(deploy.DeployError, match="short host name"):
+        deploy.Site.load(site_file)
+
+
+def test_a_bench_on_another_host_than_some_servers_is_reached_by_its_host_name(simulated):
+    config = deploy.bench_on_host(deploy.add_bench(simulated, PORT, fast=True), "motion")
+    props = config["servers"]["VirtualBench"]["lab"]["VirtualBench"]["lab/bench/1"]["properties"]
+    ports, control = parse_ports(props["Ports"])
+    assert set(ports.values()) == {("motion", PORT + n) for n in (1, 2, 3, 4)} and control[0] == "motion"
+    text = json.dumps(config)
+    assert "127.0.0.1" not in text and f"socket://motion:{PORT + 1}" in text
