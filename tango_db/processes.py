@@ -136,8 +136,6 @@ def tango_ready(tango_host: str, devices: list[str]) -> Callable[[], tuple[bool,
 WRAPPED = {
     # Sardana's MacroServer with its abort races closed: see tango_db.sardana_servers
     "MacroServer": [sys.executable, "-m", "tango_db.sardana_servers", "MacroServer"],
-    # Sardana's Pool with its motors' set points stored off the motion path (tango_db.set_point_recorder)
-    "Pool": [sys.executable, "-m", "tango_db.sardana_servers", "Pool"],
 }
 
 
