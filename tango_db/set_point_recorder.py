@@ -29,7 +29,8 @@ log = logging.getLogger("tangodaq.sardana")
 
 
 class SetPointRecorder:
-    """Writes ``(device, data)`` records with ``write`` in a thread of its own, newest first-come."""
+    """Writes ``(device, data)`` records with ``write`` in a thread of its own: the newest record
+    per device, devices in the order they last changed."""
 
     def __init__(self, write: Callable[[str, dict], None], retry_s: float = RETRY_S) -> None:
         self._write = write

@@ -121,11 +121,16 @@ class Facility:
         return found
 
     def logs(self) -> str:
-        out = []
-        for log in sorted(self.base.rglob("*.log")):
-            with contextlib.suppress(OSError):
-                out.append(f"----- {log}\n" + log.read_text(errors="replace")[-2500:])
-        return "\n".join(out)
+        return logs_under(self.base)
+
+
+def logs_under(base: Path) -> str:
+    """The tail of every log under ``base``, for a failure's report."""
+    out = []
+    for log in sorted(base.rglob("*.log")):
+        with contextlib.suppress(OSError):
+            out.append(f"----- {log}\n" + log.read_text(errors="replace")[-2500:])
+    return "\n".join(out)
 
 
 #: the client run as another user: ``client.py '<python statements>'``; ``attempt(label, fn)`` records
@@ -317,11 +322,7 @@ class HostsLab:
         return self._client
 
     def logs(self) -> str:
-        out = []
-        for log in sorted(self.base.rglob("*.log")):
-            with contextlib.suppress(OSError):
-                out.append(f"----- {log}\n" + log.read_text(errors="replace")[-2500:])
-        return "\n".join(out)
+        return logs_under(self.base)
 
 
 @pytest.fixture(scope="module")
