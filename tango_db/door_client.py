@@ -20,7 +20,9 @@ The Door's state is also read every ``STATE_READ_EVERY_S`` while waiting, becaus
 a dead server simply stop (their heartbeat error comes only after ~10 s). A Door back to ON from
 the *same* MacroServer (pid and start date in the database unchanged) means this client's own
 link was down while the macro ended: its events are late, not lost (TCP resends them once the
-link is back, after its back-off), so the end status is waited for ``LATE_END_STATUS_S`` more.
+link is back, after its back-off), so the end status is waited for ``LATE_END_STATUS_S`` more;
+after an outage longer than the events' heartbeat (~10 s) cppTango reconnects the subscription and
+what was sent meanwhile is gone: ``MacroEndUnknown`` says so rather than calling the macro lost.
 
 Ctrl-C while waiting stops the macro (``StopMacro``: the macro's ``on_stop`` closes the shutter)
 and re-raises ``KeyboardInterrupt``.
@@ -65,6 +67,20 @@ class MacroLost(MacroFailed):
             self, f"macro {name} was lost: {detail}. The MacroServer behind {door} stopped or restarted while it "
                   "ran, so it did not finish; check what it left (a laser shutter it held open is closed by the "
                   "laser server when its lease runs out)" + (("\n" + "\n".join(lines)) if lines else ""))
+
+
+class MacroEndUnknown(MacroFailed):
+    """The MacroServer kept running, but the macro's end never reached this client: its link was
+    down long enough for the Door's events to be dropped (not merely delayed). Not a success,
+    and not a failure either: the client cannot tell."""
+
+    def __init__(self, name: str, door: str, waited_s: float, lines: list[str]) -> None:
+        self.name, self.how, self.lines = name, "unknown", lines
+        RuntimeError.__init__(
+            self, f"the end of macro {name} did not reach this client: the MacroServer behind {door} kept running, "
+                  f"but this client's link to it was down while the macro ended and its events were lost (none "
+                  f"within {waited_s:.0f} s after the Door answered again); see the Door's output (spock, the GUI) "
+                  "or the scan file for how it ended" + (("\n" + "\n".join(lines)) if lines else ""))
 
 
 @dataclass
@@ -193,10 +209,7 @@ def _wait_end(door: tango.DeviceProxy, run: _Run, name: str, timeout: float | No
                     # ended (events are delayed by TCP's back-off after an outage, not lost).
                     how = _end_status(run, LATE_END_STATUS_S)
                     if how is None:
-                        raise MacroLost(name, door.dev_name(), f"no end status of this macro reached this client "
-                                        f"within {LATE_END_STATUS_S:.0f} s although the MacroServer kept running: "
-                                        "its events were lost on the way (a network outage?); the macro's end is "
-                                        "unknown here, see the Door's output", run.errors)
+                        raise MacroEndUnknown(name, door.dev_name(), LATE_END_STATUS_S, run.errors)
                 if how is None:
                     detail = "the Door went back to ON without any end status of this macro"
                     if unreachable_why:

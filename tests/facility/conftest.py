@@ -287,6 +287,7 @@ class HostsLab:
                     "LANG": "C.UTF-8"}
         self.starters: dict[str, subprocess.Popen] = {}
         self._client = None
+        self._observer = None
 
     def tangodaq(self, host: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         """The release's ``tangodaq`` on ``host``."""
@@ -320,6 +321,16 @@ class HostsLab:
                                   self.base / "logs" / "client.log")
             self._client.call("import json\nfrom tango_db.door_client import run_macro, MacroFailed")
         return self._client
+
+    @property
+    def observer(self):
+        """A long-lived client on the ``motion`` host: sees the lab while a link elsewhere is cut."""
+        if self._observer is None:
+            from tests.facility.hosts import Client
+
+            self._observer = Client(self.network, "motion", str(self.venv / "bin" / "python"), self.env,
+                                    self.base / "logs" / "observer.log")
+        return self._observer
 
     def logs(self) -> str:
         return logs_under(self.base)
@@ -365,8 +376,9 @@ def hosts_lab(release):
             print(lab.logs())
         raise
     finally:
-        if lab is not None and lab._client is not None:
-            lab._client.close()
+        for agent in (lab._client, lab._observer) if lab is not None else ():
+            if agent is not None:
+                agent.close()
         network.remove()  # every host's processes end with its PID 1
         stack.procs.clear()
         if os.environ.get("TANGODAQ_KEEP_TEST_FILES"):  # a developer reading the servers' logs
