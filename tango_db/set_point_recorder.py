@@ -21,6 +21,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from deviceservers.MaiTai.lease import describe  # a DevFailed's description, else the exception
+
 RETRY_S = 2.0
 PROBE_TIMEOUT_S = 1.0  # a database that gives no GIOP reply within this is taken as away
 WRITE_TIMEOUT_MS = 2000
@@ -68,7 +70,7 @@ class SetPointRecorder:
                     self._pending.setdefault(device, data)  # unless a newer set point came meanwhile
                     if not self._failing:
                         log.warning("motor set points not stored in the database (%s): kept, retried every %g s",
-                                    _describe(exc), self._retry_s)
+                                    describe(exc), self._retry_s)
                     self._failing = True
                     self._cond.wait(self._retry_s)
                 continue
@@ -78,13 +80,6 @@ class SetPointRecorder:
                     log.warning("motor set points stored in the database again")
                 self._failing = False
                 self._cond.notify_all()
-
-
-def _describe(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
-    if args and hasattr(args[0], "desc"):
-        return str(args[0].desc).strip()
-    return f"{type(exc).__name__}: {exc}"
 
 
 def record_motor_set_points_in_background() -> SetPointRecorder:
