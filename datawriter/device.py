@@ -41,6 +41,7 @@ from tango.server import Device, attribute, command, device_property
 
 from deviceservers.common import fault_log
 from deviceservers.common.events import EventPusher
+from deviceservers.common.stack_dump import enable_stack_dumps
 
 from . import recovery
 from .compression import COMPRESSIONS, check_compression
@@ -590,6 +591,7 @@ class DataWriter(Device):
 
 def main(args: list[str] | None = None, **kwargs: Any) -> None:
     """Console script ``DataWriter <instance>``."""
+    enable_stack_dumps()
     DataWriter.run_server(args=args, **kwargs)
 
 

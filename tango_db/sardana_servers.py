@@ -23,9 +23,10 @@ The fix is the same for both: acquire in C through a ``with`` statement on the C
 so that no Python bytecode runs between acquiring and entering the protected block. Both
 patches keep the public behaviour (same return values, same locks).
 
-The Pool also stores its motors' set points in the database without making motion wait for it
-(``tango_db.set_point_recorder``): a database host that goes away mid-scan no longer fails the
-scan's moves.
+The MacroServer's environment file survives the MacroServer being killed while it writes it
+(``tango_db.environment_file``). The Pool stores its motors' set points in the database without
+making motion wait for it (``tango_db.set_point_recorder``): a database host that goes away
+mid-scan no longer fails the scan's moves.
 
 Run as ``python -m tango_db.sardana_servers MacroServer|Pool <instance> [options]``;
 ``tango_db.processes`` starts the lab's MacroServer this way. Under Starter, which runs a server
@@ -46,6 +47,7 @@ import logging
 import os
 import sys
 
+from deviceservers.common.stack_dump import enable_stack_dumps
 from deviceservers.MaiTai.lease import LASER_DOOR_ENV, UNKNOWN_LASER_DOOR, plain_name
 
 _PATCHED = "_tangodaq_async_safe"
@@ -295,7 +297,15 @@ def _apply_deployed(server: str, instance: str) -> None:
 def start_deployed_setup(server: str, instance: str) -> None:
     import threading
 
-    threading.Thread(target=_apply_deployed, args=(server, instance), name="tangodaq-setup", daemon=True).start()
+    def run() -> None:
+        import tango
+
+        # Tango calls from a Python thread of a server need an omniORB identity (pytango's
+        # EnsureOmniThread); without it they race with the server's own threads.
+        with tango.EnsureOmniThread():
+            _apply_deployed(server, instance)
+
+    threading.Thread(target=run, name="tangodaq-setup", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,12 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m tango_db.sardana_servers {{{'|'.join(SERVERS)}}} INSTANCE [options]", file=sys.stderr)
         return 2
     server = argv[0]
+    enable_stack_dumps()
     harden()
     if server == "Pool":  # motion must not wait for the database (tango_db/set_point_recorder.py)
         from .set_point_recorder import record_motor_set_points_in_background
 
         record_motor_set_points_in_background()
     if server == "MacroServer":
+        from .environment_file import install as keep_environment_whole_across_kills
+
+        keep_environment_whole_across_kills()
         explain_acquisition_faults()
         laser_door = read_laser_door()
         os.environ[LASER_DOOR_ENV] = laser_door

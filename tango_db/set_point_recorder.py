@@ -56,6 +56,12 @@ class SetPointRecorder:
             return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
 
     def _run(self) -> None:
+        import tango
+
+        with tango.EnsureOmniThread():  # database calls from a Python thread of the Pool's server
+            self._record_loop()
+
+    def _record_loop(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending)

@@ -136,7 +136,7 @@ class ShutterLease:
     def open(self) -> None:
         """OpenShutterWithLease, then start renewing. Raises (DevFailed) when the laser refuses."""
         self._connect(self.laser).command_inout("OpenShutterWithLease", self.lease_s)
-        self._thread = threading.Thread(target=self._renew_loop, name=f"shutter lease {self.owner}", daemon=True)
+        self._thread = threading.Thread(target=self._renew, name=f"shutter lease {self.owner}", daemon=True)
         self._thread.start()
 
     def check(self) -> None:
@@ -189,6 +189,10 @@ class ShutterLease:
                 self.log.error("%s paused but CloseShutter failed (the lease closes it): %s", self.owner, describe(exc))
 
     # ------------------------------------------------------------------ renewing thread
+    def _renew(self) -> None:
+        with tango.EnsureOmniThread():  # Tango client calls from a Python thread of a server (the MacroServer)
+            self._renew_loop()
+
     def _renew_loop(self) -> None:
         """Renew until released or the owner is gone; any failure is a lost lease, never a silent death."""
         try:

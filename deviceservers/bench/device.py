@@ -18,6 +18,8 @@ import logging
 from tango import DevState
 from tango.server import Device, attribute, command, device_property
 
+from deviceservers.common.stack_dump import enable_stack_dumps
+
 from .server import Bench, parse_address
 
 log = logging.getLogger(__name__)
@@ -94,4 +96,5 @@ class VirtualBench(Device):
 
 
 def main(args: list[str] | None = None) -> int:
+    enable_stack_dumps()
     return VirtualBench.run_server(args=args) or 0

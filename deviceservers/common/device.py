@@ -37,6 +37,7 @@ from .component import Component, DeviceState
 from .events import EventPusher
 from .parameter import Parameter, ParameterError, Quality, Reading
 from .serial_link import InstrumentError, LinkDown, LinkError, LinkSettings, LinkTimeout
+from .stack_dump import enable_stack_dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -193,6 +194,12 @@ class ParameterDevice(Device):
     """
 
     component: Any
+
+    @classmethod
+    def run_server(cls, args=None, **kwargs):  # noqa: ANN001, ANN206 - pytango's signature
+        """pytango's ``run_server``, with ``kill -USR1`` dumping the server's stacks to its log."""
+        enable_stack_dumps()
+        return super().run_server(args=args, **kwargs)
 
     # ------------------------------------------------------------------ to implement
     def build_component(self) -> Any:

@@ -20,6 +20,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import tango
+
 MAX_PENDING = 10000
 
 Push = Callable[[], None]
@@ -74,6 +76,12 @@ class EventPusher:
         return done.wait(timeout)
 
     def _run(self) -> None:
+        # cppTango needs an omniORB identity for a thread that pushes events; a plain Python
+        # thread otherwise gets a dummy one per call (pytango's EnsureOmniThread documentation)
+        with tango.EnsureOmniThread():
+            self._push_loop()
+
+    def _push_loop(self) -> None:
         next_watch = time.monotonic()
         while True:
             with self._cond:

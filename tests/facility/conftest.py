@@ -123,6 +123,38 @@ class Facility:
     def logs(self) -> str:
         return logs_under(self.base)
 
+    def stack_dumps(self) -> str:
+        """Every running server's thread stacks (``kill -USR1``, deviceservers/common/stack_dump.py),
+        for the report of a server that runs but does not answer."""
+        return stack_dumps_under(self.base, self.server_pids())
+
+
+def stack_dumps_under(base: Path, pids: dict[str, int], timeout: float = 10.0) -> str:
+    """Signal each ``Server/instance`` in ``pids`` to dump its stacks into its log under ``base``
+    and return what each wrote."""
+    import signal
+
+    from tests.waiting import wait_until
+
+    logs = {name: next(iter(base.rglob(f"{name.replace('/', '_')}.log")), None) for name in pids}
+    sizes = {name: (log.stat().st_size if log else 0) for name, log in logs.items()}
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+
+    def dumped(name: str) -> str:
+        log = logs[name]
+        if log is None:
+            return ""
+        with open(log, "rb") as f:
+            f.seek(sizes[name])
+            return f.read(20000).decode(errors="replace")
+
+    with contextlib.suppress(AssertionError):  # report what came, even if one server wrote nothing
+        wait_until(lambda: all("most recent call first" in dumped(n) for n in pids if logs[n]), timeout,
+                   interval=0.2, what="every server's stack dump in its log")
+    return "\n".join(f"===== stacks of {name} (pid {pids[name]})\n{dumped(name)}" for name in pids)
+
 
 def logs_under(base: Path) -> str:
     """The tail of every log under ``base``, for a failure's report."""

@@ -63,7 +63,8 @@ def wait_idle(facility, expected: dict[str, str], timeout: float = START_TIMEOUT
     try:
         wait_until(settled, timeout=timeout, interval=1.0, what="every device idle")
     except AssertionError:
-        raise AssertionError(f"not idle after {timeout} s: {last}\n{facility.logs()}") from None
+        raise AssertionError(f"not idle after {timeout} s: {last}\n{facility.logs()}\n"
+                             f"{facility.stack_dumps()}") from None
 
 
 def starter_states(facility) -> dict[str, str]:
@@ -199,6 +200,18 @@ def test_servers_run_as_the_service_user(facility):
         uid = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                    if line.startswith("Uid:"))
         assert uid == tango_uid, name
+
+
+def test_a_server_writes_its_stacks_to_its_starter_log_on_sigusr1(facility):
+    """What an engineer does with a server Starter calls "running but not responding"."""
+    from tests.facility.conftest import stack_dumps_under
+
+    pids = facility.server_pids()
+    dumps = stack_dumps_under(facility.base, {name: pids[name] for name in ("MacroServer/lab", "Esp300/lab")})
+    sections = dumps.split("===== stacks of ")[1:]
+    assert len(sections) == 2 and all("most recent call first" in part and " in main" in part
+                                      for part in sections), dumps
+    assert facility.server_pids() == pids, "the servers keep running"
 
 
 def test_a_scan_and_a_recording_through_the_door(facility):

@@ -78,7 +78,16 @@ def door_back(lab) -> None:
     wait_until(lambda: door.state() == tango.DevState.ON, 60, interval=0.2, what="the Door back ON")
 
 
+def scan_id(lab) -> int:
+    """The MacroServer's ScanID (the number of the last scan's entry in the scan file)."""
+    from taurus.core.util.codecs import CodecFactory
+
+    raw = lab.proxy("macroserver/lab/1").read_attribute("Environment").value
+    return int(CodecFactory().getCodec("pickle").decode(raw)[1]["new"].get("ScanID", 0))
+
+
 def test_macroserver_killed_mid_macro_closes_the_shutter_and_the_client_raises(lab, bench, door_name, laser):
+    before = scan_id(lab)
     run = MacroInThread(door_name, "polarization_scan", "hwp", 0, 180, 60, 0.5)  # ~30 s of light
     wait_until(lambda: laser.Shutter and laser.ShutterLease > 0, 20, what="the macro to open the shutter")
     wait_until(lambda: "macro lease" in laser.Status(), 3, what="the shutter held by the macro's lease")
@@ -96,6 +105,9 @@ def test_macroserver_killed_mid_macro_closes_the_shutter_and_the_client_raises(l
     assert "polarization_scan" in str(run.error)
     wait_until(lambda: "lease expired" in laser.Status(), 5, what="the laser's Status to say why it closed")
     door_back(lab)
+    # killed as its scan started, while it wrote its environment: ScanID must not go back (the
+    # next scan would find its entry in the scan file taken; tango_db/environment_file.py)
+    assert scan_id(lab) >= before
 
 
 def test_laser_server_killed_with_the_shutter_open_restarts_with_it_closed(lab, bench, laser):
