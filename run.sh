@@ -47,6 +47,9 @@ QT_DEBS="libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0"
 # the tests themselves (invoke-rc.d may be blocked, and the tests use their own ports and folders);
 # ip and nsenter for the several-hosts tests (network namespaces made and removed by the tests).
 FACILITY_DEBS="mariadb-server tango-db tango-starter tango-accesscontrol python3-venv iproute2 util-linux"
+# A test process that dies in native code (cppTango, omniORB, Qt) shows no Python frame for the
+# thread that crashed: its core file and gdb give the native stacks.
+CRASH_DEBS="gdb"
 
 # Debian asks where the Tango database is and whether to create it: the tests create their own.
 preseed_tango() {
@@ -61,7 +64,7 @@ SEL
 
 system_packages() {
     missing=""
-    for pkg in $QT_DEBS $FACILITY_DEBS; do
+    for pkg in $QT_DEBS $FACILITY_DEBS $CRASH_DEBS; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
     done
     [ -z "$missing" ] && return 0
@@ -75,6 +78,20 @@ system_packages() {
     fi
 }
 
+# After a test run whose process died in native code: every thread's native stack from its core
+# (printed last, so that the end of the output says where it crashed), then the core removed.
+native_stacks_of_a_crash() {
+    [ -f core ] || return 0
+    echo "== the test process crashed: native stacks of every thread (gdb, from ./core)"
+    if command -v gdb >/dev/null 2>&1; then
+        timeout 300 gdb -batch -nx -ex "thread apply all bt 8" -ex "echo \\n== the thread that crashed:\\n" \
+            -ex "bt 40" "$VENV/bin/python" core 2>&1 | grep -v "^\[New LWP\|^warning: " | tail -n 300 || true
+    else
+        echo "(gdb is not installed: apt-get install gdb, then gdb $VENV/bin/python core)"
+    fi
+    rm -f core
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -86,7 +103,12 @@ case "$cmd" in
         system_packages
         setup
         export PYTHONFAULTHANDLER=1  # a crash in a C extension prints the Python stacks
-        exec "$VENV/bin/python" -m pytest "$@"
+        ulimit -c unlimited 2>/dev/null || true  # ... and leaves a core for the native ones
+        rm -f core
+        status=0
+        "$VENV/bin/python" -m pytest "$@" || status=$?
+        native_stacks_of_a_crash
+        exit "$status"
         ;;
     *)
         echo "usage: ./run.sh demo|test [args...]" >&2

@@ -39,6 +39,7 @@ from deviceservers.common.serial_link import (
     acquire_link,
     release_link,
 )
+from deviceservers.common.shared import Shared
 
 from . import driver
 from .driver import Reply
@@ -337,32 +338,21 @@ def _doing(t: MoveTicket) -> str:
 
 
 # ---------------------------------------------------------------------- shared buses
-_buses: dict[str, tuple[Ell14Bus, int]] = {}
-_buses_lock = threading.Lock()
+_buses: Shared[Ell14Bus] = Shared()
 
 
 def acquire_bus(settings: LinkSettings, *, logger: logging.Logger | None = None) -> Ell14Bus:
     """The process's bus for ``settings.url`` (created on first use). Pair with :func:`release_bus`."""
-    with _buses_lock:
-        entry = _buses.get(settings.url)
-        if entry is not None:
-            bus, count = entry
-            if bus.settings != settings:
-                raise ValueError(f"{settings.url} is already open with other settings: every mount of one bus "
-                                 "needs the same BaudRate, FlowControl and TimeoutS")
-            _buses[settings.url] = (bus, count + 1)
-            return bus
-        bus = Ell14Bus(settings, logger=logger)
-        _buses[settings.url] = (bus, 1)
-        return bus
+
+    def join(bus: Ell14Bus) -> None:
+        if bus.settings != settings:
+            raise ValueError(f"{settings.url} is already open with other settings: every mount of one bus "
+                             "needs the same BaudRate, FlowControl and TimeoutS")
+
+    bus, _ = _buses.acquire(settings.url, lambda: Ell14Bus(settings, logger=logger), join)
+    return bus
 
 
 def release_bus(bus: Ell14Bus) -> None:
-    with _buses_lock:
-        entry = _buses.get(bus.settings.url)
-        if entry is not None and entry[0] is bus and entry[1] > 1:
-            _buses[bus.settings.url] = (bus, entry[1] - 1)
-            return
-        if entry is not None and entry[0] is bus:
-            del _buses[bus.settings.url]
-    bus.close()
+    if _buses.release(bus.settings.url, bus):
+        bus.close()

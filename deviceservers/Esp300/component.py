@@ -29,6 +29,7 @@ from typing import Any
 from deviceservers.common.component import Component, DeviceState
 from deviceservers.common.parameter import Parameter, ParameterError, Quality
 from deviceservers.common.serial_link import LinkDown, LinkSettings, Port
+from deviceservers.common.shared import Shared
 
 from . import driver
 
@@ -62,26 +63,7 @@ class Controller:
             return list(self.axes.values())
 
 
-_controllers: dict[str, tuple[Controller, int]] = {}
-_controllers_lock = threading.Lock()
-
-
-def _acquire_controller(url: str) -> Controller:
-    with _controllers_lock:
-        ctrl, count = _controllers.get(url, (Controller(), 0))
-        _controllers[url] = (ctrl, count + 1)
-        return ctrl
-
-
-def _release_controller(url: str) -> None:
-    with _controllers_lock:
-        entry = _controllers.get(url)
-        if entry is None:
-            return
-        if entry[1] <= 1:
-            del _controllers[url]
-        else:
-            _controllers[url] = (entry[0], entry[1] - 1)
+_controllers: Shared[Controller] = Shared()  # the axes of one ESP300 (one SerialURL) in this process
 
 
 @dataclass
@@ -156,13 +138,13 @@ class Esp300AxisComponent(Component):
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.controller = _acquire_controller(self.settings.url)
-        with self.controller.lock:
-            if self.axis in self.controller.axes:
-                _release_controller(self.settings.url)
-                self.controller = None
-                raise ValueError(f"axis {self.axis} of {self.settings.url} is already served by another device")
-            self.controller.axes[self.axis] = self
+        def claim_axis(controller: Controller) -> None:
+            with controller.lock:
+                if self.axis in controller.axes:
+                    raise ValueError(f"axis {self.axis} of {self.settings.url} is already served by another device")
+                controller.axes[self.axis] = self
+
+        self.controller, _ = _controllers.acquire(self.settings.url, Controller, claim_axis)
         super().start()
 
     def stop(self) -> None:
@@ -171,7 +153,7 @@ class Esp300AxisComponent(Component):
             with self.controller.lock:
                 if self.controller.axes.get(self.axis) is self:
                     del self.controller.axes[self.axis]
-            _release_controller(self.settings.url)
+            _controllers.release(self.settings.url, self.controller)
             self.controller = None
 
     def on_connect(self, port: Port) -> None:

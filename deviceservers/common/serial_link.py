@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import serial
 
 from . import protocol_sim  # noqa: F401  (registers the sim:// scheme)
+from .shared import Shared
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -575,8 +576,7 @@ def _disable_nagle(ser: serial.SerialBase) -> None:
 
 
 # ---------------------------------------------------------------------- shared links
-_registry: dict[str, tuple[SerialLink, int]] = {}
-_registry_lock = threading.Lock()
+_links: Shared[SerialLink] = Shared()
 
 
 def acquire_link(
@@ -593,45 +593,29 @@ def acquire_link(
     ``health_listener`` are registered before a new link starts, so its first connection runs the
     hook (a hook added afterwards could find the link already up and run as a plain request).
     """
-    with _registry_lock:
-        entry = _registry.get(settings.url)
-        if entry is not None:
-            link, count = entry
-            if link.settings != settings:
-                diff = [
-                    f"{k}={getattr(settings, k)!r} (link has {getattr(link.settings, k)!r})"
-                    for k in settings.__dataclass_fields__
-                    if getattr(settings, k) != getattr(link.settings, k)
-                ]
-                raise ValueError(f"{settings.url} is already open with other settings: {', '.join(diff)}")
-            _registry[settings.url] = (link, count + 1)
-            if health_listener is not None:
-                link.add_health_listener(health_listener)
-            if connect_hook is not None:
-                link.add_connect_hook(connect_hook)
-            return link
-        link = SerialLink(settings, logger=logger)
+
+    def join(link: SerialLink) -> None:
+        if link.settings != settings:
+            diff = [
+                f"{k}={getattr(settings, k)!r} (link has {getattr(link.settings, k)!r})"
+                for k in settings.__dataclass_fields__
+                if getattr(settings, k) != getattr(link.settings, k)
+            ]
+            raise ValueError(f"{settings.url} is already open with other settings: {', '.join(diff)}")
         if health_listener is not None:
             link.add_health_listener(health_listener)
         if connect_hook is not None:
             link.add_connect_hook(connect_hook)
-        _registry[settings.url] = (link, 1)
-    link.start()
+
+    link, created = _links.acquire(settings.url, lambda: SerialLink(settings, logger=logger), join)
+    if created:
+        link.start()
     return link
 
 
 def release_link(link: SerialLink) -> None:
-    with _registry_lock:
-        entry = _registry.get(link.settings.url)
-        if entry is None or entry[0] is not link:
-            link.close()
-            return
-        count = entry[1] - 1
-        if count > 0:
-            _registry[link.settings.url] = (link, count)
-            return
-        del _registry[link.settings.url]
-    link.close()
+    if _links.release(link.settings.url, link):
+        link.close()
 
 
 def wait_connected(link: SerialLink, timeout: float) -> bool:

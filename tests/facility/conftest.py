@@ -129,7 +129,7 @@ class Facility:
         return stack_dumps_under(self.base, self.server_pids())
 
 
-def stack_dumps_under(base: Path, pids: dict[str, int], timeout: float = 10.0) -> str:
+def stack_dumps_under(base: Path, pids: dict[str, int], timeout: float = 20.0) -> str:
     """Signal each ``Server/instance`` in ``pids`` to dump its stacks into its log under ``base``
     and return what each wrote."""
     import signal
@@ -147,8 +147,8 @@ def stack_dumps_under(base: Path, pids: dict[str, int], timeout: float = 10.0) -
         if log is None:
             return ""
         with open(log, "rb") as f:
-            f.seek(sizes[name])
-            return f.read(20000).decode(errors="replace")
+            f.seek(sizes[name] if log.stat().st_size >= sizes[name] else 0)  # a log started anew: from its start
+            return f.read(30000).decode(errors="replace")
 
     with contextlib.suppress(AssertionError):  # report what came, even if one server wrote nothing
         wait_until(lambda: all("most recent call first" in dumped(n) for n in pids if logs[n]), timeout,
