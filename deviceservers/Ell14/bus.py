@@ -100,6 +100,7 @@ class Ell14Bus:
         self.settings = settings
         self.log = logger or log
         self.link: SerialLink = acquire_link(settings, logger=self.log)
+        self.link.drop_late_replies = False  # replies carry their mount's address: routed here, late or not
         self.max_moving = MAX_MOVING
         self.stray_lines = 0  # lines of addresses nobody in this process owns
         self.late_lines = 0  # late answers recognised as such

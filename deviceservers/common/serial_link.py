@@ -257,6 +257,10 @@ class SerialLink:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._consecutive_timeouts = 0
+        self._late_replies_owed = 0  # requests that timed out whose replies may still come
+        # False for a protocol whose replies say whom they answer (the ELL14's address): its user
+        # routes late replies itself (deviceservers/Ell14/bus.py) instead of the link dropping them
+        self.drop_late_replies = True
         self._ever_connected = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -424,6 +428,8 @@ class SerialLink:
             try:
                 if self._port is None:
                     raise LinkDown(f"{self.name} is not connected: {self.health.down_reason}")
+                if self._late_replies_owed:
+                    self._drop_late_replies(self._port)
                 result = req.fn(self._port)
             except LinkDown as exc:
                 self._record_error(str(exc))
@@ -435,6 +441,7 @@ class SerialLink:
                 if isinstance(exc, LinkTimeout):
                     self.health.timeouts += 1
                     self._consecutive_timeouts += 1
+                    self._late_replies_owed += self.drop_late_replies
                     if self._consecutive_timeouts >= self.settings.timeouts_before_down:
                         reason = f"instrument stopped answering ({self._consecutive_timeouts} time-outs in a row)"
                         self._mark_down(reason)
@@ -455,6 +462,30 @@ class SerialLink:
                 self._consecutive_timeouts = 0
                 req.future.set_result(result)
                 return
+
+    def _drop_late_replies(self, port: Port) -> None:
+        """Before the next request after a time-out: wait (up to one more time-out) for the
+        replies of the requests that timed out, and drop them.
+
+        Without this, a reply that comes after its time-out is read by the next request as its
+        own, and every reply after it is one request late (a read-back of the Mai Tai's watchdog
+        got the previous read-back: "the laser ignored TIMer:WATChdog", DISABLE with the laser in
+        REMOTE). A serial line never reorders replies, so once as many lines as requests timed
+        out have come, the line is in step again; a reply later than twice the time-out is lost."""
+        owed, dropped = self._late_replies_owed, []
+        deadline = time.monotonic() + self.settings.timeout_s
+        try:
+            while self._late_replies_owed and time.monotonic() < deadline:
+                dropped.append(port.read_until(None, max(0.001, deadline - time.monotonic())))
+                self._late_replies_owed -= 1
+        except LinkTimeout:
+            pass  # not all came: the rest are taken as lost
+        finally:
+            self._late_replies_owed = 0
+        stale = port.discard_input()
+        if dropped or stale:
+            self.log.info("%s: dropped %d late repl%s of %d timed-out request(s): %r", self.name, len(dropped),
+                          "y" if len(dropped) == 1 else "ies", owed, dropped + ([stale] if stale else []))
 
     def _record_error(self, message: str) -> None:
         self.health.error_count += 1
@@ -503,6 +534,7 @@ class SerialLink:
             self._set_down(f"connected to {s.url} but the instrument did not answer as expected: {exc}")
             return False
         self._consecutive_timeouts = 0
+        self._late_replies_owed = 0  # the connection hooks (identify...) found the line in step
         if self._ever_connected:
             self.health.reconnects += 1
         self._ever_connected = True

@@ -335,3 +335,25 @@ def test_first_connection_is_not_a_failure_until_it_failed():
     finally:
         comp.stop()
         listener.close()
+
+
+def test_a_reply_that_comes_after_its_time_out_is_not_read_as_the_next_ones(served, link_factory):
+    """A serial line never reorders replies: a late reply, read by the next request as its own,
+    would put every reply after it one request late."""
+    sim, server = served
+    link = link_factory(settings(server.url, timeout_s=0.2, retries=0))
+    assert link.query("ping") == "ECHO ping"
+    with pytest.raises(LinkTimeout):
+        link.query("SLOW")  # answered 0.3 s later, 0.1 s after its time-out
+    assert link.query("x") == "ECHO x"
+    assert link.query("y") == "ECHO y"
+
+
+def test_a_reply_that_never_comes_delays_the_next_request_by_one_time_out_at_most(served, link_factory):
+    sim, server = served
+    link = link_factory(settings(server.url, timeout_s=0.2, retries=0, timeouts_before_down=5))
+    with pytest.raises(LinkTimeout):
+        link.query("!silent")
+    start = time.monotonic()
+    assert link.query("x") == "ECHO x"
+    assert time.monotonic() - start < 0.2 + 0.15  # the wait for the lost reply, then the answer
