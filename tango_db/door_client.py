@@ -258,7 +258,11 @@ def stop_macro(door: tango.DeviceProxy, abort_after: float = 10.0, timeout: floa
     every second while the Door stays busy, because Sardana ignores a Stop (and an Abort) that
     arrives before the macro has really started. After ``abort_after`` seconds without an end,
     ``AbortMacro``, re-sent the same way. Returns "stopped", "aborted" or "still running"
-    (after ``timeout``; then ``ReleaseMacro`` or a MacroServer restart is the next step)."""
+    (after ``timeout``; then ``ReleaseMacro`` or a MacroServer restart is the next step).
+
+    Call it once the Door is busy: Sardana queues a macro and sets the Door RUNNING only when
+    its thread starts it, so right after ``RunMacro`` an idle Door does not mean a stopped macro
+    (``run_macro`` stops only a macro it has seen start or whose time is up)."""
     t0 = time.monotonic()
     command, sent_at = "StopMacro", -1.0
     while time.monotonic() - t0 < timeout:

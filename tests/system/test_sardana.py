@@ -22,7 +22,7 @@ import tango
 from deviceservers.bench.control import BenchClient
 from deviceservers.bench.optics import OpticsModel, Polariser, WavePlate
 from tango_db.config import load_config, server_instances
-from tango_db.door_client import MacroFailed, run_macro, stop_macro
+from tango_db.door_client import BUSY, MacroFailed, run_macro, stop_macro
 from tangodaq_macros._polarization_analysis import fit_malus  # noqa: E402
 from tests.waiting import wait_until
 
@@ -209,8 +209,13 @@ def test_abort_mid_scan_leaves_the_motors_still(lab, door):
 
 
 def test_a_stop_sent_as_the_macro_starts_is_not_lost(lab, door):
-    """Sardana ignores a Stop that arrives before the macro runs; stop_macro re-sends it."""
+    """Sardana ignores a Stop that arrives before the macro runs; stop_macro re-sends it.
+
+    The Door goes RUNNING only when Sardana's thread takes the queued macro: stop_macro is called
+    from then on (on a Door still ON it would find nothing to stop, and the scan would run on
+    into the next test)."""
     door.proxy.RunMacro(["ascan", "meter_wavelength", "700", "900", "40", "0.05"])
+    wait_until(lambda: door.proxy.state() in BUSY, 10, interval=0.005, what="the Door to take the macro")
     assert stop_macro(door.proxy, abort_after=20) == "stopped"
     assert str(door.proxy.state()) == "ON"
     assert str(lab.proxy("meter_wavelength").state()) == "ON"
