@@ -9,15 +9,14 @@ reported in each window (the ``*_pos`` channels of ``mg_continuous``)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from deviceservers.MaiTai.lease import ShutterLease
 from tango_db.door_client import run_macro
 from tangodaq_macros._polarization_analysis import fit_malus
+from tests.system.scan_files import last_entry, scan_file
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -27,13 +26,6 @@ INTEG_S = 0.05
 # Between windows: more than the channels' own latency (~30-60 ms), so a loaded machine delays a
 # window instead of skipping a trigger (a point without a value).
 LATENCY_S = 0.05
-
-
-def last_entry(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
-        name = sorted(f, key=lambda n: int(n.removeprefix("entry")))[-1]
-        m = f[name]["measurement"]
-        return {k: m[k][()] for k in m if k != "pre_scan_snapshot"} | {"title": f[name]["title"][()].decode()}
 
 
 def malus(fit, angles_deg: np.ndarray) -> np.ndarray:
@@ -62,13 +54,13 @@ def test_ascanct_gives_the_step_scans_malus_curve_from_one_sweep(lab):
         wait_until(lambda: laser.read_attribute("Shutter").value, 5, what="the shutter to open")
         run("senv", "ActiveMntGrp", "mg_power")
         step_s = run("ascan", "hwp", 0, 180, INTERVALS, INTEG_S)
-        step = last_entry(lab.home / "scans" / "scans.h5")
+        step = last_entry(scan_file(lab))
         run("senv", "ActiveMntGrp", "mg_continuous")
         # triggers on time, not on the Pool's position updates (every 100 ms by default: two
         # thresholds passed between two updates skip a trigger); the real positions are captured
         lab.proxy("mg_continuous").write_attribute("SoftwareSynchronizerInitialDomain", "Time")
         continuous_s = run("ascanct", "hwp", 0, 180, INTERVALS, INTEG_S, LATENCY_S)
-        continuous = last_entry(lab.home / "scans" / "scans.h5")
+        continuous = last_entry(scan_file(lab))
         output = list(lines)
     finally:
         lease.close()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -24,6 +23,7 @@ from deviceservers.bench.optics import OpticsModel, Polariser, WavePlate
 from tango_db.config import load_config, server_instances
 from tango_db.door_client import BUSY, MacroFailed, run_macro, stop_macro
 from tangodaq_macros._polarization_analysis import fit_malus  # noqa: E402
+from tests.system.scan_files import last_entry, scan_file
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -100,17 +100,6 @@ def optics_of(truth: dict) -> OpticsModel:
 
 def mounts(lab) -> dict[str, float]:
     return {m: lab.proxy(f"lab/ell14/{m}").read_attribute("Position").value for m in ("hwp", "qwp", "pol")}
-
-
-def scan_file(lab) -> Path:
-    return lab.home / "scans" / "scans.h5"
-
-
-def last_entry(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
-        name = sorted(f, key=lambda n: int(n.removeprefix("entry")))[-1]
-        m = f[name]["measurement"]
-        return {k: m[k][()] for k in m if k != "pre_scan_snapshot"} | {"title": f[name]["title"][()].decode()}
 
 
 def shutter_closed(lab) -> None:

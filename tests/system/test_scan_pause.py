@@ -14,25 +14,16 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import tango
 
 from tango_db.door_client import run_macro
+from tests.system.scan_files import last_entry, scan_file
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
-
-
-def last_entry(path: Path, locking: bool | None = None) -> dict:
-    with h5py.File(path, "r", locking=locking) as f:
-        name = sorted(f, key=lambda n: int(n.removeprefix("entry")))[-1]
-        m = f[name]["measurement"]
-        return ({k: m[k][()] for k in m if k != "pre_scan_snapshot"} | {"title": f[name]["title"][()].decode()}
-                | {"ended": "end_time" in f[name]})
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +87,7 @@ def test_a_paused_step_scan_stands_still_in_the_dark_and_resumes_at_the_next_poi
     assert 35 < at < 180 and not laser.read_attribute("Shutter").value
     # the MacroServer holds the file open (HDF5's lock) until the scan ends; each point is flushed as
     # it is recorded, so a reader that skips the lock sees every point measured so far, and only those
-    paused = last_entry(lab.home / "scans" / "scans.h5", locking=False)
+    paused = last_entry(scan_file(lab), locking=False)
     done = len(paused["Pt_No"])
     assert paused["title"].startswith("ascan hwp 0.0 180.0 12 0.1") and 3 <= done < 13, paused
     np.testing.assert_array_equal(paused["Pt_No"], np.arange(done))
@@ -106,7 +97,7 @@ def test_a_paused_step_scan_stands_still_in_the_dark_and_resumes_at_the_next_poi
     assert door.state() == tango.DevState.ON, door.read_attribute("Output").value
     output = "\n".join(door.read_attribute("Output").value or ())
     assert "laser shutter reopened after the pause" in output
-    data = last_entry(lab.home / "scans" / "scans.h5")
+    data = last_entry(scan_file(lab))
     assert data["title"].startswith("ascan hwp 0.0 180.0 12 0.1")
     np.testing.assert_array_equal(data["Pt_No"], np.arange(13))  # nothing twice, nothing skipped
     np.testing.assert_allclose(data["hwp"], np.linspace(0, 180, 13), atol=0.1)
@@ -146,7 +137,7 @@ def test_a_pause_during_a_continuous_sweep_is_taken_when_the_sweep_ends(lab, doo
             door.AbortMacro()
             wait_until(lambda: door.state() not in (tango.DevState.STANDBY, tango.DevState.RUNNING), 10)
         run("senv", "ActiveMntGrp", "mg_power")
-    data = last_entry(lab.home / "scans" / "scans.h5")
+    data = last_entry(scan_file(lab))
     assert data["title"].startswith("ascanct hwp 0.0 60.0 20"), data["title"]
     np.testing.assert_array_equal(data["Pt_No"], np.arange(21))
     at = np.asarray(data["hwp_pos"], dtype=float)  # where the mount was in each window
@@ -164,7 +155,7 @@ def test_a_macroserver_killed_mid_scan_leaves_a_readable_file_that_says_where_it
     pid = lab.pid_of("MacroServer/lab")
     os.kill(pid, signal.SIGKILL)
     # with HDF5's lock: it opens once the dead process's last thread is gone (nobody holds the file)
-    data = wait_until(lambda: last_entry(lab.home / "scans" / "scans.h5"), 10, what="the scan file to open")
+    data = wait_until(lambda: last_entry(scan_file(lab)), 10, what="the scan file to open")
     done = len(data["Pt_No"])
     assert data["title"].startswith("ascan hwp 0.0 180.0 36 0.1") and 4 <= done < 37, data
     assert not data["ended"]  # no end_time: the scan stopped at point done - 1
