@@ -22,7 +22,7 @@ timing; target per point <= move + one meter reading + 50 ms, the meter's readin
 on the same run through the meter's ``Measure`` command). Printed, not asserted.
 
     TANGODAQ_HOME is made here; TANGO_HOST is a free port (never 10000).
-    python benchmarks/bench_scan.py [--quick] [--phase fast|realistic|both] [--points N]
+    python benchmarks/bench_scan.py [--quick] [--phase fast|realistic|both] [--points N] [--motors hwp,wavelength]
 """
 
 from __future__ import annotations
@@ -252,6 +252,8 @@ def main() -> None:
     parser.add_argument("--phase", choices=("fast", "realistic", "both"), default="both")
     parser.add_argument("--points", type=int, default=20, help="intervals per scan")
     parser.add_argument("--integ", type=float, default=0.1, help="integration time per point, s")
+    parser.add_argument("--motors", default="", help="only these lab motors, comma separated (the dummies' "
+                        "reference pair always runs): e.g. --motors wavelength")
     args = parser.parse_args()
     points = 10 if args.quick else args.points
     pairs = [(DUMMY_MOTOR, DUMMY_MG), ("hwp", DUMMY_MG), (DUMMY_MOTOR, "mg_power"), ("hwp", "mg_power"),
@@ -259,6 +261,12 @@ def main() -> None:
              ("hwp", "mg_camera"), ("stage_x", "mg_camera")]
     if args.quick:
         pairs = [(DUMMY_MOTOR, DUMMY_MG), ("hwp", "mg_power"), ("stage_x", "mg_power"), ("hwp", "mg_camera")]
+    if args.motors:
+        wanted = {m.strip() for m in args.motors.split(",") if m.strip()}
+        unknown = wanted - set(MOTORS)
+        if unknown:
+            parser.error(f"unknown motor(s) {', '.join(sorted(unknown))}: choose from {', '.join(MOTORS)}")
+        pairs = [(DUMMY_MOTOR, DUMMY_MG)] + [p for p in pairs if p[0] in wanted]
     if args.phase in ("fast", "both"):
         phase("fast", True, points, args.integ, pairs)
     if args.phase in ("realistic", "both"):

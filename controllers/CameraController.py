@@ -43,6 +43,7 @@ from sardana.pool.controller import (
     Type,
 )
 
+from tango_db.proxies import device_proxy
 from tango_db.roles import device_or_empty as role_default
 
 TIMEOUT_MS = 3000
@@ -130,9 +131,7 @@ class CameraTwoDController(TwoDController, Referable):
     def _proxy(self, axis: int, which: str, key: str) -> tango.DeviceProxy:
         a = self.ax[axis]
         if a[key] is None:
-            p = tango.DeviceProxy(a[which])
-            p.set_timeout_millis(TIMEOUT_MS)
-            a[key] = p
+            a[key] = device_proxy(a[which], TIMEOUT_MS)
         return a[key]
 
     def _cam(self, axis: int) -> tango.DeviceProxy:

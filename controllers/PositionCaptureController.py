@@ -40,6 +40,7 @@ from sardana.pool.controller import (
     Type,
 )
 
+from tango_db.proxies import device_proxy
 from tango_db.roles import lab_roles
 from tangodaq_controllers._acquisition import LatencyTracker, WindowThread
 
@@ -159,8 +160,7 @@ class PositionCaptureController(CounterTimerController):
             raise RuntimeError("no TangoDevice set for this channel (write its TangoDevice attribute)")
         proxy = self.proxies.get(device)
         if proxy is None:
-            proxy = self.proxies[device] = tango.DeviceProxy(device)
-            proxy.set_timeout_millis(TIMEOUT_MS)
+            proxy = self.proxies[device] = device_proxy(device, TIMEOUT_MS)
         return proxy
 
     # ------------------------------------------------------------------ acquisition

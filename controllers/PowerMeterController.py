@@ -44,6 +44,7 @@ from sardana.pool.controller import (
     Type,
 )
 
+from tango_db.proxies import device_proxy
 from tango_db.roles import device_or_empty as role_default
 from tangodaq_controllers._acquisition import LatencyTracker, WindowThread, describe
 
@@ -56,9 +57,7 @@ RING_GRACE_S = 1.0  # a streaming meter writes a sample every ~10 ms: none a sec
 
 
 def _new_proxy(device: str) -> tango.DeviceProxy:
-    proxy = tango.DeviceProxy(device)
-    proxy.set_timeout_millis(TIMEOUT_MS)
-    return proxy
+    return device_proxy(device, TIMEOUT_MS)
 
 
 def default_stream(device: str) -> str:

@@ -42,6 +42,7 @@ from sardana.pool.controller import (
     Type,
 )
 
+from tango_db.proxies import device_proxy
 from tango_db.roles import lab_roles
 from tangodaq_controllers._acquisition import describe
 
@@ -100,8 +101,7 @@ class Axis:
         if not self.device:
             raise RuntimeError("no TangoDevice set for this axis (write the motor's TangoDevice attribute)")
         if self.proxy is None:
-            proxy = tango.DeviceProxy(self.device)
-            proxy.set_timeout_millis(TIMEOUT_MS)
+            proxy = device_proxy(self.device, TIMEOUT_MS)
             self.commands = {c.cmd_name for c in proxy.command_list_query()}
             infos = proxy.attribute_list_query()
             self.attributes = {a.name for a in infos}

@@ -42,6 +42,7 @@ from tango.server import Device, attribute, command, device_property
 from deviceservers.common import fault_log
 from deviceservers.common.events import EventPusher
 from deviceservers.common.stack_dump import enable_stack_dumps
+from tango_db.proxies import device_proxy
 
 from . import recovery
 from .compression import COMPRESSIONS, check_compression
@@ -158,8 +159,7 @@ def read_manifest(devices: list[str], timeout_ms: int = 2000) -> dict[str, dict[
     out: dict[str, dict[str, Any]] = {}
     for dev in devices:
         try:
-            proxy = tango.DeviceProxy(dev)
-            proxy.set_timeout_millis(timeout_ms)
+            proxy = device_proxy(dev, timeout_ms)
             infos = {i.name: i for i in proxy.attribute_list_query_ex()}
             das = proxy.read_attributes(list(infos), extract_as=tango.ExtractAs.Numpy)
         except tango.DevFailed as exc:

@@ -82,14 +82,7 @@ def shm_dir() -> str:
     every ring in it belongs to the folder's group) and rings with mode 0660: servers run by a
     service user and readers of other users in the same group share it.
     """
-    explicit = os.environ.get("TANGODAQ_SHM_DIR")
-    if explicit:
-        return explicit
-    try:
-        port = environment.split_tango_host(tango_host())[1]
-    except ValueError:  # none configured (or unreadable): the default database's folder
-        port = environment.DEFAULT_PORT
-    return os.path.join("/dev/shm", f"tangodaq-{port}")
+    return environment.ring_folder(tango_host())
 
 
 def ensure_shm_dir() -> str:

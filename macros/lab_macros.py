@@ -43,6 +43,7 @@ from deviceservers.MaiTai.lease import (
     describe,
 )
 from deviceservers.MaiTai.lease import laser_door as lease_laser_door
+from tango_db.proxies import SLOW_COMMAND_TIMEOUT_MS, device_proxy
 from tango_db.roles import MOUNT_ROLES, STAGE_ROLES, device, lab_roles
 
 importlib.reload(polarization_analysis)  # so that `relmaclib lab_macros` also picks up the maths
@@ -78,10 +79,8 @@ def setup_attributes() -> dict[str, tuple[str, ...]]:
 # 10 s, not Tango's 3 s: a server that has just started may have its serial link busy identifying
 # the instrument, and a command that confirms by readback (the Mai Tai's shutter, 2 s) waits behind
 # it; `tangodaq demo` right after `up` timed out once in laser_on with 3 s.
-def proxy(name: str, timeout_ms: int = 10000) -> tango.DeviceProxy:
-    p = tango.DeviceProxy(name)
-    p.set_timeout_millis(timeout_ms)
-    return p
+def proxy(name: str, timeout_ms: int = SLOW_COMMAND_TIMEOUT_MS) -> tango.DeviceProxy:
+    return device_proxy(name, timeout_ms)
 
 
 class ShutterHold(ShutterLease):

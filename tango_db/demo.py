@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import tango
 
+from .proxies import device_proxy
 from .waiting import WaitTimeout, wait_until
 
 Say = Callable[[str], None]
@@ -44,7 +45,7 @@ def power_meter_demo(say: Say) -> bool:
     from .experiment import device
 
     name = device("meter")
-    pm = tango.DeviceProxy(name)
+    pm = device_proxy(name)
     say(f"\n== {name}: {pm.info().dev_class} — {pm.State()}: {pm.Status()}")
     if not _wait(lambda: pm.State() in (tango.DevState.ON, tango.DevState.ALARM), 20):
         say(f"   the power meter is {pm.State()}: {pm.Status()}")

@@ -597,12 +597,12 @@ def tac_answers(db) -> bool:
     import tango
 
     from .access_control import TAC_DEVICE
+    from .proxies import DEFAULT_TIMEOUT_MS, device_proxy
 
     try:
         if not db.get_device_info(TAC_DEVICE).exported:
             return False
-        proxy = tango.DeviceProxy(f"tango://{db.get_db_host()}:{db.get_db_port()}/{TAC_DEVICE}")
-        proxy.set_timeout_millis(3000)
+        proxy = device_proxy(TAC_DEVICE, DEFAULT_TIMEOUT_MS, f"{db.get_db_host()}:{db.get_db_port()}")
         proxy.ping()
         return True
     except tango.DevFailed:

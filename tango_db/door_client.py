@@ -40,6 +40,8 @@ from xml.etree import ElementTree
 
 import tango
 
+from .proxies import SLOW_COMMAND_TIMEOUT_MS, device_proxy
+
 LOG_STREAMS = ("Error", "Warning", "Info", "Output")
 END_STATES = {"finish", "stop", "abort", "exception"}
 START_TIMEOUT_S = 10.0  # from RunMacro to the macro's first status event
@@ -143,8 +145,7 @@ def run_macro(door_name: str, name: str, *args: object, say: Callable[[str], Non
     JSON), a list for several, None for a macro without a result. Raises ``MacroFailed`` if it
     ends in an error (the Door's error lines attached) or is stopped/aborted by someone else,
     ``TimeoutError`` after ``timeout`` seconds (the macro is then stopped)."""
-    door = tango.DeviceProxy(door_name)
-    door.set_timeout_millis(10000)
+    door = device_proxy(door_name, SLOW_COMMAND_TIMEOUT_MS)
     run = _Run(say=say)
     subscriptions = [(stream, run.on_log) for stream in LOG_STREAMS]
     subscriptions += [("Result", run.on_result), ("MacroStatus", run.on_status), ("State", run.on_state)]

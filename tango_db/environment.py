@@ -63,6 +63,24 @@ def split_tango_host(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+RING_FOLDER_VARIABLE = "TANGODAQ_SHM_DIR"
+
+
+def ring_folder(tango_host_value: str) -> str:
+    """The folder of the shared-memory rings of the lab on the database ``tango_host_value``:
+    ``$TANGODAQ_SHM_DIR`` if set, else ``/dev/shm/tangodaq-<database port>`` (10000 when no
+    database is named or the value is malformed). Producers, readers and ``tangodaq down``
+    all name it here (see :func:`datawriter.ring.shm_dir` for why one folder per database)."""
+    explicit = os.environ.get(RING_FOLDER_VARIABLE)
+    if explicit:
+        return explicit
+    try:
+        port = split_tango_host(tango_host_value)[1]
+    except ValueError:
+        port = DEFAULT_PORT
+    return os.path.join("/dev/shm", f"tangodaq-{port}")
+
+
 def database_address() -> tuple[str, int]:
     """The (host, port) of the lab's database: :func:`tango_host` (first of a list), else
     127.0.0.1:10000. A malformed value stops the launcher with the fix to make."""

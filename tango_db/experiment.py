@@ -33,6 +33,7 @@ import tango
 
 from deviceservers.MaiTai.lease import LeaseLost, ShutterLease, describe
 
+from .proxies import device_proxy
 from .waiting import WaitTimeout, wait_until
 
 Say = Callable[[str], None]
@@ -61,7 +62,7 @@ def device(role: str) -> str:
 
 
 def proxy(role: str) -> tango.DeviceProxy:
-    return tango.DeviceProxy(device(role))
+    return device_proxy(device(role))
 
 
 @dataclass

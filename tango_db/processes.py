@@ -112,11 +112,12 @@ def tango_ready(tango_host: str, devices: list[str]) -> Callable[[], tuple[bool,
     def check() -> tuple[bool, str]:
         import tango
 
+        from .proxies import PROBE_TIMEOUT_MS, device_proxy
+
         states = []
         for dev in devices:
             try:
-                proxy = tango.DeviceProxy(f"tango://{tango_host}/{dev}")
-                proxy.set_timeout_millis(1000)
+                proxy = device_proxy(dev, PROBE_TIMEOUT_MS, tango_host)
                 states.append(proxy.state())
             except tango.DevFailed as exc:
                 first_answer.clear()

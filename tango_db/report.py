@@ -15,11 +15,12 @@ def device_rows(tango_host: str, devices: dict[str, tuple[str, str]]) -> list[tu
     """(device, class, server, state, status) for ``devices`` = {device: (class, server)}."""
     import tango
 
+    from .proxies import device_proxy
+
     rows = []
     for dev, (cls, server) in devices.items():
         try:
-            proxy = tango.DeviceProxy(f"tango://{tango_host}/{dev}")
-            proxy.set_timeout_millis(1500)
+            proxy = device_proxy(dev, 1500, tango_host)
             state = str(proxy.state())
             status = _first_line(proxy.status())
         except tango.DevFailed as exc:

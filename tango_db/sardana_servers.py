@@ -121,7 +121,7 @@ def explain_acquisition_faults() -> None:
 
 def _fault_reasons(group) -> str:
     """The channels of ``group`` in Fault, each with its own Status (the controller's reason)."""
-    import tango
+    from .proxies import device_proxy
 
     try:
         status = str(group.status()).strip()
@@ -134,8 +134,7 @@ def _fault_reasons(group) -> str:
             continue
         try:
             device = group.getChannelInfo(name)[0]
-            proxy = tango.DeviceProxy(device)
-            proxy.set_timeout_millis(3000)
+            proxy = device_proxy(device)
             reasons.append(f"{name}: {proxy.status().strip()}")
         except Exception:  # noqa: BLE001 - keep the group's word for it
             reasons.append(line.strip())

@@ -72,10 +72,11 @@ def _proxy(name: str, tango_host: str, timeout_ms: int = 10000, wait_s: float = 
     attempt uses a fresh proxy."""
     import tango
 
+    from .proxies import device_proxy
+
     deadline = time.monotonic() + wait_s
     while True:
-        proxy = tango.DeviceProxy(f"tango://{tango_host}/{name}")
-        proxy.set_timeout_millis(timeout_ms)
+        proxy = device_proxy(name, timeout_ms, tango_host)
         try:
             proxy.ping()
             return proxy

@@ -31,7 +31,7 @@ from pathlib import Path
 from deviceservers.common.procfs import alive  # noqa: F401 - also imported by tango_db.cli
 from deviceservers.common.procfs import start_time as proc_starttime
 
-from . import paths
+from . import environment, paths
 from .processes import ProcessSpec
 
 GRACE_S = 5.0
@@ -440,11 +440,11 @@ def remove_rings(tango_host: str) -> int:
     """Delete the lab's shared-memory ring folder (it holds RAM); returns the bytes freed."""
     import shutil
 
-    env = {**os.environ, "TANGO_HOST": tango_host} if tango_host else os.environ
-    port = env.get("TANGO_HOST", "").split(",")[0].rpartition(":")[2].strip()
-    folder = Path("/dev/shm") / f"tangodaq-{port if port.isdigit() else 10000}"
-    if os.environ.get("TANGODAQ_SHM_DIR") or not folder.is_dir():
+    if os.environ.get(environment.RING_FOLDER_VARIABLE):
         return 0  # an explicit ring folder is the user's to manage
+    folder = Path(environment.ring_folder(tango_host or environment.tango_host()))
+    if not folder.is_dir():
+        return 0
     freed = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     shutil.rmtree(folder, ignore_errors=True)
     return freed

@@ -35,6 +35,8 @@ import pyqtgraph as pg
 import tango
 from taurus.external.qt import Qt
 
+from tango_db.proxies import device_proxy
+
 COLOUR_MAPS = ("viridis", "inferno", "magma", "plasma", "cividis", "grey")
 RATE_WINDOW_S = 2.0
 
@@ -171,7 +173,7 @@ class CameraView(Qt.QWidget):
     # ------------------------------------------------------------------ events (PyTango thread)
     def _connect(self) -> None:
         try:
-            self._proxy = tango.DeviceProxy(self.device_name)
+            self._proxy = device_proxy(self.device_name)
             # LastImage first: its first event (read at subscription) comes unpaired and is drawn as
             # such, instead of a live image newer than a number read just before it
             for attr in ("LastImage", "LastImageFrameNumber", "LastImageTime"):

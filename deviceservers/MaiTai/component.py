@@ -65,6 +65,7 @@ SHUTTER_CONFIRM_S = 2.0  # the shutter reports its old state for ~1 s; below Tan
 EMISSION_CONFIRM_S = 1.5  # *STB? shows emission (or the warm-up starts) within this after ON
 READBACK_INTERVAL_S = 0.1  # between two readbacks while confirming (the link adds its own delay)
 NOMINAL_WARMUP_S = 120.0  # used for the time-left estimate until the warm-up rate is measured
+TUNING_POLL_S = 0.01  # pause between two READ:WAV? while tuning (leaves the link to waiting requests)
 SLOW_EVERY = 5  # humidity, pump power and warm-up (when complete) every N polls
 TUNING_TIMEOUT_BASE_S = 30.0  # a tuning that takes longer than this plus ...
 TUNING_MIN_RATE_NM_S = 2.0  # ... the distance at this rate is reported as stalled
@@ -114,12 +115,15 @@ class MaiTaiComponent(Component):
         self._probe_index = 0  # which of (watchdog_s, watchdog_s + 1) the next LOCAL probe writes
         self._probe_at = 0.0
         self._polls = 0
+        self._full_read_at = 0.0  # monotonic time of the last full poll round (see _tuning_poll_due)
         self._stb: driver.StatusByte | None = None
         self._system_error = ""  # last device-specific error text (interlock, internal fault)
         self._not_following: dict[str, str] = {}  # what the laser ignored -> message (DISABLE)
         self._shutter_request: tuple[bool, float, bool] | None = None  # (open, deadline, a real change)
         self._opened_by_us = False
         self._emission_expected = False  # we switched it on and have not switched it off
+        self._emission_confirmed_at = 0.0  # monotonic time our last On was confirmed
+        self._emission_asked_at = 0.0  # monotonic time the last *STB? published was sent
         self._emission_lost = ""
         self._warmup_origin: tuple[float, float] | None = None  # (monotonic, percent) first seen warming
         self._tuning_since: tuple[float, float] | None = None  # (monotonic, distance nm)
@@ -139,14 +143,17 @@ class MaiTaiComponent(Component):
             "Tuning", bool, description="True while the actual wavelength is farther than WavelengthToleranceNm "
                                         "from the setpoint"))
         self.power = self.add(Parameter(
-            "Power", float, unit="W", fmt="%.3f", description="Output power (READ:POW?); 0 without emission"))
+            "Power", float, unit="W", fmt="%.3f", archive_rel_change=5,  # jitters by a few per mille each poll
+            description="Output power (READ:POW?); 0 without emission"))
         self.pump_power = self.add(Parameter(
-            "PumpPower", float, unit="W", fmt="%.2f", description="Actual pump laser power (READ:PLAS:POW?)"))
+            "PumpPower", float, unit="W", fmt="%.2f", archive_rel_change=5,
+            description="Actual pump laser power (READ:PLAS:POW?)"))
         self.warmup = self.add(Parameter(
             "WarmupPercent", float, unit="%", fmt="%.2f", minimum=0, maximum=100,
             description="Diode warm-up (READ:PCTW?); On is possible only at 100 %"))
         self.humidity = self.add(Parameter(
-            "Humidity", float, unit="%", fmt="%.2f", description="Relative humidity inside the laser head (READ:HUM?)"))
+            "Humidity", float, unit="%", fmt="%.2f", archive_abs_change=1,  # the last digit moves
+            description="Relative humidity inside the laser head (READ:HUM?)"))
         self.shutter = self.add(Parameter(
             "Shutter", bool, writable=True, writer=self._write_shutter, publish_on_write=False,
             description="True when the shutter is open, as SHUTter? confirms. Writing waits up to 2 s for the "
@@ -210,9 +217,15 @@ class MaiTaiComponent(Component):
         Enforcement then works on the last shutter state read, and SHUTter 0 needs no reply."""
         self._polls += 1
         try:
-            values = self.run(self._read_fast, idempotent=True, description="status, wavelength, shutter, power")
-            if self._polls % SLOW_EVERY == 0:
-                values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
+            if self._tuning_poll_due():
+                # end of tuning = READ:WAV? at the setpoint: asked alone, back to back, so a scan's
+                # wavelength point ends one query (not a five-query round) after the laser arrives
+                values = self.run(self._read_tuning, idempotent=True, description="wavelength while tuning")
+            else:
+                values = self.run(self._read_fast, idempotent=True, description="status, wavelength, shutter, power")
+                self._full_read_at = time.monotonic()
+                if self._polls % SLOW_EVERY == 0:
+                    values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
             self._publish(values)
         finally:
             try:
@@ -312,8 +325,9 @@ class MaiTaiComponent(Component):
 
     def _read_fast(self, port: Port) -> dict[str, Any]:
         """Link thread: read, never publish (see on_connect)."""
+        asked = time.monotonic()
         stb = driver.read_status_byte(port, self.emission_bit)
-        values: dict[str, Any] = {"stb": stb, "errors": driver.drain_errors(port) if stb.any_error else []}
+        values: dict[str, Any] = {"stb": (stb, asked), "errors": driver.drain_errors(port) if stb.any_error else []}
         values["WavelengthSetpoint"] = driver.read_wavelength_setpoint(port)
         values["Wavelength"] = driver.read_wavelength(port)
         values["Shutter"] = driver.read_shutter(port)
@@ -322,6 +336,26 @@ class MaiTaiComponent(Component):
             values["WarmupPercent"] = driver.read_warmup_percent(port)
         return values
 
+    @property
+    def fast_poll_period_s(self) -> float:
+        """Pause between polls while busy: while tuning, READ:WAV? is asked nearly back to back
+        (the query's own reply time is the pace); a shutter confirmation polls as other devices do."""
+        tuning = getattr(self, "tuning", None)  # None while the base class initialises
+        return min(TUNING_POLL_S, self._fast_poll_period_s) if tuning and tuning.value else self._fast_poll_period_s
+
+    @fast_poll_period_s.setter
+    def fast_poll_period_s(self, value: float) -> None:
+        self._fast_poll_period_s = value
+
+    def _tuning_poll_due(self) -> bool:
+        """While tuning, polls read only the actual wavelength, except one full round (status
+        byte, shutter, power: what the safety checks work on) every poll period, as when idle."""
+        return bool(self.tuning.value) and time.monotonic() - self._full_read_at < self.poll_period_s
+
+    @staticmethod
+    def _read_tuning(port: Port) -> dict[str, Any]:
+        return {"Wavelength": driver.read_wavelength(port)}
+
     def _read_slow(self, port: Port) -> dict[str, Any]:
         return {"WarmupPercent": driver.read_warmup_percent(port), "Humidity": driver.read_humidity(port),
                 "PumpPower": driver.read_pump_power(port)}
@@ -329,14 +363,17 @@ class MaiTaiComponent(Component):
     def _publish(self, values: dict[str, Any]) -> None:
         stb = values.pop("stb", None)
         if stb is not None:
-            self._publish_status(stb)
+            self._publish_status(*stb)
         self._note_errors(values.pop("errors", []))
         for name, value in values.items():
             self.parameters[name].publish(value)
         self._derive()
 
-    def _publish_status(self, stb: driver.StatusByte) -> None:
+    def _publish_status(self, stb: driver.StatusByte, asked: float) -> None:
+        """``asked``: monotonic time the *STB? was sent (in the link thread), so that a reading
+        older than an On's confirmation is never taken for emission lost after it."""
         self._stb = stb
+        self._emission_asked_at = asked
         self.status_byte.publish(stb.raw)
         self.emission.publish(stb.emission)
 
@@ -367,7 +404,8 @@ class MaiTaiComponent(Component):
             emission = bool(self.emission.value)
             if emission:
                 self._emission_lost = ""
-            elif self._emission_expected:
+            elif self._emission_expected and self._emission_asked_at >= self._emission_confirmed_at:
+                # (a poll's *STB? sent before the On was confirmed says nothing about after it)
                 self._emission_expected = False
                 self._emission_lost = (f"Emission stopped at {time.strftime('%H:%M:%S')} without an Off from this "
                                        "server (key switch off, serial watchdog, interlock or front panel). ")
@@ -424,8 +462,9 @@ class MaiTaiComponent(Component):
         return value
 
     def _read_status_now(self) -> driver.StatusByte:
-        stb = self._read(lambda port: driver.read_status_byte(port, self.emission_bit), "*STB?")
-        self._publish_status(stb)
+        asked, stb = self._read(lambda port: (time.monotonic(), driver.read_status_byte(port, self.emission_bit)),
+                                "*STB?")
+        self._publish_status(stb, asked)
         return stb
 
     def _refusal(self, command: str) -> str:
@@ -603,13 +642,15 @@ class MaiTaiComponent(Component):
                                    lambda v: v > 0, deadline)
             what = "start the warm-up (READ:PCTW? stays at 0 %)"
         else:
-            with self._lock:
-                self._emission_expected = True
             ok, _ = self._wait_for(lambda: self._read_status_now().emission, bool, deadline)
             what = f"start emission (*STB? bit {self.emission_bit} stays 0)"
         if ok:
             with self._lock:
                 self._not_following.clear()
+                # from now on, emission read off (by a *STB? sent after this) is a loss: ALARM, and
+                # the shutter closes (see _enforce_shutter)
+                self._emission_expected = pct > 0
+                self._emission_confirmed_at = time.monotonic()
             self.request_poll()
             self.refresh_all()
             self.update_state()

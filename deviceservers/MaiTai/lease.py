@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import tango
 
+from tango_db.proxies import device_proxy
+
 #: the laser server closes the shutter this long after the last renewal. It covers a renewal
 #: stuck ~2 s behind another client's shutter command on the laser server, and bounds the light
 #: after the owner's death to ~6 s (lease + the laser server's poll + the shutter's travel)
@@ -85,9 +87,7 @@ def check_light_door(door: str, laser_door: str) -> None:
 
 def laser_proxy(name: str) -> tango.DeviceProxy:
     """A proxy with a time-out that outlasts a shutter command's confirmation."""
-    proxy = tango.DeviceProxy(name)
-    proxy.set_timeout_millis(CLIENT_TIMEOUT_MS)
-    return proxy
+    return device_proxy(name, CLIENT_TIMEOUT_MS)
 
 
 def describe(exc: BaseException) -> str:

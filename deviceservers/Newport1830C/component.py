@@ -37,10 +37,11 @@ class Newport1830CComponent(Component):
         self._polls = 0
         self._last_measure = -float("inf")  # monotonic time of the last Measure (polls yield to counts)
         self.power = self.add(Parameter(
-            "Power", float, unit="W", fmt="%.4e",
+            "Power", float, unit="W", fmt="%.4e", archive_rel_change=5,  # a reading's noise is a few per mille
             description="Optical power in watts; quality ALARM when saturated or over range, INVALID when the meter sends no number"))
         self.power_dbm = self.add(Parameter(
-            "PowerDbm", float, unit="dBm", fmt="%.2f", description="Optical power in dBm, computed from the reading in watts"))
+            "PowerDbm", float, unit="dBm", fmt="%.2f", archive_abs_change=0.2,
+            description="Optical power in dBm, computed from the reading in watts"))
         self.wavelength = self.add(Parameter(
             "Wavelength", float, unit="nm", fmt="%.0f", minimum=driver.WAVELENGTH_MIN_NM, maximum=driver.WAVELENGTH_MAX_NM,
             writable=True, writer=self._write_wavelength,

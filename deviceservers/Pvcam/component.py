@@ -204,7 +204,8 @@ class PvcamComponent(StateReporter):
         self.sensor_height = add(Parameter("SensorHeight", int, unit="px", initial=sensor[1], description="Sensor height in pixels"))
         self.readout_time = add(Parameter(
             "ReadoutTime", float, unit="s", fmt="%.6f", description="Time to read one frame with the current ROI and speed"))
-        self.temperature = add(Parameter("Temperature", float, unit="degC", fmt="%.2f", description="Sensor temperature"))
+        self.temperature = add(Parameter("Temperature", float, unit="degC", fmt="%.2f", archive_abs_change=0.5,
+                                         description="Sensor temperature"))
         self.temperature_setpoint = add(Parameter(
             "TemperatureSetpoint", float, unit="degC", fmt="%.2f", minimum=t_lo, maximum=t_hi, writable=True,
             writer=lambda v: self._camera().set_temperature_setpoint(v),

@@ -1,71 +1,62 @@
-"""Capabilities: the small interfaces that controllers and macros are written against.
+"""What the Tango layer relies on in a component: the one contract every component meets.
 
-One Sardana motor controller serves the ESP300 axes, the ELL14 mounts and the laser wavelength
-because all of them are :class:`Movable`. The protocols are structural (``typing.Protocol``):
-a component satisfies one by having the methods, with no registration and no inheritance.
+:class:`~deviceservers.common.device.ParameterDevice` maps a component's Parameters to
+attributes, its derived state to State/Status and its link health to ``CommunicationOk``,
+``ErrorCount`` and ``LastError``, and starts and stops it with the server. It needs nothing else,
+so this is all a component must have, serial (:class:`~deviceservers.common.component.Component`)
+or not (the camera's :class:`~deviceservers.Pvcam.component.PvcamComponent`).
+``tests/unit/test_capabilities.py`` checks every component of the tree against it.
+
+Sardana's controllers do not see components: they drive the *devices*, through Tango, by the
+device contract written in ``docs/design.md`` (a movable device has a writable ``Position`` or
+``Wavelength``, is MOVING until it arrives and may have ``Stop``/``Abort``; the power meter has
+``Measure``; the camera has ``Snap``). That contract is what lets one motor controller drive the
+stage axes, the mounts and the laser's wavelength, and the device tests check it on each server.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-import numpy as np
+from .component import DeviceState, StateListener
+from .parameter import ParameterSet
 
 
 @runtime_checkable
-class Movable(Protocol):
-    """Something with a position that moves to a target and can be stopped."""
+class ParameterComponent(Protocol):
+    """Hardware access for one device, as its Tango device uses it."""
 
-    def move_to(self, target: float) -> None:
-        """Start a move and return at once."""
+    #: the settings and readings, each becoming an attribute of the device
+    parameters: ParameterSet
 
-    def position(self) -> float:
-        """The actual position, in the component's unit."""
+    @property
+    def state(self) -> DeviceState:
+        """Derived from what the hardware reports; never set by hand."""
 
-    def is_moving(self) -> bool: ...
+    @property
+    def status(self) -> str:
+        """Why the state is what it is, and what to do about it."""
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        """``listener(state, status)`` on every real change (the device pushes State/Status)."""
+
+    def update_state(self) -> None:
+        """Derive the state again now (after a write that changes it)."""
+
+    def start(self) -> None:
+        """Start talking to the hardware (connect, poll); returns at once."""
 
     def stop(self) -> None:
-        """Stop the move (decelerating) as fast as the link allows."""
+        """Stop talking to it (the server stops or re-initialises): make it safe, release it."""
 
+    @property
+    def communication_ok(self) -> bool:
+        """The hardware answers now."""
 
-@runtime_checkable
-class Readable(Protocol):
-    """Something that yields a scalar measurement."""
+    @property
+    def error_count(self) -> int:
+        """Errors since the server started."""
 
-    def read_value(self) -> float: ...
-
-
-@runtime_checkable
-class WavelengthTunable(Protocol):
-    """A source or detector whose wavelength (nm) can be set."""
-
-    def set_wavelength(self, nm: float) -> None: ...
-
-    def wavelength(self) -> float: ...
-
-
-@runtime_checkable
-class ShutterControl(Protocol):
-    def open_shutter(self) -> None: ...
-
-    def close_shutter(self) -> None: ...
-
-    def shutter_open(self) -> bool: ...
-
-
-@runtime_checkable
-class ExposureControl(Protocol):
-    def set_exposure(self, seconds: float) -> None: ...
-
-    def exposure(self) -> float: ...
-
-
-@runtime_checkable
-class FrameProducer(Protocol):
-    """A camera-like source of 2-D frames."""
-
-    def start_acquisition(self, nb_frames: int = 0) -> None: ...
-
-    def stop_acquisition(self) -> None: ...
-
-    def last_frame(self) -> np.ndarray | None: ...
+    @property
+    def last_error(self) -> str:
+        """The last error, in words ("" if none)."""

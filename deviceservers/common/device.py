@@ -33,6 +33,7 @@ from tango import AttrQuality, AttrWriteType, DevState
 from tango.server import Device, attribute, device_property
 
 from . import fault_log
+from .capabilities import ParameterComponent
 from .component import Component, DeviceState
 from .events import EventPusher
 from .parameter import Parameter, ParameterError, Quality, Reading
@@ -64,34 +65,25 @@ ARCHIVE_DEFAULTS: dict[type, dict[str, str]] = {
     float: {"archive_rel_change": "1", "archive_period": ARCHIVE_PERIOD_MS},
     int: {"archive_abs_change": "1", "archive_period": ARCHIVE_PERIOD_MS},
 }
-#: noisy readings by attribute name: a power reading jitters by a few per mille at every poll,
-#: a temperature or humidity by the last digit
-ARCHIVE_NOISY: dict[str, dict[str, str]] = {
-    "Power": {"archive_rel_change": "5", "archive_period": ARCHIVE_PERIOD_MS},
-    "PumpPower": {"archive_rel_change": "5", "archive_period": ARCHIVE_PERIOD_MS},
-    "PowerDbm": {"archive_abs_change": "0.2", "archive_period": ARCHIVE_PERIOD_MS},
-    "Temperature": {"archive_abs_change": "0.5", "archive_period": ARCHIVE_PERIOD_MS},
-    "Humidity": {"archive_abs_change": "1", "archive_period": ARCHIVE_PERIOD_MS},
-}
-
-
 def archive_criteria(p: Parameter[Any]) -> dict[str, str] | None:
     """The archive-event criteria of ``p``'s attribute, or None when it has no archive events.
 
-    A Parameter may carry its own (``archive_abs_change``, ``archive_rel_change``,
-    ``archive_period`` attributes); otherwise noisy readings get their table entry and other
-    numeric scalars the type's default. Booleans, strings and enums archive on every change
-    (nothing to tune); arrays (images, traces) are not for an archiver and have no archive events.
+    A Parameter declares its own where its reading is noisy (``archive_abs_change``,
+    ``archive_rel_change``, ``archive_period``: the 1830-C's Power, the camera's Temperature);
+    other numeric scalars get the type's default. Booleans, strings and enums archive on every
+    change (nothing to tune); arrays (images, traces) are not for an archiver and have no archive
+    events. They become the attribute's configuration, which Jive and HDB++'s configurator show
+    and may change (the database's values then win).
     """
     if p.shape is not None:
         return None
-    own = {key: str(getattr(p, key)) for key in ("archive_abs_change", "archive_rel_change", "archive_period")
-           if getattr(p, key, None) is not None}
-    if own:
-        return own
     if p.choices is not None or p.dtype not in ARCHIVE_DEFAULTS:
         return {}
-    return dict(ARCHIVE_NOISY.get(p.name, ARCHIVE_DEFAULTS[p.dtype]))
+    own = {key: str(getattr(p, key)) for key in ("archive_abs_change", "archive_rel_change", "archive_period")
+           if getattr(p, key) is not None}
+    if own:
+        return {"archive_period": ARCHIVE_PERIOD_MS} | own
+    return dict(ARCHIVE_DEFAULTS[p.dtype])
 
 
 def raise_devfailed(exc: BaseException, origin: str) -> None:
@@ -187,13 +179,12 @@ class ParameterDevice(Device):
     """Base of every device whose settings are the Parameters of a component, serial or not.
 
     It maps the component's Parameters to attributes and events and its state to State/Status.
-    Subclasses implement :meth:`build_component`, returning an object with ``parameters``,
-    ``state``, ``status``, ``add_state_listener``, ``start``, ``stop``, ``update_state`` and the
-    health properties ``communication_ok``, ``error_count``, ``last_error`` (a serial
-    :class:`Component`, or e.g. the camera's component which has no serial link).
+    Subclasses implement :meth:`build_component`, returning a
+    :class:`~deviceservers.common.capabilities.ParameterComponent` (a serial :class:`Component`,
+    or e.g. the camera's component which has no serial link).
     """
 
-    component: Any
+    component: ParameterComponent
 
     @classmethod
     def run_server(cls, args=None, **kwargs):  # noqa: ANN001, ANN206 - pytango's signature
@@ -202,7 +193,7 @@ class ParameterDevice(Device):
         return super().run_server(args=args, **kwargs)
 
     # ------------------------------------------------------------------ to implement
-    def build_component(self) -> Any:
+    def build_component(self) -> ParameterComponent:
         """Build the component from the device properties; ValueError/TypeError = bad configuration."""
         raise TypeError(f"{type(self).__name__} must override build_component")  # pragma: no cover
 

@@ -78,11 +78,20 @@ class Parameter(Generic[T]):
         publish_on_write: bool = True,
         local: bool = False,
         memorized: bool = False,
+        archive_abs_change: float | None = None,
+        archive_rel_change: float | None = None,
+        archive_period_ms: int | None = None,
     ) -> None:
         if choices is not None and dtype is not int:
             raise TypeError(f"{name}: an enum parameter holds an int index into its choices")
         self.name = name
         self.dtype = dtype
+        # When an archiver (HDB++) stores this reading: on a change of at least abs/rel (percent),
+        # and at least every period while it changes; None = the Tango layer's default for the
+        # type (deviceservers.common.device.archive_criteria). A noisy reading sets its own.
+        self.archive_abs_change = archive_abs_change
+        self.archive_rel_change = archive_rel_change
+        self.archive_period = archive_period_ms
         self.unit = unit
         self.description = description
         self.choices: tuple[str, ...] | None = tuple(choices) if choices is not None else None

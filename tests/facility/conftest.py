@@ -98,8 +98,9 @@ class Facility:
     def database(self):
         import tango
 
-        host, port = self.tango_host.split(":")
-        return tango.Database(host, int(port))
+        from tango_db.environment import split_tango_host
+
+        return tango.Database(*split_tango_host(self.tango_host))
 
     def starter(self):
         return self.proxy(f"tango/admin/{self.host}", timeout_ms=20000)

@@ -19,9 +19,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
+from tango_db.waiting import WaitTimeout, wait_until
 from tests.ports import free_port_block
 
 DATABASEDS = "/usr/lib/tango/DataBaseds"
@@ -47,18 +47,24 @@ def missing_requirements() -> str | None:
 
 
 def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
+    """:func:`tango_db.waiting.wait_until`, ended early (RuntimeError with the end of ``log``) when
+    ``proc``, the daemon being waited for, exits."""
+
+    def log_tail() -> str:
+        return log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+
+    def check_alive():
         result = check()
-        if result:
-            return result
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what}: the process exited with {proc.returncode}\n{tail}")
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what}: not ready after {timeout:.0f} s\n{tail}")
-        time.sleep(0.2)
+        if not result and proc is not None and proc.poll() is not None:
+            raise ProcessLookupError(f"{what}: the process exited with {proc.returncode}\n{log_tail()}")
+        return result
+
+    try:
+        return wait_until(check_alive, timeout, interval=0.2, what=what)
+    except ProcessLookupError as exc:
+        raise RuntimeError(str(exc)) from None
+    except WaitTimeout:
+        raise RuntimeError(f"{what}: not ready after {timeout:.0f} s\n{log_tail()}") from None
 
 
 class FacilityStack:

@@ -413,8 +413,9 @@ def renamed_overlay(facility) -> dict:
     """A hardware file that renames every device b12/... and names every instrument's URL
     (the bench's ports, as a terminal server's would be)."""
     from tango_db.config import load_config
+    from tango_db.environment import split_tango_host
 
-    sim = load_config(None, None, data_dir=facility.data_dir, port=int(facility.tango_host.split(":")[1]))
+    sim = load_config(None, None, data_dir=facility.data_dir, port=split_tango_host(facility.tango_host)[1])
     rename = {}
     servers: dict = {}
     for server, insts in sim["servers"].items():

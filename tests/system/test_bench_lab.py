@@ -10,6 +10,7 @@ import tango
 
 from deviceservers.bench.control import BenchClient
 from deviceservers.bench.server import CONTROL_PORT_OFFSET
+from tango_db.environment import split_tango_host
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -39,7 +40,7 @@ def test_every_device_answers_and_none_is_in_fault(lab):
 
 def test_serial_urls_point_at_the_bench(lab, bench):
     status = bench.call("status")
-    db = tango.Database(*lab.tango_host.split(":"))
+    db = tango.Database(*split_tango_host(lab.tango_host))
     for instrument, devices in INSTRUMENT_DEVICES.items():
         url = status["instruments"][instrument]["url"]
         for dev in devices:

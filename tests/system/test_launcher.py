@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from tango_db.environment import split_tango_host
 from tests.waiting import wait_until
 
 from .conftest import TANGODAQ, UP_TIMEOUT_S
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.system
 def test_client_reads_the_power_meter_through_the_database(lab):
     import tango
 
-    db = tango.Database(*lab.tango_host.split(":"))
+    db = tango.Database(*split_tango_host(lab.tango_host))
     info = db.get_device_info("lab/powermeter/1")
     assert info.ds_full_name == "Newport1830C/lab"
     # lab.json's ${PORT+4}: the bench's 1830-C just above the database port

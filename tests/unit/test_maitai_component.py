@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 
@@ -191,3 +192,60 @@ def test_a_renewal_after_expiry_but_before_the_next_poll_is_refused_and_the_shut
                what="Status to say why it closed")
     with pytest.raises(RuntimeError, match="No shutter lease"):
         comp.renew_lease(5.0)
+
+
+def test_while_tuning_the_polls_ask_the_actual_wavelength_alone_with_a_full_round_each_period(request) -> None:
+    """A scan's wavelength point ends when READ:WAV? reaches the setpoint: while tuning, the polls
+    ask that alone (one query, not a round of five), and still make one full round (status byte,
+    shutter, power: the safety checks' input) per poll period."""
+    url = "sim://maitai?reply_delay_s=0.01&start_warm=true&tuning_rate_nm_s=100&shutter_lag_s=0.1&seed=130"
+    comp, sim = started(url, poll_period_s=0.3)
+    request.addfinalizer(comp.stop)
+    wait_until(lambda: comp.state == DeviceState.OFF, 5, what="OFF")
+    sim.log.clear()
+    comp.move_to(900)  # 100 nm at 100 nm/s: about a second of tuning
+    wait_until(lambda: not comp.is_moving(), 5, what="tuning to finish")
+    queries = [raw.strip().upper() for _, raw in sim.log]
+    actual, rounds = queries.count(b"READ:WAVELENGTH?"), queries.count(b"*STB?")
+    tuning_s = sim.log[-1][0] - sim.log[0][0]
+    assert abs(comp.position() - 900) <= 0.5
+    assert rounds <= tuning_s / 0.3 + 2, (rounds, tuning_s, queries)  # one full round per period, not per poll
+    assert actual >= 3 * rounds, (actual, rounds, queries)  # the actual wavelength asked in between
+
+
+def test_a_status_read_before_on_was_confirmed_is_not_taken_for_emission_lost(request) -> None:
+    """A poll's *STB? sent before ON, published after On was confirmed (its thread delayed, as a
+    loaded server delays it), once disarmed the emission-loss watch: a later real loss (key switch
+    off) then raised no ALARM and did not close the shutter. Found as a rare unit-tier failure."""
+    comp, sim = started(URL + "&seed=131")
+    request.addfinalizer(comp.stop)
+    wait_until(lambda: comp.state == DeviceState.OFF, 5, what="OFF")
+    test_thread = threading.current_thread()
+    held, release, stale_published = threading.Event(), threading.Event(), threading.Event()
+    publish = comp._publish
+
+    def delayed_publish(values):  # the poll thread's publish of a reading taken while emission is off
+        stb = values.get("stb")  # (StatusByte, time asked)
+        reading = stb[0] if isinstance(stb, tuple) else stb
+        if threading.current_thread() is not test_thread and reading is not None and not reading.emission \
+                and not held.is_set():
+            held.set()
+            release.wait(10)
+            publish(values)
+            stale_published.set()
+            return
+        publish(values)
+
+    comp._publish = delayed_publish
+    wait_until(held.is_set, 5, what="a poll holding a reading of emission off")
+    comp.on()  # sent while that reading is held: ON, confirmed by a *STB? of its own
+    release.set()
+    wait_until(stale_published.is_set, 5, what="the held reading published after On")
+    wait_until(lambda: comp.state == DeviceState.ON, 3, what="ON")
+    assert "Emission stopped" not in comp.status, comp.status
+    comp.open_shutter()
+    sim.set_key_switch(False)  # a real loss: the watch must still be armed
+    wait_until(lambda: comp.state == DeviceState.ALARM and "without an Off" in comp.status, 3,
+               what="ALARM for the emission nobody stopped")
+    sim.set_key_switch(True)  # the laser ignored SHUTter 0 while the key was off; the server kept sending it
+    wait_until(lambda: not sim.shutter_open, 5, what="the shutter closed once the laser follows commands")
