@@ -43,7 +43,7 @@ POSITION_EVERY_S = 0.025
 
 
 class Ell14Component(Component):
-    """One Thorlabs ELL14 rotation mount. Movable capability: ``move_to``, ``position``, ``stop``."""
+    """One Thorlabs ELL14 rotation mount: ``Position`` moves it (``move_to``), ``stop_motion`` stops it."""
 
     def __init__(
         self,
@@ -323,7 +323,7 @@ class Ell14Component(Component):
 
     # ------------------------------------------------------------------ motion
     def move_to(self, degrees: float) -> None:
-        """Movable: start an absolute move to ``degrees`` (0-360) and return at once."""
+        """Start an absolute move to ``degrees`` (0-360) and return at once (the Position writer)."""
         degrees = self.position.validate(degrees)
         self._start("ma", driver.encode_int32(self._pulses(degrees)), f"move to {degrees:.3f} deg", degrees)
 
@@ -400,13 +400,7 @@ class Ell14Component(Component):
         self._bus().stop(self.address)
         self.request_poll()
 
-    # ------------------------------------------------------------------ Movable capability
-    def position_deg(self) -> float:
-        value = self.position.value
-        if value is None:
-            raise RuntimeError(f"{self.label}: position unknown: {self.status}")
-        return float(value)
-
+    # ------------------------------------------------------------------ motion state
     def is_moving(self) -> bool:
         t = self.move
         return (t is not None and t.active) or self._motor_status == driver.STATUS_BUSY or self._settling_since is not None

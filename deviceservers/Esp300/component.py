@@ -430,10 +430,6 @@ class Esp300AxisComponent(Component):
 
         return collect
 
-    def move_to(self, target: float) -> None:
-        """Movable: start an absolute move and return."""
-        self.position.set(target)
-
     def move_relative(self, delta: float) -> None:
         if not isinstance(delta, int | float) or isinstance(delta, bool) or not math.isfinite(delta):
             raise ParameterError(f"MoveRelative: {delta!r} is not a finite number")
@@ -498,12 +494,6 @@ class Esp300AxisComponent(Component):
             reason = link.health.down_reason if link is not None else "not started"
             raise LinkDown(f"{self.label}: cannot send {command}, the link is down: {reason}")
         link.send_urgent(command)
-
-    def read_position(self) -> float:
-        value = self.position.value
-        if value is None or self.position.quality == Quality.INVALID:
-            raise RuntimeError(f"no valid position: {self.status}")
-        return float(value)
 
     def is_moving(self) -> bool:
         return self._moving

@@ -722,19 +722,9 @@ class MaiTaiComponent(Component):
         self.request_poll()
 
     def set_wavelength(self, nm: float) -> None:
-        """WavelengthTunable: start tuning and return at once."""
+        """Start tuning and return at once (MOVING until READ:WAV? reaches it)."""
         self.wavelength.set(nm)
         self.update_state()
-
-    def move_to(self, target: float) -> None:
-        """Movable (the Pool's wavelength motor)."""
-        self.set_wavelength(target)
-
-    def position(self) -> float:
-        return float(self.wavelength.value or 0.0)
-
-    def wavelength_nm(self) -> float:
-        return self.position()
 
     def is_moving(self) -> bool:
         return bool(self.tuning.value)

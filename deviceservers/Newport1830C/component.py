@@ -224,19 +224,6 @@ class Newport1830CComponent(Component):
         self.run(lambda port: driver.set_zero(port, True), description="Z1")
         self.zero.publish(True)
 
-    def read_value(self) -> float:
-        """Readable capability: the last valid reading in watts."""
-        value = self.power.value
-        if value is None or self.power.quality == Quality.INVALID:
-            raise RuntimeError(f"no valid power reading: {self.status}")
-        return float(value)
-
-    def set_wavelength(self, nm: float) -> None:
-        self.wavelength.set(nm)
-
-    def wavelength_nm(self) -> float:
-        return float(self.wavelength.value or 0.0)
-
     # ------------------------------------------------------------------ state
     def evaluate_state(self) -> tuple[DeviceState, str]:
         if self.saturated.value:

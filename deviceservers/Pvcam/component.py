@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from deviceservers.common.component import DeviceState, StateReporter
-from deviceservers.common.parameter import Parameter, ParameterError, ParameterSet
+from deviceservers.common.component import ComponentBase, DeviceState
+from deviceservers.common.parameter import Parameter, ParameterError
 
 from .backend import (
     EXTERNAL_TRIGGER_MODES,
@@ -89,7 +89,7 @@ class NullSink:
         pass
 
 
-class PvcamComponent(StateReporter):
+class PvcamComponent(ComponentBase):
     """A PVCAM camera: settings as Parameters, acquisition into a frame sink, a rate-limited preview."""
 
     label = "PVCAM camera"
@@ -111,25 +111,20 @@ class PvcamComponent(StateReporter):
             raise ValueError(f"PreviewMaxFps must be > 0, not {preview_max_fps}")
         if trigger_timeout_s < 0:
             raise ValueError(f"the trigger time-out must be >= 0 s (0 = wait forever), not {trigger_timeout_s}")
-        self.log = logger or logging.getLogger("tangodaq.Pvcam")
+        super().__init__("Opening the camera", poll_period_s, logger or logging.getLogger("tangodaq.Pvcam"))
         self._backend_factory = backend_factory
         self._sink_factory = sink_factory or (lambda h, w: NullSink())
         self.preview_period_s = 1.0 / preview_max_fps
-        self.poll_period_s = poll_period_s
         self.trigger_timeout_s = trigger_timeout_s
         self.buffer_frames = buffer_frames
         self.stall_timeout_s = stall_timeout_s
         self.reopen_period_s = reopen_period_s
         self.backend: CameraBackend | None = None
-        self.parameters = ParameterSet()
-        StateReporter.__init__(self, DeviceState.INIT, "Opening the camera")
         self._open_error = ""
         self._alarm = ""
-        self._error_count = 0
-        self._last_error = ""
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._monitor: threading.Thread | None = None
+        self._next_temperature = 0.0  # monotonic time of the next temperature read
+        self._next_open = 0.0  # ... and of the next attempt to open a camera that is not open
+        self._was_acquiring = False
         self._acq_lock = threading.RLock()
         self._acq_thread: threading.Thread | None = None
         self._acq_stop = threading.Event()
@@ -153,12 +148,6 @@ class PvcamComponent(StateReporter):
         self._publish_settings()
 
     # ------------------------------------------------------------------ parameters
-    def add(self, p: Parameter[Any]) -> Parameter[Any]:
-        return self.parameters.add(p)
-
-    def __getitem__(self, name: str) -> Parameter[Any]:
-        return self.parameters[name]
-
     def _declare_parameters(self) -> None:
         b = self.backend
         exp_lo, exp_hi = b.exposure_limits_s if b else (1e-6, 3600.0)
@@ -400,9 +389,7 @@ class PvcamComponent(StateReporter):
         return True
 
     def start(self) -> None:
-        self._stop.clear()
-        self._monitor = threading.Thread(target=self._monitor_loop, name="pvcam monitor", daemon=True)
-        self._monitor.start()
+        super().start()
         self.update_state()
 
     def stop(self) -> None:
@@ -410,10 +397,7 @@ class PvcamComponent(StateReporter):
             self.stop_acquisition()
         except CameraError as exc:
             self.log.error("%s: acquisition did not stop at shutdown: %s", self.label, exc)
-        self._stop.set()
-        self._wake.set()
-        if self._monitor is not None:
-            self._monitor.join(5)
+        super().stop()
         if self.backend is not None:
             self.backend.close()
 
@@ -421,19 +405,6 @@ class PvcamComponent(StateReporter):
     @property
     def communication_ok(self) -> bool:
         return self.backend is not None
-
-    @property
-    def error_count(self) -> int:
-        return self._error_count
-
-    @property
-    def last_error(self) -> str:
-        return self._last_error
-
-    def record_error(self, message: str) -> None:
-        self._error_count += 1
-        self._last_error = f"{time.strftime('%H:%M:%S')} {message}"
-        self.log.warning("%s: %s", self.label, message)
 
     # ------------------------------------------------------------------ acquisition
     @property
@@ -573,7 +544,7 @@ class PvcamComponent(StateReporter):
                     b.stop()
             except CameraError as exc:
                 self.record_error(f"the acquisition did not stop cleanly: {exc}")
-            self._wake.set()
+            self.request_poll()
 
     def _connection_lost(self, b: CameraBackend, exc: CameraError) -> None:
         """The camera stopped answering mid-acquisition: close it; FAULT until the monitor re-opens it."""
@@ -586,46 +557,42 @@ class PvcamComponent(StateReporter):
             b.close()
         except Exception as close_exc:  # noqa: BLE001 - a vanished camera may not close cleanly
             self.log.warning("%s: closing the lost camera: %s", self.label, close_exc)
-        self._wake.set()
+        self.request_poll()
 
     # ------------------------------------------------------------------ monitor
-    def _monitor_loop(self) -> None:
-        next_poll = 0.0
-        next_open = 0.0
-        self._was_acquiring = False
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if self.backend is None:
-                if now >= next_open:
-                    next_open = now + self.reopen_period_s
-                    if self._open_backend():
-                        self.log.info("%s: camera %s opened", self.label, self.backend.name if self.backend else "")
-                        try:
-                            self._publish_settings()
-                        except CameraError as exc:
-                            self.record_error(f"reading the settings failed: {exc}")
-                self.update_state()
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            acquiring = self.acquiring
-            if self._was_acquiring and not acquiring:  # the camera computed the readout time at set-up
-                try:
-                    self.readout_time.publish(self.backend.readout_time_s())
-                except CameraError as exc:
-                    self.record_error(f"reading the readout time failed: {exc}")
-            self._was_acquiring = acquiring
-            if now >= next_poll:
-                next_poll = now + self.poll_period_s
-                self._read_temperature(self.backend)
-            self._publish_progress(force=not acquiring)  # the last frame of an acquisition at once
+    def poll_once(self) -> float:
+        """One monitor pass: re-open a camera that is not open (every ``reopen_period_s``), else
+        the temperature (every ``poll_period_s``), the readout time after an acquisition, and the
+        progress and preview (at the preview's cadence while acquiring)."""
+        now = time.monotonic()
+        if self.backend is None:
+            if now >= self._next_open:
+                self._next_open = now + self.reopen_period_s
+                if self._open_backend():
+                    self.log.info("%s: camera %s opened", self.label, self.backend.name if self.backend else "")
+                    try:
+                        self._publish_settings()
+                    except CameraError as exc:
+                        self.record_error(f"reading the settings failed: {exc}")
             self.update_state()
-            if acquiring:  # wake at the next preview deadline, not one period after this pass
-                wait = max(0.002, self._last_preview + self.preview_period_s - time.monotonic())
-            else:
-                wait = min(self.poll_period_s, 0.5)
-            self._wake.wait(min(wait, max(0.01, next_poll - time.monotonic())))
-            self._wake.clear()
+            return 0.5
+        acquiring = self.acquiring
+        if self._was_acquiring and not acquiring:  # the camera computed the readout time at set-up
+            try:
+                self.readout_time.publish(self.backend.readout_time_s())
+            except CameraError as exc:
+                self.record_error(f"reading the readout time failed: {exc}")
+        self._was_acquiring = acquiring
+        if now >= self._next_temperature:
+            self._next_temperature = now + self.poll_period_s
+            self._read_temperature(self.backend)
+        self._publish_progress(force=not acquiring)  # the last frame of an acquisition at once
+        self.update_state()
+        if acquiring:  # wake at the next preview deadline, not one period after this pass
+            wait = max(0.002, self._last_preview + self.preview_period_s - time.monotonic())
+        else:
+            wait = min(self.poll_period_s, 0.5)
+        return min(wait, max(0.01, self._next_temperature - time.monotonic()))
 
     def _read_temperature(self, b: CameraBackend) -> None:
         """Publish the sensor temperature; a failure marks it INVALID and is recorded once (not at
@@ -680,20 +647,3 @@ class PvcamComponent(StateReporter):
         lost = f" ({self._lost} lost)" if self._lost else ""
         ended = f"; ended early: {self._ended_by}; start it again when ready" if self._ended_by else ""
         return DeviceState.ON, f"Idle; last acquisition: {self._frames} frame(s){lost}{ended}{uncounted}"
-
-    def update_state(self) -> None:
-        try:
-            state, status = self.evaluate_state()
-        except Exception as exc:  # noqa: BLE001
-            state, status = DeviceState.UNKNOWN, f"cannot evaluate the state: {exc}"
-        self._set_state(state, status)
-
-    # ------------------------------------------------------------------ capabilities
-    def set_exposure(self, seconds: float) -> None:
-        self.exposure_time.set(seconds)
-
-    def exposure(self) -> float:
-        return float(self.exposure_time.value or 0.0)
-
-    def last_frame(self) -> np.ndarray | None:
-        return self._latest[0]

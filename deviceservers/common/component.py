@@ -112,7 +112,110 @@ class StateReporter:
                 self.log.exception("state listener failed")
 
 
-class Component(StateReporter):
+class ComponentBase(StateReporter):
+    """What every component has, whatever reaches its hardware (a serial link, a camera SDK):
+    Parameters, health counters, one monitor thread, and a state derived from what it knows.
+
+    Subclasses declare Parameters in ``__init__`` (through :meth:`add`) and implement:
+
+    * :meth:`poll_once` — one pass of the monitor thread; returns the seconds until the next pass
+      (None: ``poll_period_s``); :meth:`request_poll` makes the next pass come at once;
+    * :meth:`evaluate_state` — (state, status) from what the component knows;
+    * ``communication_ok`` — whether the hardware answers now.
+
+    :meth:`start` starts the monitor thread and :meth:`stop` ends it; a subclass that opens
+    something (a link, a camera) does so around them. An exception of a pass is counted and
+    logged, and the monitor goes on: it must survive anything the hardware does.
+    """
+
+    #: name used in messages ("power meter", "ESP300 axis 1")
+    label = "instrument"
+
+    def __init__(self, status: str, poll_period_s: float, logger: logging.Logger | None = None) -> None:
+        super().__init__(DeviceState.INIT, status)
+        self.log = logger or logging.getLogger(f"tangodaq.{type(self).__name__}")
+        self.parameters = ParameterSet()
+        self.poll_period_s = poll_period_s
+        self._stop = threading.Event()
+        self._poll_now = threading.Event()
+        self._poll_thread: threading.Thread | None = None
+        self._error_count = 0
+        self._last_error = ""
+
+    # ------------------------------------------------------------------ declaration
+    def add(self, parameter: Parameter[Any]) -> Parameter[Any]:
+        return self.parameters.add(parameter)
+
+    def __getitem__(self, name: str) -> Parameter[Any]:
+        return self.parameters[name]
+
+    # ------------------------------------------------------------------ monitor thread
+    def start(self) -> None:
+        """Start the monitor thread. Returns at once."""
+        self._stop.clear()
+        self._poll_thread = threading.Thread(target=self._poll_loop, name=f"poll {self.label}", daemon=True)
+        self._poll_thread.start()
+
+    def stop(self) -> None:
+        """End the monitor thread (its pass in progress finishes first)."""
+        self._stop.set()
+        self._poll_now.set()
+        if self._poll_thread is not None and self._poll_thread is not threading.current_thread():
+            self._poll_thread.join(5)
+
+    def poll_once(self) -> float | None:
+        """One pass of the monitor thread; the seconds until the next (None: ``poll_period_s``)."""
+        raise NotImplementedError
+
+    def request_poll(self) -> None:
+        """The next pass now instead of at its time (after a move starts, a frame arrived)."""
+        self._poll_now.set()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - the monitor must survive anything
+                self.record_error(f"monitoring failed: {exc!r}")
+                self.log.exception("%s: monitor pass failed", self.label)
+                wait = None
+            self._poll_now.wait(self.poll_period_s if wait is None else max(0.0, wait))
+            self._poll_now.clear()
+
+    # ------------------------------------------------------------------ health
+    @property
+    def communication_ok(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def error_count(self) -> int:
+        return self._error_count
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    def record_error(self, message: str) -> None:
+        """Count an error (an instrument's error code, a failed read) and log it."""
+        self._error_count += 1
+        self._last_error = f"{time.strftime('%H:%M:%S')} {message}"
+        self.log.warning("%s: %s", self.label, message)
+
+    # ------------------------------------------------------------------ state
+    def evaluate_state(self) -> tuple[DeviceState, str]:
+        return DeviceState.ON, f"{self.label} is connected and idle"
+
+    def update_state(self) -> None:
+        """Derive the state again now (after a command or a published value)."""
+        try:
+            state, status = self.evaluate_state()
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the monitor
+            self.log.exception("evaluate_state failed")
+            state, status = DeviceState.UNKNOWN, f"cannot evaluate the state: {exc}"
+        self._set_state(state, status)
+
+
+class Component(ComponentBase):
     """Base of every serial instrument's component.
 
     Subclasses declare Parameters in ``__init__`` (through :meth:`add`), and override:
@@ -124,42 +227,22 @@ class Component(StateReporter):
     * :meth:`on_shutdown` — make the instrument safe when the server stops.
     """
 
-    #: name used in messages ("power meter", "ESP300 axis 1")
-    label = "instrument"
-
     def __init__(self, settings: LinkSettings, poll_period_s: float = 0.5, logger: logging.Logger | None = None) -> None:
-        super().__init__(DeviceState.INIT, f"Connecting to {settings.url}")
+        super().__init__(f"Connecting to {settings.url}", poll_period_s, logger)
         self.settings = settings
-        self.log = logger or logging.getLogger(f"tangodaq.{type(self).__name__}")
-        self.parameters = ParameterSet()
-        self.poll_period_s = poll_period_s
         self.link: SerialLink | None = None
-        self._stop = threading.Event()
-        self._poll_now = threading.Event()
-        self._poll_thread: threading.Thread | None = None
         self._ready = False  # on_connect completed since the last link loss
         self._hook_error = ""  # why on_connect failed on a link that stayed open (joined a shared link)
-        self._error_count = 0
-        self._last_error = ""
         self.fast_poll_period_s = min(0.1, poll_period_s)
-
-    # ------------------------------------------------------------------ declaration
-    def add(self, parameter: Parameter[Any]) -> Parameter[Any]:
-        return self.parameters.add(parameter)
-
-    def __getitem__(self, name: str) -> Parameter[Any]:
-        return self.parameters[name]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Acquire the (possibly shared) link and start polling. Returns at once."""
-        self._stop.clear()
         # Hook and listener registered before a new link starts: its first connection runs the hook.
         self.link = acquire_link(
             self.settings, logger=self.log, connect_hook=self._connect_hook, health_listener=self._on_health
         )
-        self._poll_thread = threading.Thread(target=self._poll_loop, name=f"poll {self.label}", daemon=True)
-        self._poll_thread.start()
+        super().start()
         if not self.link.connected:
             self._refresh_state()
 
@@ -170,10 +253,7 @@ class Component(StateReporter):
                 self.on_shutdown()
             except Exception as exc:  # noqa: BLE001 - shutdown must go on
                 self.log.error("%s: could not make the instrument safe at shutdown: %s", self.label, exc)
-        self._stop.set()
-        self._poll_now.set()
-        if self._poll_thread is not None:
-            self._poll_thread.join(5)
+        super().stop()
         if self.link is not None:
             self.link.remove_connect_hook(self._connect_hook)
             self.link.remove_health_listener(self._on_health)
@@ -193,9 +273,6 @@ class Component(StateReporter):
         for p in self.parameters:
             if p.polled:
                 p.refresh()
-
-    def evaluate_state(self) -> tuple[DeviceState, str]:
-        return DeviceState.ON, f"{self.label} is connected and idle"
 
     def on_shutdown(self) -> None:
         """Make the instrument safe before the link is released."""
@@ -223,18 +300,13 @@ class Component(StateReporter):
 
     @property
     def error_count(self) -> int:
+        """The link's errors and the instrument's (:meth:`record_error`)."""
         return (self.link.health.error_count if self.link else 0) + self._error_count
 
     @property
     def last_error(self) -> str:
         link_err = self.link.health.last_error if self.link else ""
         return self._last_error if self._last_error > link_err else link_err
-
-    def record_error(self, message: str) -> None:
-        """Count an error that did not come from the link (an instrument error code)."""
-        self._error_count += 1
-        self._last_error = f"{time.strftime('%H:%M:%S')} {message}"
-        self.log.warning("%s: %s", self.label, message)
 
     # ------------------------------------------------------------------ state
     def _refresh_state(self) -> None:
@@ -253,20 +325,14 @@ class Component(StateReporter):
                 "Check the cable, the power and the SerialURL property; reconnecting automatically."
             )
         else:
-            try:
-                state, status = self.evaluate_state()
-            except Exception as exc:  # noqa: BLE001 - a bug here must not kill polling
-                self.log.exception("evaluate_state failed")
-                state, status = DeviceState.UNKNOWN, f"cannot evaluate the state: {exc}"
+            super().update_state()  # the instrument's own state
+            return
         self._set_state(state, status)
 
     def update_state(self) -> None:
-        """Re-derive the state now (after a command or a published value)."""
+        """Re-derive the state now (after a command or a published value): FAULT while the link
+        is down, else the instrument's :meth:`evaluate_state`."""
         self._refresh_state()
-
-    def request_poll(self) -> None:
-        """Poll now instead of at the next period (after a move starts)."""
-        self._poll_now.set()
 
     # ------------------------------------------------------------------ internals
     def _connect_hook(self, port: Port) -> None:
@@ -292,29 +358,28 @@ class Component(StateReporter):
             self._poll_now.set()
         self._refresh_state()
 
-    def _poll_loop(self) -> None:
-        while not self._stop.is_set():
-            if self.link is not None and self.link.connected and not self._ready and self._hook_error:
-                try:  # the instrument did not answer the connect hook on an open link: ask again
-                    self.link.submit(self._connect_hook, idempotent=True, description="connect hook").result()
-                except Exception as exc:  # noqa: BLE001 - reported through the state (see _connect_hook)
-                    self.log.debug("%s: connect hook failed again: %s", self.label, exc)
-                else:
-                    self._refresh_state()
-            elif self.link is not None and self.link.connected and self._ready:
-                try:
-                    self.poll()
-                except InstrumentError as exc:
-                    self.record_error(str(exc))
-                except LinkError as exc:
-                    self.log.debug("%s: poll failed: %s", self.label, exc)
-                except Exception as exc:  # noqa: BLE001 - polling must survive anything
-                    self.record_error(f"poll failed: {exc!r}")
-                    self.log.exception("poll failed")
+    def poll_once(self) -> float:
+        """One monitor pass: ask the connect hook again where it failed on an open link, else poll
+        while the instrument is ready; faster while it is busy (moving, settling)."""
+        if self.link is not None and self.link.connected and not self._ready and self._hook_error:
+            try:  # the instrument did not answer the connect hook on an open link: ask again
+                self.link.submit(self._connect_hook, idempotent=True, description="connect hook").result()
+            except Exception as exc:  # noqa: BLE001 - reported through the state (see _connect_hook)
+                self.log.debug("%s: connect hook failed again: %s", self.label, exc)
+            else:
                 self._refresh_state()
-            period = self.fast_poll_period_s if self.is_busy() else self.poll_period_s
-            self._poll_now.wait(period)
-            self._poll_now.clear()
+        elif self.link is not None and self.link.connected and self._ready:
+            try:
+                self.poll()
+            except InstrumentError as exc:
+                self.record_error(str(exc))
+            except LinkError as exc:
+                self.log.debug("%s: poll failed: %s", self.label, exc)
+            except Exception as exc:  # noqa: BLE001 - polling must survive anything
+                self.record_error(f"poll failed: {exc!r}")
+                self.log.exception("poll failed")
+            self._refresh_state()
+        return self.fast_poll_period_s if self.is_busy() else self.poll_period_s
 
 
 def publish_all(params: ParameterSet, values: dict[str, Any], quality: Quality = Quality.VALID) -> None:

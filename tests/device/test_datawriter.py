@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,15 +14,17 @@ import pytest
 import tango
 from tango import DevState
 from tango.server import Device, attribute
-from tango.test_context import DeviceTestContext, MultiDeviceTestContext
 
 import datawriter
 from datawriter.device import DataWriter
 from datawriter.ring import FrameStreamWriter, ScalarStreamWriter, create_frame_stream, create_scalar_stream
+from tests.harness import served
 from tests.ports import free_port_block
 from tests.unit.test_recovery import kill, run_writer
 from tests.waiting import EventCollector
 from tests.waiting import wait_until as _wait_until
+
+DW = "test/nodb/datawriter"
 
 
 def wait_until(condition, timeout: float = 15.0, **kwargs):
@@ -119,13 +120,11 @@ def test_recording_layout_manifest_swmr_and_events(tmp_path, streams) -> None:
     prod.frames(10)  # pre-trigger material, 10 frames in the past second
     port = free_port_block(1)
     motor = f"tango://127.0.0.1:{port}/test/motor/1#dbase=no"
-    info = [
-        {"class": DataWriter, "devices": [{"name": "test/datawriter/1", "properties": {
-            "OutputDir": str(tmp_path), "Streams": [cam.name, pm.name], "ManifestDevices": [motor, "no/such/device"]}}]},
-        {"class": Motor, "devices": [{"name": "test/motor/1"}]},
-    ]
-    with MultiDeviceTestContext(info, process=True, host="127.0.0.1", port=port) as ctx:
-        dw = tango.DeviceProxy(ctx.get_device_access("test/datawriter/1"))
+    classes = {DataWriter: {"test/datawriter/1": {"OutputDir": str(tmp_path), "Streams": [cam.name, pm.name],
+                                                   "ManifestDevices": [motor, "no/such/device"]}},
+               Motor: {"test/motor/1": {}}}
+    with served(classes, host="127.0.0.1", port=port) as server:
+        dw = server["test/datawriter/1"]
         assert dw.state() == DevState.ON and set(dw.StreamNames) == {cam.name, pm.name}
         events: list[int] = []
         eid = dw.subscribe_event("RecordsWritten", tango.EventType.CHANGE_EVENT,
@@ -188,7 +187,8 @@ def test_disk_full_fault_and_recovery(tiny_fs: str, streams) -> None:
     cam, pm = streams
     prod = Producer(cam, pm)
     props = {"OutputDir": tiny_fs, "Streams": [cam.name]}
-    with DeviceTestContext(DataWriter, properties=props, process=True) as dw:
+    with served({DataWriter: {DW: props}}, ready=None) as server:
+        dw = server.only
         path = dw.StartRecording('{"name": "big"}')
         deadline = time.monotonic() + 20
         while dw.state() == DevState.RUNNING and time.monotonic() < deadline:
@@ -213,7 +213,8 @@ def test_disk_full_fault_and_recovery(tiny_fs: str, streams) -> None:
 
 def test_unwritable_folder_bad_arguments_and_awaited_stream(tmp_path, streams) -> None:
     cam, _ = streams
-    with DeviceTestContext(DataWriter, properties={"OutputDir": "/proc/forbidden", "Streams": [cam.name]}, process=True) as dw:
+    with served({DataWriter: {DW: {"OutputDir": "/proc/forbidden", "Streams": [cam.name]}}}, ready=None) as server:
+        dw = server.only
         with pytest.raises(tango.DevFailed, match="bad StartRecording"):
             dw.StartRecording("{not json")
         with pytest.raises(tango.DevFailed, match="OutputDir"):
@@ -221,7 +222,8 @@ def test_unwritable_folder_bad_arguments_and_awaited_stream(tmp_path, streams) -
         assert dw.state() == DevState.FAULT and "change OutputDir" in dw.status()
     # a named stream that does not exist yet is awaited, not an error: producers create rings late
     awaited = f"test.dw.{uuid.uuid4().hex[:8]}.frames"
-    with DeviceTestContext(DataWriter, properties={"OutputDir": str(tmp_path), "Streams": [awaited]}, process=True) as dw:
+    with served({DataWriter: {DW: {"OutputDir": str(tmp_path), "Streams": [awaited]}}}, ready=None) as server:
+        dw = server.only
         path = dw.StartRecording("")
         assert dw.state() == DevState.RUNNING and f"waiting for {awaited}" in dw.status()
         assert list(dw.StreamNames) == [awaited]
@@ -248,7 +250,8 @@ def test_records_streams_that_appear_and_are_recreated(tmp_path, monkeypatch) ->
     monkeypatch.setenv("TANGODAQ_SHM_DIR", str(shm))  # this device sees only this test's rings
     dev = f"test/dwnew/{uuid.uuid4().hex[:8]}"
     pm = create_scalar_stream(dev, "power", units="W", rows_per_record=100)
-    with DeviceTestContext(DataWriter, properties={"OutputDir": str(tmp_path)}, process=True) as dw:
+    with served({DataWriter: {DW: {"OutputDir": str(tmp_path)}}}, ready=None) as server:
+        dw = server.only
         path = dw.StartRecording('{"name": "follow"}')
         assert "streams that appear are added" in dw.status()
         pm.write(time.time() + np.arange(100) * 1e-4, np.ones(100))
@@ -287,31 +290,30 @@ def test_killed_writer_is_recovered_and_continued(tmp_path, streams) -> None:
     props = {"OutputDir": str(tmp_path), "Streams": [cam.name, pm.name]}
     frames = f"{group(cam.ring.description['producer_device'])}/frames"
     power = f"{group(pm.ring.description['producer_device'])}/power"
-    ctx = DeviceTestContext(DataWriter, properties=props, process=True)
-    ctx.start()
-    try:
-        dw = ctx.device
-        path = dw.StartRecording('{"name": "killed", "metadata": {"sample": "Si"}}')
-        prod.frames(40)
-        with open_swmr(path) as f:  # wait until a flush made 40 frames durable
-            ds = f[f"{frames}/data"]
+    with served({DataWriter: {DW: props}}, ready=None) as server:
+        dw = server.only
+        try:
+            path = dw.StartRecording('{"name": "killed", "metadata": {"sample": "Si"}}')
+            prod.frames(40)
+            with open_swmr(path) as f:  # wait until a flush made 40 frames durable
+                ds = f[f"{frames}/data"]
 
-            def flushed() -> bool:
-                ds.refresh()
-                return ds.shape[0] == 40
+                def flushed() -> bool:
+                    ds.refresh()
+                    return ds.shape[0] == 40
 
-            wait_until(flushed, what="40 flushed frames")
-        prod.frames(10)  # very likely not flushed before the kill: they must not be lost either
-    finally:
-        os.kill(ctx.thread.pid, signal.SIGKILL)
-        ctx.thread.join(10)
+                wait_until(flushed, what="40 flushed frames")
+            prod.frames(10)  # very likely not flushed before the kill: they must not be lost either
+        finally:
+            server.kill()  # kill -9 mid-recording
     with datawriter.open_recording(path) as f:  # SWMR readers can read it as it is
         assert f[f"{frames}/data"].shape[0] >= 40
         assert list(f[f"{frames}/frame_number"][:40]) == list(range(40))
     with pytest.raises(OSError, match="already open for write"):
         h5py.File(path, "r")
     prod.frames(5)  # while the DataWriter is down
-    with DeviceTestContext(DataWriter, properties=props, process=True) as dw:
+    with served({DataWriter: {DW: props}}, ready=None) as server:
+        dw = server.only
         assert dw.Recording, dw.status()
         new = dw.FilePath
         assert new != path and dw.state() == DevState.RUNNING
@@ -367,7 +369,8 @@ def test_bad_start_arguments_refused_without_side_effect(tmp_path, streams) -> N
     cam, pm = streams
     prod = Producer(cam, pm)
     out = tmp_path / "out"
-    with DeviceTestContext(DataWriter, properties={"OutputDir": str(out), "Streams": [cam.name]}, process=True) as dw:
+    with served({DataWriter: {DW: {"OutputDir": str(out), "Streams": [cam.name]}}}, ready=None) as server:
+        dw = server.only
         status = dw.status()
         for arg in BAD_ARGUMENTS:
             with pytest.raises(tango.DevFailed) as info:
@@ -405,13 +408,13 @@ def test_restart_and_init_never_recover_a_recording_that_is_not_crashed(tmp_path
     finally:
         other.close(unlink=True)
     before = open(closed, "rb").read()
-    # A second MultiDeviceTestContext in one test process cannot be connected to (the module's
-    # first test has one): the slow manifest device gets a context of its own.
-    slow_ctx = DeviceTestContext(SlowMotor, device_name="test/slow/1", process=True)
-    with slow_ctx as slow_motor:
+    # the slow manifest device in a server of its own, next to the DataWriter's
+    with served({SlowMotor: {"test/slow/1": {}}}) as slow:
+        slow_motor = slow.only
         props = {"OutputDir": str(tmp_path), "Streams": [cam.name, pm.name],
-                 "ManifestDevices": [slow_ctx.get_device_access()] * 2}  # each manifest reads it twice
-        with DeviceTestContext(DataWriter, device_name=name, properties=props, process=True) as dw:
+                 "ManifestDevices": [slow.access("test/slow/1")] * 2}  # each manifest reads it twice
+        with served({DataWriter: {name: props}}, ready=None) as server:
+            dw = server.only
             assert dw.state() == DevState.ON and not dw.Recording, dw.status()
             assert "closed properly" in dw.status() and "nothing to recover" in dw.status(), dw.status()
             assert dw.LastRecovery == ""
@@ -437,3 +440,17 @@ def test_restart_and_init_never_recover_a_recording_that_is_not_crashed(tmp_path
         frames = f"{group(cam.ring.description['producer_device'])}/frames"
         assert list(f[f"{frames}/frame_number"][:]) == list(range(20))
         assert int(f[f"{frames}/lost_records"][()]) == 0 and "manifest_end" in entry["instrument"]
+
+
+def test_a_bad_compression_is_fault_at_init_and_refuses_to_record(tmp_path) -> None:
+    props = {"OutputDir": str(tmp_path), "Compression": "blosc2-gzip"}
+    with served({DataWriter: {DW: props}}, ready=None) as server:
+        dw = server.only
+        assert dw.state() == DevState.FAULT
+        status = dw.status()
+        assert "'blosc2-gzip'" in status and "blosc2-lz4, blosc2-zstd" in status and "Init" in status
+        with pytest.raises(tango.DevFailed) as err:
+            dw.StartRecording("{}")
+        assert err.value.args[0].reason == "DataWriter_BadConfiguration"
+        assert "blosc2-lz4" in err.value.args[0].desc
+        assert os.listdir(tmp_path) == []

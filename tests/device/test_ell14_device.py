@@ -7,11 +7,10 @@ import time
 
 import pytest
 import tango
-from tango.test_context import MultiDeviceTestContext
 
-from deviceservers.common.tcp_server import SimulatorServer
 from deviceservers.Ell14.device import Ell14
 from deviceservers.Ell14.simulator import Ell14BusSimulator
+from tests.harness import SIMULATOR_URL, in_state, served
 from tests.waiting import EventCollector, wait_state, wait_until
 
 NAMES = {"2": "lab/ell14/hwp", "3": "lab/ell14/pol", "8": "lab/ell14/qwp"}
@@ -20,29 +19,24 @@ SPEED = 200.0  # deg/s at 100 %: a 90 deg move takes about half a second
 
 
 @pytest.fixture(scope="module")
-def bus_sim():
+def lab():
     sim = Ell14BusSimulator(addresses="238", reply_delay_s=0.002, full_speed_deg_s=SPEED, settle_s=0.01, clean_s=0.5)
-    with SimulatorServer(sim, name="ell14 bus") as server:
+    devices = {name: {"SerialURL": SIMULATOR_URL, "Address": a, "PollPeriodMs": 150, "TimeoutS": 0.3}
+               for a, name in NAMES.items()}
+    with served({Ell14: devices}, simulator=sim, ready=in_state(tango.DevState.ON)) as server:
         yield sim, server
 
 
 @pytest.fixture(scope="module")
-def mounts(bus_sim):
-    _, server = bus_sim
-    devices = [{"name": name, "properties": {"SerialURL": server.url, "Address": a, "PollPeriodMs": 150,
-                                             "TimeoutS": 0.3}}
-               for a, name in NAMES.items()]
-    with MultiDeviceTestContext([{"class": Ell14, "devices": devices}], process=True, timeout=20) as ctx:
-        proxies = {a: tango.DeviceProxy(ctx.get_device_access(name)) for a, name in NAMES.items()}
-        for p in proxies.values():
-            wait_state(p, tango.DevState.ON, 15)
-        yield proxies
+def mounts(lab):
+    _, server = lab
+    return {a: server[name] for a, name in NAMES.items()}
 
 
 @pytest.fixture
-def sim(bus_sim, mounts):
+def sim(lab, mounts):
     """The bus simulator; after each test every mount is idle, reachable and at full speed."""
-    s, _ = bus_sim
+    s, _ = lab
     yield s
     s.plug()
     s.faults.mute = False

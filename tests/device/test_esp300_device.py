@@ -1,6 +1,6 @@
 """Three ESP300 axis devices on one simulated controller, served over socket:// as in the lab.
 
-One MultiDeviceTestContext (process=True) for the module: the simulator runs in this process
+One server process for the module (tests/harness.py): the simulator runs in this process
 behind a SimulatorServer, so the tests can look at it and pull its cable.
 """
 
@@ -11,11 +11,10 @@ import time
 
 import pytest
 import tango
-from tango.test_context import MultiDeviceTestContext
 
-from deviceservers.common.tcp_server import SimulatorServer
 from deviceservers.Esp300.device import Esp300
 from deviceservers.Esp300.simulator import Esp300Simulator
+from tests.harness import SIMULATOR_URL, in_state, served
 from tests.waiting import EventCollector, wait_state, wait_until
 
 NAMES = {1: "lab/esp300/x", 2: "lab/esp300/y", 3: "lab/esp300/z"}
@@ -31,20 +30,15 @@ def sim():
 
 @pytest.fixture(scope="module")
 def server(sim):
-    with SimulatorServer(sim, name="esp300") as srv:
+    props = {"SerialURL": SIMULATOR_URL, "TimeoutS": 0.5, "PollPeriodMs": 200}
+    with served({Esp300: {name: {**props, "Axis": axis} for axis, name in NAMES.items()}}, simulator=sim,
+                ready=in_state(tango.DevState.ON), proxy_timeout_ms=5000) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def proxies(server):
-    props = {"SerialURL": server.url, "TimeoutS": 0.5, "PollPeriodMs": 200}
-    devices = [{"name": name, "properties": {**props, "Axis": axis}} for axis, name in NAMES.items()]
-    with MultiDeviceTestContext([{"class": Esp300, "devices": devices}], process=True, timeout=30) as ctx:
-        ps = {axis: ctx.get_device(name) for axis, name in NAMES.items()}
-        for p in ps.values():
-            p.set_timeout_millis(5000)
-            wait_state(p, tango.DevState.ON, timeout=15)
-        yield ps
+    return {axis: server[name] for axis, name in NAMES.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -181,19 +175,17 @@ def test_soft_limits_beyond_travel_in_the_controller_are_pulled_back_at_connecti
     own.axes[1].velocity = 0.5
     with own._cond:
         own.handle("1PA20", time.monotonic())  # a move started before this server (re)started
-    with SimulatorServer(own, name="esp300-restart") as srv:
-        props = {"SerialURL": srv.url, "TimeoutS": 0.5, "PollPeriodMs": 200, "Axis": 1}
-        info = [{"class": Esp300, "devices": [{"name": "test/esp300/restart", "properties": props}]}]
-        with MultiDeviceTestContext(info, process=True, timeout=30) as ctx:
-            x = ctx.get_device("test/esp300/restart")
-            wait_state(x, tango.DevState.MOVING, timeout=15)  # 40 s to go at 0.5 mm/s
-            assert (own.axes[1].left_limit, own.axes[1].right_limit) == (-25.0, 25.0)
-            assert "beyond the stage's travel" in x.LastError
-            assert "None" not in x.Status() and "moving to 20 mm" in x.Status(), x.Status()
-            assert x.read_attribute("Position").w_value == pytest.approx(20.0)
-            x.Stop()
-            wait_state(x, tango.DevState.ON, timeout=15)
-            assert "None" not in x.Status()
+    props = {"SerialURL": SIMULATOR_URL, "TimeoutS": 0.5, "PollPeriodMs": 200, "Axis": 1}
+    with served({Esp300: {"test/esp300/restart": props}}, simulator=own, ready=None) as srv:
+        x = srv.only
+        wait_state(x, tango.DevState.MOVING, timeout=15)  # 40 s to go at 0.5 mm/s
+        assert (own.axes[1].left_limit, own.axes[1].right_limit) == (-25.0, 25.0)
+        assert "beyond the stage's travel" in x.LastError
+        assert "None" not in x.Status() and "moving to 20 mm" in x.Status(), x.Status()
+        assert x.read_attribute("Position").w_value == pytest.approx(20.0)
+        x.Stop()
+        wait_state(x, tango.DevState.ON, timeout=15)
+        assert "None" not in x.Status()
 
 
 def test_home_and_define_position(proxies, sim):

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import tango
-from tango.test_context import DeviceTestContext
 
 from datawriter.device import DataWriter
-from deviceservers.common.tcp_server import SimulatorServer
 from deviceservers.Newport1830C.device import Newport1830C
 from deviceservers.Newport1830C.simulator import Newport1830CSimulator
+from tests.harness import SIMULATOR_URL, in_state, served
 from tests.waiting import wait_state, wait_until
 
 LINE = re.compile(r"^(\S+) (\S+) ([A-Z_]+) (.*)$")
@@ -50,26 +49,26 @@ def events(folder: Path, server: str) -> list[tuple[dt.datetime, str, str, str]]
 
 def test_link_loss_recovery_and_refusal_are_logged_with_their_time(log_dir) -> None:
     sim = Newport1830CSimulator(reply_delay_s=0.0, reading_delay_s=0.005, noise=0.0, seed=3)
-    with SimulatorServer(sim) as server:
-        props = {"SerialURL": server.url, "PollPeriodMs": 100, "TimeoutS": 0.5}
-        with DeviceTestContext(Newport1830C, properties=props, process=True, timeout=15) as meter:
-            wait_state(meter, tango.DevState.ON, 15)
-            name = meter.dev_name()
-            before = dt.datetime.now(dt.UTC)
-            sim.unplug()  # the cable is pulled
-            wait_state(meter, tango.DevState.FAULT, 10)
-            with pytest.raises(tango.DevFailed):
-                meter.Wavelength = 700  # refused: no link (out-of-range values Tango refuses itself)
-            sim.plug()
-            wait_state(meter, tango.DevState.ON, 10)
-            after = dt.datetime.now(dt.UTC)
+    props = {"SerialURL": SIMULATOR_URL, "PollPeriodMs": 100, "TimeoutS": 0.5}
+    with served({Newport1830C: {"test/nodb/newport1830c": props}}, simulator=sim,
+                ready=in_state(tango.DevState.ON)) as server:
+        meter = server.only
+        name = meter.dev_name()
+        before = dt.datetime.now(dt.UTC)
+        sim.unplug()  # the cable is pulled
+        wait_state(meter, tango.DevState.FAULT, 10)
+        with pytest.raises(tango.DevFailed):
+            meter.Wavelength = 700  # refused: no link (out-of-range values Tango refuses itself)
+        sim.plug()
+        wait_state(meter, tango.DevState.ON, 10)
+        after = dt.datetime.now(dt.UTC)
 
-            def logged() -> list:
-                evs = [e for e in events(log_dir, "Newport1830C") if e[1] == name and e[0] >= before]
-                kinds = [e[2] for e in evs]
-                return evs if {"FAULT", "RECOVERED", "REFUSED"} <= set(kinds) else []
+        def logged() -> list:
+            evs = [e for e in events(log_dir, "Newport1830C") if e[1] == name and e[0] >= before]
+            kinds = [e[2] for e in evs]
+            return evs if {"FAULT", "RECOVERED", "REFUSED"} <= set(kinds) else []
 
-            evs = wait_until(logged, 10, what="FAULT, RECOVERED and REFUSED in the fault log")
+        evs = wait_until(logged, 10, what="FAULT, RECOVERED and REFUSED in the fault log")
     fault = next(e for e in evs if e[2] == "FAULT")
     recovered = next(e for e in evs if e[2] == "RECOVERED")
     refused = next(e for e in evs if e[2] == "REFUSED")
@@ -80,7 +79,8 @@ def test_link_loss_recovery_and_refusal_are_logged_with_their_time(log_dir) -> N
 
 
 def test_datawriter_fault_is_logged(log_dir) -> None:
-    with DeviceTestContext(DataWriter, properties={"OutputDir": "/proc/forbidden"}, process=True) as dw:
+    with served({DataWriter: {"test/nodb/datawriter": {"OutputDir": "/proc/forbidden"}}}, ready=None) as server:
+        dw = server.only
         with pytest.raises(tango.DevFailed):
             dw.StartRecording('{"name": "x"}')
         assert dw.state() == tango.DevState.FAULT

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 import tango
-from tango.test_context import DeviceTestContext
 
-from deviceservers.common.tcp_server import SimulatorServer
 from deviceservers.MaiTai.device import MaiTai
 from deviceservers.MaiTai.simulator import IDN, MaiTaiSimulator
+from tests.harness import SIMULATOR_URL, in_state, served
 from tests.waiting import EventCollector, wait_state, wait_until
 
+DEVICE = "test/nodb/maitai"
 ON, OFF, MOVING, INIT = tango.DevState.ON, tango.DevState.OFF, tango.DevState.MOVING, tango.DevState.INIT
 ALARM, FAULT, DISABLE = tango.DevState.ALARM, tango.DevState.FAULT, tango.DevState.DISABLE
 
@@ -30,17 +30,10 @@ def sim() -> MaiTaiSimulator:
 
 
 @pytest.fixture(scope="module")
-def server(sim: MaiTaiSimulator) -> Iterator[SimulatorServer]:
-    with SimulatorServer(sim) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def laser(server: SimulatorServer) -> Iterator[tango.DeviceProxy]:
-    props = {"SerialURL": server.url, "PollPeriodMs": 100, "TimeoutS": 0.5, "WatchdogS": 30}
-    with DeviceTestContext(MaiTai, properties=props, process=True, timeout=15) as proxy:
-        wait_until(lambda: proxy.CommunicationOk, 10, what="the device to connect")
-        yield proxy
+def laser(sim: MaiTaiSimulator) -> Iterator[tango.DeviceProxy]:
+    props = {"SerialURL": SIMULATOR_URL, "PollPeriodMs": 100, "TimeoutS": 0.5, "WatchdogS": 30}
+    with served({MaiTai: {DEVICE: props}}, simulator=sim, ready=lambda proxy: proxy.CommunicationOk) as server:
+        yield server.only
 
 
 @pytest.fixture
@@ -308,18 +301,17 @@ def test_service_settings_are_never_written(laser: tango.DeviceProxy, sim: MaiTa
 # ---------------------------------------------------------------------- USB link settings, EmissionBit, stop
 def test_usb_link_emission_bit_and_server_stop_closes_the_shutter() -> None:
     sim = MaiTaiSimulator(reply_delay_s=0.005, start_warm=True, shutter_lag_s=0.2, emission_bit=3)
-    with SimulatorServer(sim) as srv:
-        props = {"SerialURL": srv.url, "BaudRate": 115200, "FlowControl": "none", "EmissionBit": 3,
-                 "PollPeriodMs": 100, "TimeoutS": 0.5, "WatchdogS": 30}
-        with DeviceTestContext(MaiTai, properties=props, process=True, timeout=15) as proxy:
-            wait_state(proxy, OFF)
-            proxy.On()
-            assert proxy.Emission and proxy.StatusByte & 0b1000 and proxy.State() == ON
-            proxy.OpenShutter()
-            assert sim.shutter_open
-            assert b"TIMER:WATCHDOG 30" in {raw.upper() for _, raw in sim.log}
-        assert not sim.shutter_open  # the server closed what it opened when it stopped
-        assert sim.emission
+    props = {"SerialURL": SIMULATOR_URL, "BaudRate": 115200, "FlowControl": "none", "EmissionBit": 3,
+             "PollPeriodMs": 100, "TimeoutS": 0.5, "WatchdogS": 30}
+    with served({MaiTai: {DEVICE: props}}, simulator=sim, ready=in_state(OFF)) as server:
+        proxy = server.only
+        proxy.On()
+        assert proxy.Emission and proxy.StatusByte & 0b1000 and proxy.State() == ON
+        proxy.OpenShutter()
+        assert sim.shutter_open
+        assert b"TIMER:WATCHDOG 30" in {raw.upper() for _, raw in sim.log}
+    assert not sim.shutter_open  # the server closed what it opened when it stopped
+    assert sim.emission
 
 
 # ---------------------------------------------------------------------- the client's side (macros, experiment)

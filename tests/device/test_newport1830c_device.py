@@ -7,34 +7,32 @@ import os
 
 import pytest
 import tango
-from tango.test_context import DeviceTestContext
 
-from deviceservers.common.tcp_server import SimulatorServer
 from deviceservers.Newport1830C.device import Newport1830C
 from deviceservers.Newport1830C.simulator import Newport1830CSimulator
+from tests.harness import SIMULATOR_URL, in_state, served
 from tests.waiting import EventCollector, wait_state, wait_until
 
+DEVICE = "test/nodb/newport1830c"
+PROPERTIES = {"SerialURL": SIMULATOR_URL, "PollPeriodMs": 100, "TimeoutS": 0.5}
+
 
 @pytest.fixture(scope="module")
-def sim_server():
+def lab():
     sim = Newport1830CSimulator(reply_delay_s=0.0, reading_delay_s=0.005, noise=0.0, seed=3)
-    with SimulatorServer(sim) as server:
-        yield sim, server
+    with served({Newport1830C: {DEVICE: PROPERTIES}}, simulator=sim, ready=in_state(tango.DevState.ON)) as server:
+        yield sim, server.only
 
 
 @pytest.fixture(scope="module")
-def meter(sim_server):
-    sim, server = sim_server
-    props = {"SerialURL": server.url, "PollPeriodMs": 100, "TimeoutS": 0.5}
-    with DeviceTestContext(Newport1830C, properties=props, process=True, timeout=15) as proxy:
-        wait_state(proxy, tango.DevState.ON, 15)
-        yield proxy
+def meter(lab):
+    return lab[1]
 
 
 @pytest.fixture
-def sim(sim_server, meter):
+def sim(lab, meter):
     """The simulator, reset to a sane state after each test."""
-    sim, _ = sim_server
+    sim, _ = lab
     yield sim
     sim.faults.mute = False
     sim.plug()
@@ -223,21 +221,19 @@ def test_streaming_resumes_after_a_server_restart(tmp_path):
     """Issue 17: after its server restarted the meter did not stream again and nothing said so."""
     sim = Newport1830CSimulator(reply_delay_s=0.0, reading_delay_s=0.0, noise=0.0, seed=4)
     db = str(tmp_path / "tango.db")
-    with SimulatorServer(sim) as server:
-        props = {"SerialURL": server.url, "PollPeriodMs": 100, "TimeoutS": 0.5}
-        name = f"test/pmrestart/{os.getpid()}"  # its own ring, not the module meter's
-        with DeviceTestContext(Newport1830C, device_name=name, properties=props, db=db, process=True,
-                               timeout=15) as meter:
-            wait_state(meter, tango.DevState.ON, 15)
-            meter.Streaming = True
-            wait_state(meter, tango.DevState.RUNNING)
-        with DeviceTestContext(Newport1830C, device_name=name, properties=props, db=db, process=True,
-                               timeout=15) as meter:
-            wait_state(meter, tango.DevState.RUNNING, 15)
-            assert meter.Streaming is True
-            wait_until(lambda: meter.SampleRate > 0, 10, what="samples streamed after the restart")
-            meter.Streaming = False
-            wait_state(meter, tango.DevState.ON)
+    name = f"test/pmrestart/{os.getpid()}"  # its own ring, not the module meter's
+    with served({Newport1830C: {name: PROPERTIES}}, simulator=sim, db=db, ready=in_state(tango.DevState.ON)) as run:
+        meter = run.only
+        meter.Streaming = True
+        wait_state(meter, tango.DevState.RUNNING)
+    # the server again, on the same database (Streaming memorized there) and the same meter
+    with served({Newport1830C: {name: PROPERTIES}}, simulator=sim, db=db, ready=None) as run:
+        meter = run.only
+        wait_state(meter, tango.DevState.RUNNING, 15)
+        assert meter.Streaming is True
+        wait_until(lambda: meter.SampleRate > 0, 10, what="samples streamed after the restart")
+        meter.Streaming = False
+        wait_state(meter, tango.DevState.ON)
 
 
 def test_measure_takes_a_fresh_reading_at_once(meter, sim):

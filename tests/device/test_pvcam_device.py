@@ -1,4 +1,4 @@
-"""The Pvcam device (sim backend) in a DeviceTestContext: commands, ring, preview, errors."""
+"""The Pvcam device (sim backend) in a server of its own: commands, ring, preview, errors."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 import tango
-from tango.test_context import DeviceTestContext
 
 from datawriter import ring
 from deviceservers.Pvcam.device import Pvcam
+from tests.harness import served
 from tests.waiting import EventCollector, wait_state, wait_until
 
 DEVICE = f"test/pvcam/{os.getpid()}"
@@ -35,8 +35,8 @@ def shm_dir(tmp_path_factory):
 def context(shm_dir):
     props = {"Backend": "sim", "PreviewMaxFps": 5.0, "TriggerTimeoutS": 0.5, "SimCoolingTimeS": 0.5,
              "PollPeriodMs": 100, "RingSizeMB": 64.0}
-    with DeviceTestContext(Pvcam, device_name=DEVICE, properties=props, process=True, timeout=15) as proxy:
-        yield proxy
+    with served({Pvcam: {DEVICE: props}}) as server:
+        yield server.only
 
 
 @pytest.fixture
@@ -227,7 +227,8 @@ def test_temperature_converges_idle_and_acquiring(cam):
 
 
 def test_bad_backend_property_faults():
-    with DeviceTestContext(Pvcam, properties={"Backend": "nikon"}, process=True, timeout=15) as proxy:
+    with served({Pvcam: {"test/nodb/pvcam": {"Backend": "nikon"}}}, ready=None) as server:
+        proxy = server.only
         assert proxy.State() == tango.DevState.FAULT
         assert "Backend 'nikon' is not one of sim, pyvcam" in proxy.Status()
 
@@ -237,20 +238,23 @@ def test_live_acquisition_resumes_after_a_server_restart(shm_dir, tmp_path):
     db = str(tmp_path / "tango.db")
     props = {"Backend": "sim", "RingSizeMB": 16.0, "PollPeriodMs": 100}
     name = f"test/pvcamrestart/{os.getpid()}"
-    with DeviceTestContext(Pvcam, device_name=name, properties=props, db=db, process=True, timeout=15) as cam:
+    with served({Pvcam: {name: props}}, db=db, ready=None) as server:
+        cam = server.only
         cam.ExposureTime = 0.01
         cam.NbFrames = 0
         cam.StartAcquisition()
         wait_state(cam, tango.DevState.RUNNING)
         assert cam.Live is True
-    with DeviceTestContext(Pvcam, device_name=name, properties=props, db=db, process=True, timeout=15) as cam:
+    with served({Pvcam: {name: props}}, db=db, ready=None) as server:
+        cam = server.only
         wait_state(cam, tango.DevState.RUNNING, 15)
         assert cam.Live is True
         wait_until(lambda: cam.FramesAcquired > 2, 10, what="frames after the restart")
         cam.StopAcquisition()
         wait_state(cam, tango.DevState.ON)
         assert cam.Live is False
-    with DeviceTestContext(Pvcam, device_name=name, properties=props, db=db, process=True, timeout=15) as cam:
+    with served({Pvcam: {name: props}}, db=db, ready=None) as server:
+        cam = server.only
         wait_until(lambda: cam.State() == tango.DevState.ON, 10, what="idle after a restart: it was stopped")
         assert cam.Live is False
 

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import tango
 from tango import AttrWriteType, CmdArgType, DevState
-from tango.test_context import MultiDeviceTestContext
 
 from datawriter.device import DataWriter
 from deviceservers.Ell14.device import Ell14
@@ -30,6 +29,7 @@ from deviceservers.Esp300.device import Esp300
 from deviceservers.MaiTai.device import MaiTai
 from deviceservers.Newport1830C.device import Newport1830C
 from deviceservers.Pvcam.device import Pvcam
+from tests.harness import in_state, served
 from tests.waiting import wait_until
 
 PID = os.getpid()
@@ -76,17 +76,12 @@ BAD_ARRAYS: list[Any] = [[], [1], [1, 2], [-1, -1, -1, -1], [2**31 - 1] * 4, [0]
 def lab(tmp_path_factory) -> Iterator[dict[str, tango.DeviceProxy]]:
     out = tmp_path_factory.mktemp("fuzz-data")
     DEVICES[f"fuzz/datawriter/{PID}"][1]["OutputDir"] = str(out)
-    by_class: dict[type, list[dict[str, Any]]] = {}
+    by_class: dict[type, dict[str, dict[str, Any]]] = {}
     for name, (cls, props) in DEVICES.items():
-        by_class.setdefault(cls, []).append({"name": name, "properties": props})
-    info = [{"class": cls, "devices": devs} for cls, devs in by_class.items()]
-    with MultiDeviceTestContext(info, process=True, timeout=30) as ctx:
-        proxies = {name: tango.DeviceProxy(ctx.get_device_access(name)) for name in DEVICES}
-        for p in proxies.values():
-            p.set_timeout_millis(5000)
-            wait_until(lambda p=p: p.State() not in (DevState.INIT, DevState.FAULT), 20,
-                       what=f"{p.dev_name()} connected ({_safe(p.Status)})")
-        yield proxies
+        by_class.setdefault(cls, {})[name] = props
+    connected = in_state(*(s for s in DevState.values.values() if s not in (DevState.INIT, DevState.FAULT)))
+    with served(by_class, ready=connected, timeout_s=30, proxy_timeout_ms=5000) as server:
+        yield server.proxies
 
 
 def _safe(fn: Any) -> Any:

@@ -1,7 +1,7 @@
 """The live camera view (taurus_gui.camera_view.CameraView) on a simulated camera, offscreen.
 
 One Pvcam device (sim backend, full 2048x2048 frames at ~36 fps, the preview at the device's
-default rate) in a DeviceTestContext; the widget watches it as it would the lab's camera. Measured:
+default rate) in a server of its own (tests/harness.py); the widget watches it as it would the lab's camera. Measured:
 distinct frames drawn per second by the widget (printed); checked: frame numbers only grow (no
 frame shown twice as new), each drawn image is the frame its number says (the sim burns the
 number into pixel [0, 0]), losses reach the loss indicator, and the ROI numbers are numpy's on
@@ -16,44 +16,25 @@ import time
 import numpy as np
 import pytest
 import tango
-from tango.test_context import DeviceTestContext
 
 from deviceservers.Pvcam.device import Pvcam
-from tests.waiting import wait_state, wait_until
+from tests.harness import served
+from tests.system import qt_app
+from tests.system.qt_app import app_instance
+from tests.waiting import wait_state
 
 pytestmark = pytest.mark.system
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
 
-from taurus.external.qt import Qt  # noqa: E402 - needs QT_QPA_PLATFORM set first
 
 from taurus_gui.camera_view import CameraView, roi_statistics  # noqa: E402
 
-_APP: list[Qt.QApplication] = []  # a reference, or Python collects the application at once
-
-
-def app_instance() -> Qt.QApplication:
-    # A TaurusApplication, not a plain one: the application is one per process, and the GUI tests
-    # that may run after this module in the same process need Taurus' (its Sardana extensions
-    # are registered as it starts; a plain QApplication left the MacroServer without them)
-    from taurus.qt.qtgui.application import TaurusApplication
-
-    app = Qt.QApplication.instance()
-    if app is None:
-        app = TaurusApplication(["test_camera_view"], cmd_line_parser=None, app_name="tangodaq-gui-test")
-        _APP.append(app)
-    return app
-
 
 def wait_gui(condition, timeout: float = 10.0, what: str = ""):
-    """``wait_until`` that keeps the Qt event loop turning."""
-    app = app_instance()
-
-    def check():
-        app.processEvents()
-        return condition()
-
-    return wait_until(check, timeout=timeout, interval=0.005, what=what)
+    """:func:`tests.system.qt_app.wait_gui`, turning the event loop every 5 ms: the view's drawing
+    rate is what is measured here."""
+    return qt_app.wait_gui(condition, timeout, what, interval=0.005)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +43,8 @@ def camera(tmp_path_factory):
     os.environ["TANGODAQ_SHM_DIR"] = str(tmp_path_factory.mktemp("shm"))
     props = {"Backend": "sim", "RingSizeMB": 128.0, "PollPeriodMs": 1000}  # PreviewMaxFps: the default
     try:
-        with DeviceTestContext(Pvcam, device_name=f"test/cameraview/{os.getpid()}", properties=props,
-                               process=True, timeout=20) as proxy:
-            yield proxy
+        with served({Pvcam: {f"test/cameraview/{os.getpid()}": props}}) as server:
+            yield server.only
     finally:
         if old is None:
             os.environ.pop("TANGODAQ_SHM_DIR", None)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tango
 
+from tests.system.qt_app import app_instance, wait_gui
 from tests.system.scan_files import last_entry, scan_file
 from tests.waiting import wait_until
 
@@ -31,30 +32,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported
 from taurus.external.qt import Qt  # noqa: E402 - needs QT_QPA_PLATFORM set first
 
 # ---------------------------------------------------------------- helpers
-
-
-def app_instance():
-    from taurus.qt.qtgui.application import TaurusApplication
-
-    return TaurusApplication.instance() or TaurusApplication(
-        ["test_gui"], cmd_line_parser=None, app_name="tangodaq-gui-test")
-
-
-def wait_gui(condition, timeout: float = 10.0, what: str = "", last=None):
-    """``wait_until`` that keeps the Qt event loop turning (events, timers, repaints);
-    ``last()``, if given, says what was seen when it times out."""
-    app = app_instance()
-
-    def check():
-        app.processEvents()
-        return condition()
-
-    try:
-        return wait_until(check, timeout=timeout, what=what)
-    except AssertionError as exc:
-        if last is None:
-            raise
-        raise AssertionError(f"{exc}; last seen {last()!r}") from None
 
 
 def pixels(widget) -> np.ndarray:

@@ -23,6 +23,7 @@ import tango
 from tango_db import embedded_db, roles
 from tests.ports import free_port_block
 from tests.roles_b12 import B12_CLASSES, B12_ROLES
+from tests.system.qt_app import app_instance
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -72,13 +73,6 @@ def b12_default_db(b12_db, monkeypatch):
     roles._cache.clear()
     yield b12_db
     roles._cache.clear()
-
-
-def app_instance():
-    from taurus.qt.qtgui.application import TaurusApplication
-
-    return TaurusApplication.instance() or TaurusApplication(
-        ["test_gui_roles"], cmd_line_parser=None, app_name="tangodaq-gui-test")
 
 
 @pytest.fixture(scope="module")

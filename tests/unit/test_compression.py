@@ -13,13 +13,9 @@ import time
 import h5py
 import numpy as np
 import pytest
-import tango
-from tango import DevState
-from tango.test_context import DeviceTestContext
 
 from datawriter import compression
 from datawriter.compression import BLOSC2_FILTER_ID, COMPRESSIONS
-from datawriter.device import DataWriter
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec
 from datawriter.recorder import Recorder
 from datawriter.ring import RingReader, create_frame_stream
@@ -160,19 +156,6 @@ def test_unknown_compression_refused_with_the_allowed_values(tmp_path, ring_devi
             Hdf5Sink(str(tmp_path / "x.h5"), [StreamSpec(cam.name, r.schema, r.description)], compression=bad)
     assert not os.path.exists(tmp_path / "x.h5")
     assert set(COMPRESSIONS) >= {"none", "blosc2-lz4", "blosc2-zstd", "bitshuffle-lz4", "lz4", "zstd"}
-
-
-def test_device_with_a_bad_compression_is_fault_at_init_and_refuses_to_record(tmp_path) -> None:
-    props = {"OutputDir": str(tmp_path), "Compression": "blosc2-gzip"}
-    with DeviceTestContext(DataWriter, properties=props, process=True) as dw:
-        assert dw.state() == DevState.FAULT
-        status = dw.status()
-        assert "'blosc2-gzip'" in status and "blosc2-lz4, blosc2-zstd" in status and "Init" in status
-        with pytest.raises(tango.DevFailed) as err:
-            dw.StartRecording("{}")
-        assert err.value.args[0].reason == "DataWriter_BadConfiguration"
-        assert "blosc2-lz4" in err.value.args[0].desc
-        assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("sigma", [12.0, 250.0])

@@ -45,11 +45,11 @@ def test_wavelength_limits_come_from_the_laser_and_errors_name_them(laser) -> No
 
 def test_tuning_is_derived_from_readback_and_reaches_the_target(laser) -> None:
     comp, sim = laser
-    comp.move_to(1000)
+    comp.set_wavelength(1000)
     assert comp.is_moving() and comp.state == DeviceState.MOVING
     assert comp.wavelength.value != 1000.0  # read = actual, never the target pasted in
     wait_until(lambda: not comp.is_moving(), 3, what="tuning to finish")
-    assert abs(comp.position() - 1000) <= 0.5 and comp.state == DeviceState.OFF
+    assert abs(comp.wavelength.value - 1000) <= 0.5 and comp.state == DeviceState.OFF
 
 
 def test_stop_shuts_only_the_shutter_this_server_opened(laser) -> None:
@@ -203,12 +203,12 @@ def test_while_tuning_the_polls_ask_the_actual_wavelength_alone_with_a_full_roun
     request.addfinalizer(comp.stop)
     wait_until(lambda: comp.state == DeviceState.OFF, 5, what="OFF")
     sim.log.clear()
-    comp.move_to(900)  # 100 nm at 100 nm/s: about a second of tuning
+    comp.set_wavelength(900)  # 100 nm at 100 nm/s: about a second of tuning
     wait_until(lambda: not comp.is_moving(), 5, what="tuning to finish")
     queries = [raw.strip().upper() for _, raw in sim.log]
     actual, rounds = queries.count(b"READ:WAVELENGTH?"), queries.count(b"*STB?")
     tuning_s = sim.log[-1][0] - sim.log[0][0]
-    assert abs(comp.position() - 900) <= 0.5
+    assert abs(comp.wavelength.value - 900) <= 0.5
     assert rounds <= tuning_s / 0.3 + 2, (rounds, tuning_s, queries)  # one full round per period, not per poll
     assert actual >= 3 * rounds, (actual, rounds, queries)  # the actual wavelength asked in between
 
