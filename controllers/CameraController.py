@@ -13,6 +13,14 @@
   or on stop/abort; a recording started by someone else (``record_start``) is used and left
   running, and frames are then referenced by their start-of-exposure time
   (``#timestamp_bof=<epoch s>``, the file's ``timestamp_bof`` dataset).
+- In a continuous scan (``ascanct``, ``meshct``: one start per window, software triggers) each
+  window is one frame exposed for the window's integration time, referenced as above; such a
+  scan is refused without value referencing (full frames at every window would go through the
+  Pool, the Door and the recorders). ``latency_time`` (the pause the scan leaves after each
+  window) is how long the last frames took to reach the Pool after their exposure, so that no
+  trigger comes while the camera still reads the previous frame; a trigger the Pool skipped
+  anyway leaves its point without a value, and the recording is still closed after the scan
+  (no start for three windows).
 - With referencing disabled, ``ReadOne`` returns the camera's ``LastImage`` preview, and the count
   is refused at preparation while the preview is binned (``PreviewBinning`` > 1): a scan never
   stores binned frames unawares.
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from typing import Any
 
@@ -45,10 +54,14 @@ from sardana.pool.controller import (
 
 from tango_db.proxies import device_proxy
 from tango_db.roles import device_or_empty as role_default
+from tangodaq_controllers._acquisition import LatencyTracker
 
 TIMEOUT_MS = 3000
 FRAME_TIMEOUT_S = 10.0  # beyond the exposure
 FILE_CLOSE_TIMEOUT_S = 30.0  # for the DataWriter to write its backlog and close the file
+LATENCY_MARGIN_S = 0.03  # beyond the slowest recent frame: the Pool's bookkeeping after the read, jitter
+SNAP_OVERHEAD_S = 0.1  # before any frame was measured: the Snap round trip and the frame's way to the device
+ABANDONED_AFTER_PERIODS = 3.0  # no start for this many windows (and at least a second): the acquisition is over
 
 
 def safe(name: str) -> str:
@@ -80,6 +93,13 @@ class CameraTwoDController(TwoDController, Referable):
         super().__init__(inst, props, *args, **kwargs)
         self.ax: dict[int, dict[str, Any]] = {}
         self.integ_time = 0.1
+        # how long after its window (exposure) a frame was known to the Pool: the camera's readout,
+        # the frame's way to the device and the state loop. Continuous scans space their triggers
+        # by at least this (the measurement group's LatencyTime), so none comes while the camera
+        # is still busy with the previous window's frame (a trigger that comes then is skipped).
+        self._latency = LatencyTracker(SNAP_OVERHEAD_S, LATENCY_MARGIN_S)
+        self._period_s = 0.1  # one window and the pause after it (LoadOne's integration time + latency)
+        self._lock = threading.RLock()  # the Pool's calls and the abandoned-acquisition timer
 
     ROLE_DEFAULTS = {"TangoDevice": "camera", "DataWriter": "datawriter"}
 
@@ -140,11 +160,37 @@ class CameraTwoDController(TwoDController, Referable):
     def _dw(self, axis: int) -> tango.DeviceProxy:
         return self._proxy(axis, "writer", "dw")
 
+    def GetCtrlPar(self, parameter: str) -> Any:
+        """``latency_time``: the time a frame needs after its exposure to reach the Pool, from the
+        last frames (before any: the camera's ReadoutTime plus the Snap's own overhead)."""
+        if parameter.lower() == "latency_time":
+            if self._latency.measured or not self.ax:
+                return self._latency.latency_s()
+            try:
+                readout = float(self._cam(next(iter(self.ax))).read_attribute("ReadoutTime").value or 0.0)
+            except (tango.DevFailed, TypeError, ValueError):
+                readout = 0.0
+            return readout + self._latency.latency_s()
+        return super().GetCtrlPar(parameter)
+
     # ------------------------------------------------------------------ acquisition
     def PrepareOne(self, axis: int, value: float, repetitions: int, latency: float, nb_starts: int) -> None:
-        a = self.ax[axis]
+        with self._lock:  # a timer of the previous acquisition must not end this one
+            a = self.ax[axis]
+            self._cancel_end_timer(a)
+            a["started"] = 0.0
         a["starts_left"] = max(1, int(nb_starts))
         a["error"] = ""
+        if nb_starts > 1 and not a["ref_enabled"]:
+            # A continuous scan (one start per window): full frames as values would go through the
+            # Pool, the Door and the recorders at every window (8 MiB each), far slower than the
+            # windows, and a window whose frame is missing makes Sardana's HDF5 recorder write a
+            # whole NaN image element by element: the scan stalls for minutes.
+            raise ValueError(
+                f"{a['device']}: a continuous scan ({nb_starts} windows) records the camera only by reference: "
+                "enable value referencing for this channel (Experiment Configuration, column 'Ref'; "
+                "the lab's mg_camera has it), so that the DataWriter records the frames and the scan keeps "
+                "references to them")
         if not a["ref_enabled"]:
             binning = int(self._cam(axis).read_attribute("PreviewBinning").value or 1)
             if binning > 1:
@@ -169,6 +215,7 @@ class CameraTwoDController(TwoDController, Referable):
         if repetitions != 1:
             raise ValueError("the camera takes one frame per start (software synchronisation)")
         self.integ_time = float(value)
+        self._period_s = self.integ_time + max(0.0, float(latency or 0.0))
         a = self.ax[axis]
         a["load_error"] = ""
         try:
@@ -182,6 +229,7 @@ class CameraTwoDController(TwoDController, Referable):
 
     def StartOne(self, axis: int, value: float | None = None) -> None:
         a = self.ax[axis]
+        self._cancel_end_timer(a)
         cam = self._cam(axis)
         a["started"] = time.time()
         a["ref"], a["error"], a["snapped"] = "", a.get("load_error", ""), False
@@ -227,6 +275,7 @@ class CameraTwoDController(TwoDController, Referable):
                     return State.Fault, a["error"]
                 return State.Moving, f"{a['device']}: exposing {self.integ_time:g} s"
             a["snapped"] = False
+            self._latency.note_tail(time.time() - (a["started"] + self.integ_time))
             self._frame_done(axis)
         if state in (tango.DevState.FAULT, tango.DevState.DISABLE):
             return State.Fault, f"{a['device']}: {cam.status().strip()}"
@@ -244,8 +293,43 @@ class CameraTwoDController(TwoDController, Referable):
         a["starts_left"] -= 1
         if a["starts_left"] <= 0:
             self._finish(axis)
+        elif a["own_recording"]:
+            self._arm_end_timer(axis)
+
+    # A window whose trigger the Pool skipped (the previous window still being read: its software
+    # synchronizer drops the trigger, and the scan gets no value there) never calls StartOne, so
+    # counting starts alone would leave the recording this controller started running for ever.
+    def _arm_end_timer(self, axis: int) -> None:
+        a = self.ax[axis]
+        wait_s = max(1.0, ABANDONED_AFTER_PERIODS * self._period_s)
+        timer = threading.Timer(wait_s, self._end_if_abandoned, (axis, a["started"]))
+        timer.daemon = True
+        a["end_timer"] = timer
+        timer.start()
+
+    @staticmethod
+    def _cancel_end_timer(a: dict[str, Any]) -> None:
+        timer = a.pop("end_timer", None)
+        if timer is not None:
+            timer.cancel()
+
+    def _end_if_abandoned(self, axis: int, started: float) -> None:
+        with tango.EnsureOmniThread(), self._lock:
+            a = self.ax.get(axis)
+            if a is None or a["started"] != started or not a["own_recording"] or a["starts_left"] <= 0:
+                return  # a start came after all, or the acquisition ended otherwise
+            self._log.warning(
+                "%s: %d of the acquisition's windows never started (the Pool skips a trigger that comes while "
+                "the previous window is still being read: those points have no value); closing the recording %s. "
+                "A longer latency_time for the scan avoids it", a["device"], a["starts_left"], a["file"])
+            a["starts_left"] = 0
+            self._finish(axis)
 
     def _finish(self, axis: int, aborted: bool = False) -> None:
+        with self._lock:
+            self._finish_locked(axis, aborted)
+
+    def _finish_locked(self, axis: int, aborted: bool = False) -> None:
         a = self.ax[axis]
         if a["own_recording"]:
             a["own_recording"] = False
@@ -271,6 +355,7 @@ class CameraTwoDController(TwoDController, Referable):
 
     def StopOne(self, axis: int) -> None:
         a = self.ax[axis]
+        self._cancel_end_timer(a)
         a["snapped"] = False
         try:
             if self._cam(axis).state() == tango.DevState.RUNNING:

@@ -77,8 +77,16 @@ class LatencyTracker:
         if window is None or window.finished is None or window in self._seen:
             return
         self._seen.add(window)
-        self._tails.append(max(0.0, time.time() - (window.t0 + window.integ_time)))
+        self.note_tail(time.time() - (window.t0 + window.integ_time))
+
+    def note_tail(self, tail_s: float) -> None:
+        """Count one window whose value reached the Pool ``tail_s`` after the window's end."""
+        self._tails.append(max(0.0, tail_s))
         del self._tails[:-self.kept]
+
+    @property
+    def measured(self) -> bool:
+        return bool(self._tails)
 
     def latency_s(self) -> float:
         return (max(self._tails) if self._tails else self.default_s) + self.margin_s

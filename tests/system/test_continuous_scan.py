@@ -8,13 +8,15 @@ reported in each window (the ``*_pos`` channels of ``mg_continuous``)."""
 
 from __future__ import annotations
 
+import json
 import time
 
+import h5py
 import numpy as np
 import pytest
 
 from deviceservers.MaiTai.lease import ShutterLease
-from tango_db.door_client import run_macro
+from tango_db.door_client import MacroFailed, run_macro
 from tangodaq_macros._polarization_analysis import fit_malus
 from tests.system.scan_files import last_entry, scan_file
 from tests.waiting import wait_until
@@ -87,3 +89,69 @@ def test_ascanct_gives_the_step_scans_malus_curve_from_one_sweep(lab):
     # 50 ms counting, the mount's 50 ms settling, ~40 ms of software) and the ELL14's speed in whole
     # percents, the sweep (~0.1 s a point: the window and the channels' latency) is only somewhat faster.
     print(f"ascan {step_s:.1f} s, ascanct {continuous_s:.1f} s: {step_s / continuous_s:.2f}x")
+
+
+def frame_of(reference: str) -> tuple[str, str, int]:
+    """(file, dataset, row) of the camera channel's reference h5file://<file>::<dataset>#index=<row>."""
+    assert reference.startswith("h5file://") and "#index=" in reference, reference
+    path, rest = reference.removeprefix("h5file://").split("::")
+    dataset, row = rest.split("#index=")
+    return path, dataset, int(row)
+
+
+def test_ascanct_with_the_camera_references_one_frame_exposed_in_each_window(lab):
+    """Issue 13: the camera in a continuous scan. Each window is one frame exposed for the window's
+    integration time, recorded by the DataWriter and referenced by the scan; the windows follow
+    one another with no trigger skipped; the recording the channel started is closed when the
+    scan ends. Without value referencing the scan is refused with what to do (it used to stall
+    the MacroServer for minutes on an 8 MiB NaN image per skipped window)."""
+    door = f"tango://{lab.tango_host}/door/lab/1"
+    lines: list[str] = []
+
+    def run(*argv, timeout: float = 120):
+        lines.clear()
+        run_macro(door, *[str(a) for a in argv], say=lines.append, timeout=timeout)
+
+    intervals, integ_s = 12, 0.05
+    group = lab.proxy("mg_camera")
+    group.write_attribute("SoftwareSynchronizerInitialDomain", "Time")
+    run("mv", "hwp", 0)
+    run("senv", "ActiveMntGrp", "mg_camera")
+    try:
+        run("ascanct", "hwp", 0, 60, intervals, integ_s)
+        scan = last_entry(scan_file(lab))
+        output = list(lines)
+        # the same group with the camera's references off: refused before anything moves
+        conf = json.loads(group.read_attribute("Configuration").value)
+        channel = next(ch for ctrl in conf["controllers"].values() for ch in ctrl["channels"].values()
+                       if ch["name"] == "camera")
+        channel["value_ref_enabled"] = False
+        group.write_attribute("Configuration", json.dumps(conf))
+        with pytest.raises(MacroFailed):
+            run("ascanct", "hwp", 0, 60, intervals, integ_s)
+        refused = "\n".join(lines)
+    finally:
+        conf = json.loads(group.read_attribute("Configuration").value)
+        for ctrl in conf["controllers"].values():
+            for ch in ctrl["channels"].values():
+                if ch["name"] == "camera":
+                    ch["value_ref_enabled"] = True
+        group.write_attribute("Configuration", json.dumps(conf))
+        run("senv", "ActiveMntGrp", "mg_power")
+    assert "records the camera only by reference" in refused and "'Ref'" in refused, refused
+    references = [r.decode() if isinstance(r, bytes) else str(r) for r in scan["camera"]]
+    assert len(references) == intervals + 1, output
+    frames = [frame_of(r) for r in references]
+    assert len({path for path, _, _ in frames}) == 1 and len({ds for _, ds, _ in frames}) == 1
+    assert [row for _, _, row in frames] == list(range(intervals + 1)), references
+    path, dataset = frames[0][0], frames[0][1]
+    with h5py.File(path, "r") as f:  # plain h5py: the recording the channel started is closed
+        stream = f[dataset.rsplit("/", 1)[0]]
+        assert stream["data"].shape[0] == intervals + 1
+        exposure = stream["exposure_time"][:]
+        bof = stream["timestamp_bof"][:].astype(np.float64) / 1e9  # ns since 1970
+    np.testing.assert_allclose(exposure, integ_s, rtol=1e-6)
+    steps = np.diff(bof)
+    # one frame per window, one window after the other: no frame before the previous window ended,
+    # and no gap of a skipped trigger (two periods) between two frames
+    assert np.all(steps >= integ_s) and np.all(steps < 1.8 * np.median(steps)), steps
