@@ -61,7 +61,7 @@ FRAME_TIMEOUT_S = 10.0  # beyond the exposure
 FILE_CLOSE_TIMEOUT_S = 30.0  # for the DataWriter to write its backlog and close the file
 LATENCY_MARGIN_S = 0.03  # beyond the slowest recent frame: the Pool's bookkeeping after the read, jitter
 SNAP_OVERHEAD_S = 0.1  # before any frame was measured: the Snap round trip and the frame's way to the device
-ABANDONED_AFTER_PERIODS = 3.0  # no start for this many windows (and at least a second): the acquisition is over
+IDLE_AFTER_WINDOWS = 3  # a continuous scan with no start for this many windows (and 2 s) is over
 
 
 def safe(name: str) -> str:
@@ -181,7 +181,9 @@ class CameraTwoDController(TwoDController, Referable):
             a["started"] = 0.0
         a["starts_left"] = max(1, int(nb_starts))
         a["error"] = ""
-        if nb_starts > 1 and not a["ref_enabled"]:
+        a["reopen"] = False
+        a["continuous"] = nb_starts > 1 and self._in_continuous_scan()
+        if a["continuous"] and not a["ref_enabled"]:
             # A continuous scan (one start per window): full frames as values would go through the
             # Pool, the Door and the recorders at every window (8 MiB each), far slower than the
             # windows, and a window whose frame is missing makes Sardana's HDF5 recorder write a
@@ -229,7 +231,10 @@ class CameraTwoDController(TwoDController, Referable):
 
     def StartOne(self, axis: int, value: float | None = None) -> None:
         a = self.ax[axis]
-        self._cancel_end_timer(a)
+        with self._lock:
+            self._cancel_end_timer(a)
+            if a.get("reopen"):  # its recording was closed after a long pause (see _end_if_idle)
+                self._reopen_recording(axis)
         cam = self._cam(axis)
         a["started"] = time.time()
         a["ref"], a["error"], a["snapped"] = "", a.get("load_error", ""), False
@@ -293,16 +298,30 @@ class CameraTwoDController(TwoDController, Referable):
         a["starts_left"] -= 1
         if a["starts_left"] <= 0:
             self._finish(axis)
-        elif a["own_recording"]:
+        elif a["own_recording"] and a.get("continuous"):
             self._arm_end_timer(axis)
+
+    def _in_continuous_scan(self) -> bool:
+        """Whether the acquisition being prepared is a continuous scan's: its measurement group's
+        synchronization repeats (N windows from one description), where a step scan has one window
+        per start. Sardana hands the controller N starts either way; the group is the Pool's
+        controller's operator while it prepares the acquisition."""
+        try:
+            description = self._getPoolController().operator.synch_description
+            return any(d.repetitions > 1 for d in description.values())
+        except Exception as exc:  # noqa: BLE001 - another Sardana: as in a step scan
+            self._log.debug("cannot read the acquisition's synchronization: %s", exc)
+            return False
 
     # A window whose trigger the Pool skipped (the previous window still being read: its software
     # synchronizer drops the trigger, and the scan gets no value there) never calls StartOne, so
-    # counting starts alone would leave the recording this controller started running for ever.
+    # counting starts alone could leave the recording this controller started running for ever:
+    # in a continuous scan, after a few windows without a start it is closed (a start that still
+    # comes records into a new file, and its reference says which).
     def _arm_end_timer(self, axis: int) -> None:
         a = self.ax[axis]
-        wait_s = max(1.0, ABANDONED_AFTER_PERIODS * self._period_s)
-        timer = threading.Timer(wait_s, self._end_if_abandoned, (axis, a["started"]))
+        wait_s = max(2.0, IDLE_AFTER_WINDOWS * self._period_s)
+        timer = threading.Timer(wait_s, self._end_if_idle, (axis, a["started"]))
         timer.daemon = True
         a["end_timer"] = timer
         timer.start()
@@ -313,17 +332,28 @@ class CameraTwoDController(TwoDController, Referable):
         if timer is not None:
             timer.cancel()
 
-    def _end_if_abandoned(self, axis: int, started: float) -> None:
+    def _end_if_idle(self, axis: int, started: float) -> None:
         with tango.EnsureOmniThread(), self._lock:
             a = self.ax.get(axis)
             if a is None or a["started"] != started or not a["own_recording"] or a["starts_left"] <= 0:
                 return  # a start came after all, or the acquisition ended otherwise
             self._log.warning(
-                "%s: %d of the acquisition's windows never started (the Pool skips a trigger that comes while "
-                "the previous window is still being read: those points have no value); closing the recording %s. "
-                "A longer latency_time for the scan avoids it", a["device"], a["starts_left"], a["file"])
-            a["starts_left"] = 0
+                "%s: no window started for %.1f s with %d of the continuous scan's windows to come (triggers the "
+                "Pool skipped while the previous window was still being read: those points have no value); "
+                "closing the recording %s (a later start records into a new file)",
+                a["device"], time.time() - started, a["starts_left"], a["file"])
             self._finish(axis)
+            a["reopen"] = True
+
+    def _reopen_recording(self, axis: int) -> None:
+        a = self.ax[axis]
+        a["reopen"] = False
+        try:
+            a["file"] = self._dw(axis).command_inout(
+                "StartRecording", json.dumps({"name": safe(a["device"]), "metadata": {"source": "sardana"}}))
+            a["own_recording"], a["index"] = True, 0
+        except (tango.DevFailed, TypeError) as exc:
+            a["load_error"] = f"{a['writer']}: cannot start a recording for the camera's frames: {self._why(axis, exc)}"
 
     def _finish(self, axis: int, aborted: bool = False) -> None:
         with self._lock:

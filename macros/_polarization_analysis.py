@@ -110,8 +110,10 @@ def fit_offsets(hwp_deg, qwp_deg, pol_deg, wavelength_nm, power, starts: int = 6
     curve (the Mai Tai gives ~30 % less at 700 nm than at 800 nm), so one scale for all would
     bend the offsets to absorb it. ``scale`` is the one at the first wavelength.
 
-    Offsets are defined modulo 180° (90° for the HWP, whose effect repeats every 90°); they are
-    returned in (-90, 90] (HWP: (-45, 45])."""
+    Offsets are defined modulo 180° for the polariser and modulo 90° for the plates: the HWP's
+    effect repeats every 90° at its design wavelength, and both plates turned by 90° together give
+    the same powers at every wavelength (see below). They are returned in (-90, 90] (plates:
+    (-45, 45])."""
     h, q, p, wl, y = (np.asarray(v, float) for v in (hwp_deg, qwp_deg, pol_deg, wavelength_nm, power))
     norm = float(np.max(np.abs(y))) or 1.0
     y = y / norm
@@ -136,16 +138,13 @@ def fit_offsets(hwp_deg, qwp_deg, pol_deg, wavelength_nm, power, starts: int = 6
             best = (cost, x)
     assert best is not None
     cost, x = best
-    # A quarter-wave plate turned by 90° is almost the same plate: at its design wavelength the
-    # powers are identical (the light is only conjugated), and only the other wavelengths'
-    # retardance tells the two apart, so the starts above can settle on the wrong branch (88.5°
-    # for a -1.7° plate, seen once in CI). Refine from the mirrored branch too; keep the better.
-    mirrored = x.copy()
-    mirrored[1] += 90.0
-    xm = _levenberg_marquardt(residual, mirrored)
-    cm = float(np.sum(residual(xm) ** 2))
-    if cm < cost:
-        cost, x = cm, xm
+    # Both plates turned by 90° swap their fast and slow axes: every retardance changes sign, the
+    # light after them is the complex conjugate, and the powers through the polariser are the
+    # same, at any wavelength. The half-wave plate's offset is reported modulo 90° anyway (at its
+    # design wavelength its effect repeats every 90°), so the quarter-wave plate's can only be
+    # given modulo 90° too; reporting it modulo 180° showed 88.5° for a -1.7° plate whenever the
+    # noise tipped the fit to the twin (seen in CI; a refine from the twin did not help: both fit
+    # exactly as well).
     rms = math.sqrt(cost / len(y))
 
     def wrap(v: float, period: float) -> float:
@@ -153,7 +152,7 @@ def fit_offsets(hwp_deg, qwp_deg, pol_deg, wavelength_nm, power, starts: int = 6
         return period / 2 if math.isclose(v, -period / 2) else v
 
     scales = {float(w): float(s * norm) for w, s in zip(wavelengths, x[3:], strict=True)}
-    return {"hwp": wrap(x[0], 90.0), "qwp": wrap(x[1], 180.0), "pol": wrap(x[2], 180.0),
+    return {"hwp": wrap(x[0], 90.0), "qwp": wrap(x[1], 90.0), "pol": wrap(x[2], 180.0),
             "scale": scales[float(wavelengths[0])], "scales": scales}, rms
 
 

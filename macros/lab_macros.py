@@ -50,12 +50,20 @@ importlib.reload(polarization_analysis)  # so that `relmaclib lab_macros` also p
 from tangodaq_macros._polarization_analysis import fit_offsets, periodicity  # noqa: E402
 
 MOUNTS = ("hwp", "qwp", "pol")  # Sardana motor names (the Pool's elements), not Tango devices
+SCAN_PROGRESS_ENV = "LabScanProgress"  # the resumable scan of a lab macro in progress (LabMacro.resumable_scan)
 WARMUP_TIMEOUT_S = 600
 #: the laser server closes the shutter this long after the last renewal (renewed every
 #: RENEW_EVERY_S): see deviceservers.MaiTai.lease, shared with the demo experiment
 MACRO_LEASE_S = DEFAULT_LEASE_S
 
 log = logging.getLogger("tangodaq.macros")
+
+
+def scan_file_path(scan_dir: str, scan_file: str | list[str]) -> Path:
+    """The HDF5 file among the MacroServer's ScanFile (one name or a list) in ScanDir."""
+    names = [scan_file] if isinstance(scan_file, str) else list(scan_file)
+    name = next((n for n in names if n.endswith((".h5", ".hdf5", ".nxs"))), names[0])
+    return Path(scan_dir) / name
 
 
 def lab_devices(*extra_roles: str) -> list[str]:
@@ -271,8 +279,107 @@ class LabMacro:
         return np.array(xs), np.array(ys)
 
     def scan(self, motor: str, start: float, end: float, intervals: int, count_time: float):
+        return self._scan_macro("ascan", motor, start, end, intervals, count_time)
+
+    def free_scan(self, motor: str, positions: np.ndarray, count_time: float):
+        """``fscan`` of ``motor`` over ``positions`` (the rest of an interrupted ``ascan``)."""
+        # fscan evaluates its path expression: no spaces allowed in it
+        path = "x=[" + ",".join(repr(float(x)) for x in positions) + "]"
+        return self._scan_macro("fscan", path, str(count_time), motor, "x")
+
+    def resumable_scan(self, motor: str, start: float, end: float, intervals: int, count_time: float,
+                       resume: bool) -> tuple[np.ndarray, np.ndarray]:
+        """An ``ascan`` that an interruption (stop, abort, a dead MacroServer) does not lose.
+
+        While it runs, the environment variable ``LabScanProgress`` names this macro, the scan's
+        parameters and the scan numbers (ScanID) of its scans. ``resume`` (this macro again with
+        resume=True, its other parameters then ignored) reads the points already recorded in
+        those scans' entries of the scan file and measures only the others (``fscan`` over the
+        remaining positions), in a new entry; the (positions, powers) returned are the whole
+        curve, each point once. A completed scan clears the variable."""
+        name = self.getName()
+        entries: list[int] = []
+        if resume:
+            state = self._scan_progress()
+            if not state or state.get("macro") != name:
+                what = f" (the interrupted one is a {state['macro']})" if state else ""
+                raise ValueError(f"nothing to resume for {name}{what}")
+            motor, start, end, intervals, count_time = state["scan"]
+            entries = [int(e) for e in state["entries"]]
+        positions = np.linspace(start, end, intervals + 1)
+        done_x, done_y = self.recorded_points(entries, motor)
+        if resume:
+            self.output("resuming the %s of %s: %d of %d points recorded (scan %s), %d to measure", name, motor,
+                        len(done_x), len(positions), ", ".join(map(str, entries)) or "none",
+                        len(positions) - len(done_x))
+        x, y = np.array([]), np.array([])
+        remaining = positions[len(done_x):]
+        if resume and len(remaining):
+            self.wait_for_interrupted_light()
+        if len(remaining):
+            entries.append(self.next_scan_id())
+            self.setEnv(SCAN_PROGRESS_ENV, {"macro": name, "scan": [motor, start, end, intervals, count_time],
+                                            "entries": entries})
+            if len(done_x):
+                m = self.lit(self.free_scan, motor, remaining, count_time)
+            else:
+                m = self.lit(self.scan, motor, start, end, intervals, count_time)
+            x, y = self.scan_columns(m, motor)
+        self.unsetEnv(SCAN_PROGRESS_ENV)
+        return np.concatenate([done_x, x]), np.concatenate([done_y, y])
+
+    def wait_for_interrupted_light(self) -> None:
+        """A run interrupted with the light on (its MacroServer killed) leaves the shutter open under
+        a lease nobody renews, until the laser server closes it (``MACRO_LEASE_S``). The resumed run
+        waits for that instead of measuring with light it does not hold (which would go out under
+        it); light someone keeps renewing (an operator aligning) is used after that time, as any
+        macro uses a shutter it finds open."""
+        laser = proxy(device("laser"))
+        if not laser.read_attribute("Shutter").value:
+            return
+        wait_s = MACRO_LEASE_S + 3.0  # the lease, the laser server's poll and the shutter's travel
+        self.output("the laser shutter is still open, maybe under the interrupted run's lease: waiting up to "
+                    "%.0f s for it to end", wait_s)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and laser.read_attribute("Shutter").value:
+            self.checkPoint()  # stop and abort still work while waiting
+            time.sleep(0.2)
+
+    def _scan_progress(self) -> dict | None:
+        try:
+            return self.getEnv(SCAN_PROGRESS_ENV) or None
+        except Exception:  # noqa: BLE001 - sardana's UnknownEnv: nothing interrupted
+            return None
+
+    def next_scan_id(self) -> int:
+        """The ScanID Sardana gives the next scan (it adds one to the environment's at the start)."""
+        try:
+            return int(self.getEnv("ScanID")) + 1
+        except Exception:  # noqa: BLE001 - no scan yet in this environment
+            return 1
+
+    def recorded_points(self, entries: list[int], motor: str, channel: str = "power") -> tuple[np.ndarray, np.ndarray]:
+        """(motor positions, channel values) recorded in the scan file's entries ``entries``, in
+        order (a scan that never started has no entry: nothing from it)."""
+        import h5py  # only when resuming
+
+        xs: list[float] = []
+        ys: list[float] = []
+        if not entries:
+            return np.array(xs), np.array(ys)
+        path = scan_file_path(self.getEnv("ScanDir"), self.getEnv("ScanFile"))
+        with h5py.File(path, "r", locking=False) as f:  # nobody writes it now: this macro is the one scanning
+            for entry in entries:
+                group = f.get(f"entry{entry}/measurement")
+                if group is None or motor not in group or channel not in group:
+                    continue
+                xs.extend(float(v) for v in group[motor][()])
+                ys.extend(float(v) for v in group[channel][()])
+        return np.array(xs), np.array(ys)
+
+    def _scan_macro(self, kind: str, *args):
         self.setEnv("ActiveMntGrp", "mg_power")
-        scan_macro, _ = self.createMacro("ascan", motor, start, end, intervals, count_time)
+        scan_macro, _ = self.createMacro(kind, *args)
         scan_macro.appendHook((self.light_check, ["pre-acq"]))
         # Sardana pauses whichever macro runs when PauseMacro arrives, and resumes whichever runs
         # when ResumeMacro arrives: a pause that lands on this macro (not yet in its scan) is
@@ -350,16 +457,17 @@ class wavelength_scan(LabMacro, Macro):
         ["end", Type.Float, None, "last wavelength (nm)"],
         ["intervals", Type.Integer, None, "number of intervals"],
         ["count_time", Type.Float, None, "averaging time per point (s)"],
+        ["resume", Type.Boolean, False, "continue the last interrupted wavelength_scan (other parameters ignored)"],
     ]
     result_def = [["curve", Type.String, None, "JSON {wavelength_nm: [...], power_w: [...]}"]]
 
-    def run(self, start, end, intervals, count_time):
-        if intervals < 1 or count_time <= 0:
-            raise ValueError("intervals must be >= 1 and count_time > 0")
-        self.check_motor_range("wavelength", start, end)
+    def run(self, start, end, intervals, count_time, resume):
+        if not resume:
+            if intervals < 1 or count_time <= 0:
+                raise ValueError("intervals must be >= 1 and count_time > 0")
+            self.check_motor_range("wavelength", start, end)
         self.uses("wavelength_tracked")
-        m = self.lit(self.scan, "wavelength_tracked", start, end, intervals, count_time)
-        x, y = self.scan_columns(m, "wavelength_tracked")
+        x, y = self.resumable_scan("wavelength_tracked", start, end, intervals, count_time, resume)
         self.make_safe()
         return json.dumps({"wavelength_nm": x.tolist(), "power_w": y.tolist()})
 
@@ -373,19 +481,23 @@ class polarization_scan(LabMacro, Macro):
         ["end", Type.Float, 180.0, "last angle (deg)"],
         ["intervals", Type.Integer, 36, "number of intervals"],
         ["count_time", Type.Float, 0.2, "averaging time per point (s)"],
+        ["resume", Type.Boolean, False, "continue the last interrupted polarization_scan (other parameters ignored)"],
     ]
     result_def = [["fit", Type.String, None, "JSON {period_deg, angle_of_max_deg, extinction_ratio, ...}"]]
 
-    def run(self, mount, start, end, intervals, count_time):
+    def run(self, mount, start, end, intervals, count_time, resume):
         name = mount.getName()
-        if intervals < 3 or count_time <= 0:
-            raise ValueError("intervals must be >= 3 and count_time > 0")
-        if abs(end - start) < 90:
-            raise ValueError("sweep at least 90 degrees to fit Malus's law")
-        self.check_motor_range(name, start, end)
+        if resume:
+            state = self._scan_progress() or {}
+            name = state.get("scan", [name])[0]
+        else:
+            if intervals < 3 or count_time <= 0:
+                raise ValueError("intervals must be >= 3 and count_time > 0")
+            if abs(end - start) < 90:
+                raise ValueError("sweep at least 90 degrees to fit Malus's law")
+            self.check_motor_range(name, start, end)
         self.uses(name)
-        m = self.lit(self.scan, name, start, end, intervals, count_time)
-        x, y = self.scan_columns(m, name)
+        x, y = self.resumable_scan(name, start, end, intervals, count_time, resume)
         self.make_safe()
         k, f1, f2 = periodicity(x, y)
         fit = f1 if k == 1 else f2
@@ -403,7 +515,9 @@ class polarization_characterization(LabMacro, Macro):
     Each mount is swept (the others at 0) at two wavelengths; the polariser is the mount whose
     power repeats every 180°, the half-wave plate the 90°-periodic one with the deeper
     modulation, the quarter-wave plate the other. The offsets come from a Jones-model fit of all
-    sweeps (two wavelengths lift the half-wave plate's rotation ambiguity)."""
+    sweeps (two wavelengths lift the half-wave plate's rotation ambiguity). The plates' offsets
+    are modulo 90° (both plates turned by 90° give the same powers: power through a polariser
+    cannot tell their fast axes from their slow ones), the polariser's modulo 180°."""
 
     param_def = [
         ["step", Type.Float, 15.0, "angle step (deg)"],

@@ -11,6 +11,7 @@ A MacroServer killed mid-scan leaves the file readable with the points measured 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import tango
 
-from tango_db.door_client import run_macro
+from tango_db.door_client import MacroFailed, run_macro
 from tests.system.scan_files import last_entry, scan_file
 from tests.waiting import wait_until
 
@@ -145,12 +146,15 @@ def test_a_pause_during_a_continuous_sweep_is_taken_when_the_sweep_ends(lab, doo
     assert np.all(np.isfinite(np.asarray(data["power"], dtype=float))), data["power"]
 
 
-def test_a_macroserver_killed_mid_scan_leaves_a_readable_file_that_says_where_it_stopped(lab, door, run):
-    """SIGKILL, as a crash: Sardana's file (flushed at each point) opens after the death, holds the
-    points measured, once each, at their positions, and no end time (the scan did not end)."""
+def test_a_macroserver_killed_mid_scan_leaves_a_readable_file_and_the_lab_macro_resumes_there(lab, door, run, laser):
+    """SIGKILL, as a crash, during polarization_scan: Sardana's file (flushed at each point) opens
+    after the death, holds the points measured, once each, at their positions, and no end time (the
+    scan did not end). ``polarization_scan ... True`` then measures only the other points (a new
+    entry), and its fit is over the whole curve, each angle once (issue 13: only the waveplate
+    calibration resumed)."""
     hwp = lab.proxy("lab/ell14/hwp")
     run("mv", "hwp", 0)
-    door.RunMacro(["ascan", "hwp", "0", "180", "36", "0.1"])
+    door.RunMacro(["polarization_scan", "hwp", "0", "180", "36", "0.1"])
     wait_until(lambda: hwp.read_attribute("Position").value > 20, 20, interval=0.01, what="the scan past 20 deg")
     pid = lab.pid_of("MacroServer/lab")
     os.kill(pid, signal.SIGKILL)
@@ -164,3 +168,15 @@ def test_a_macroserver_killed_mid_scan_leaves_a_readable_file_that_says_where_it
     assert np.all(np.isfinite(np.asarray(data["power"], dtype=float)))
     wait_until(lambda: door.state() == tango.DevState.ON, 60, interval=0.2,
                what="the Door back ON (the launcher restarts the MacroServer)")
+
+    fit = json.loads(run("polarization_scan", "hwp", 0, 180, 36, 0.1, True, timeout=120))
+    rest = last_entry(scan_file(lab))
+    assert rest["title"].startswith("fscan") and rest["ended"], rest["title"]
+    assert len(rest["Pt_No"]) == 37 - done
+    angles = np.concatenate([data["hwp"], rest["hwp"]])
+    np.testing.assert_allclose(angles, np.linspace(0, 180, 37), atol=0.1)  # each angle once, in order
+    power = np.concatenate([np.asarray(data["power"], float), np.asarray(rest["power"], float)])
+    assert np.all(np.isfinite(power)) and power.max() > 10 * power.min()  # lit again after the resume
+    assert fit["points"] == 37 and fit["period_deg"] == 90.0, fit
+    with pytest.raises(MacroFailed, match="nothing to resume"):
+        run("polarization_scan", "hwp", 0, 180, 36, 0.1, True)
