@@ -98,7 +98,8 @@ class CameraTwoDController(TwoDController, Referable):
         # by at least this (the measurement group's LatencyTime), so none comes while the camera
         # is still busy with the previous window's frame (a trigger that comes then is skipped).
         self._latency = LatencyTracker(SNAP_OVERHEAD_S, LATENCY_MARGIN_S)
-        self._period_s = 0.1  # one window and the pause after it (LoadOne's integration time + latency)
+        self._period_s = 0.1  # one window and the pause after it (PrepareOne's integration time + latency)
+        self._readout, self._readout_read_at = 0.0, -1e9  # the camera's ReadoutTime, cached (see _readout_s)
         self._lock = threading.RLock()  # the Pool's calls and the abandoned-acquisition timer
 
     ROLE_DEFAULTS = {"TangoDevice": "camera", "DataWriter": "datawriter"}
@@ -164,21 +165,33 @@ class CameraTwoDController(TwoDController, Referable):
         """``latency_time``: the time a frame needs after its exposure to reach the Pool, from the
         last frames (before any: the camera's ReadoutTime plus the Snap's own overhead)."""
         if parameter.lower() == "latency_time":
-            if self._latency.measured or not self.ax:
-                return self._latency.latency_s()
-            try:
-                readout = float(self._cam(next(iter(self.ax))).read_attribute("ReadoutTime").value or 0.0)
-            except (tango.DevFailed, TypeError, ValueError):
-                readout = 0.0
-            return readout + self._latency.latency_s()
+            floor = self._readout_s() + SNAP_OVERHEAD_S + LATENCY_MARGIN_S
+            return max(self._latency.latency_s(), floor) if self._latency.measured else floor
         return super().GetCtrlPar(parameter)
+
+    def _readout_s(self) -> float:
+        """The camera's ReadoutTime (its current ROI and speed), re-read at most every 10 s: the
+        Pool asks for latency_time at every integration-time change."""
+        now = time.monotonic()
+        if self.ax and now - self._readout_read_at > 10.0:
+            try:
+                self._readout = float(self._cam(next(iter(self.ax))).read_attribute("ReadoutTime").value or 0.0)
+                self._readout_read_at = now
+            except (tango.DevFailed, TypeError, ValueError):
+                pass  # the last value read (0 before any)
+        return self._readout
 
     # ------------------------------------------------------------------ acquisition
     def PrepareOne(self, axis: int, value: float, repetitions: int, latency: float, nb_starts: int) -> None:
+        # the software acquisition's LoadOne gets no latency: the pause between windows is known here
+        self._period_s = float(value) + max(0.0, float(latency or 0.0))
         with self._lock:  # a timer of the previous acquisition must not end this one
             a = self.ax[axis]
             self._cancel_end_timer(a)
             a["started"] = 0.0
+        # a recording this controller started for an acquisition that lost its last windows (a
+        # meshct's previous line, an ascanct that lost a trigger) is its own, not someone else's
+        self._finish(axis)
         a["starts_left"] = max(1, int(nb_starts))
         a["error"] = ""
         a["reopen"] = False
@@ -217,7 +230,6 @@ class CameraTwoDController(TwoDController, Referable):
         if repetitions != 1:
             raise ValueError("the camera takes one frame per start (software synchronisation)")
         self.integ_time = float(value)
-        self._period_s = self.integ_time + max(0.0, float(latency or 0.0))
         a = self.ax[axis]
         a["load_error"] = ""
         try:
@@ -233,10 +245,10 @@ class CameraTwoDController(TwoDController, Referable):
         a = self.ax[axis]
         with self._lock:
             self._cancel_end_timer(a)
+            a["started"] = time.time()  # under the lock: a timer already waiting for it sees this start
             if a.get("reopen"):  # its recording was closed after a long pause (see _end_if_idle)
                 self._reopen_recording(axis)
         cam = self._cam(axis)
-        a["started"] = time.time()
         a["ref"], a["error"], a["snapped"] = "", a.get("load_error", ""), False
         if a["error"]:
             return  # StateOne reports it (see LoadOne)
@@ -333,36 +345,38 @@ class CameraTwoDController(TwoDController, Referable):
             timer.cancel()
 
     def _end_if_idle(self, axis: int, started: float) -> None:
-        with tango.EnsureOmniThread(), self._lock:
-            a = self.ax.get(axis)
-            if a is None or a["started"] != started or not a["own_recording"] or a["starts_left"] <= 0:
-                return  # a start came after all, or the acquisition ended otherwise
-            self._log.warning(
-                "%s: no window started for %.1f s with %d of the continuous scan's windows to come (triggers the "
-                "Pool skipped while the previous window was still being read: those points have no value); "
-                "closing the recording %s (a later start records into a new file)",
-                a["device"], time.time() - started, a["starts_left"], a["file"])
-            self._finish(axis)
-            a["reopen"] = True
+        with tango.EnsureOmniThread():
+            with self._lock:
+                a = self.ax.get(axis)
+                if a is None or a["started"] != started or not a["own_recording"] or a["starts_left"] <= 0:
+                    return  # a start came after all, or the acquisition ended otherwise
+                a["reopen"] = True
+                self._log.warning(
+                    "%s: no window started for %.1f s with %d of the continuous scan's windows to come (triggers "
+                    "the Pool skipped while the previous window was still being read: those points have no value); "
+                    "closing the recording %s (a later start records into a new file)",
+                    a["device"], time.time() - started, a["starts_left"], a["file"])
+            self._finish(axis)  # outside the lock: the Pool's calls must not wait for the file to close
 
     def _reopen_recording(self, axis: int) -> None:
         a = self.ax[axis]
-        a["reopen"] = False
         try:
             a["file"] = self._dw(axis).command_inout(
                 "StartRecording", json.dumps({"name": safe(a["device"]), "metadata": {"source": "sardana"}}))
-            a["own_recording"], a["index"] = True, 0
+            a["own_recording"], a["index"], a["reopen"] = True, 0, False
         except (tango.DevFailed, TypeError) as exc:
-            a["load_error"] = f"{a['writer']}: cannot start a recording for the camera's frames: {self._why(axis, exc)}"
+            a["file"] = ""  # no reference into the closed file; StateOne reports why
+            a["error"] = a["load_error"] = (
+                f"{a['writer']}: cannot start a recording for the camera's frames: {self._why(axis, exc)}")
 
     def _finish(self, axis: int, aborted: bool = False) -> None:
+        """Stop the recording this controller started, if any, and wait for its file to close.
+        Taken under the lock, done outside it (the timer's thread and the Pool's calls)."""
         with self._lock:
-            self._finish_locked(axis, aborted)
-
-    def _finish_locked(self, axis: int, aborted: bool = False) -> None:
-        a = self.ax[axis]
-        if a["own_recording"]:
+            a = self.ax[axis]
+            ours = a["own_recording"]
             a["own_recording"] = False
+        if ours:
             try:
                 dw = self._dw(axis)
                 dw.command_inout("StopRecording")

@@ -59,11 +59,12 @@ MACRO_LEASE_S = DEFAULT_LEASE_S
 log = logging.getLogger("tangodaq.macros")
 
 
-def scan_file_path(scan_dir: str, scan_file: str | list[str]) -> Path:
-    """The HDF5 file among the MacroServer's ScanFile (one name or a list) in ScanDir."""
+def scan_file_path(scan_dir: str, scan_file: str | list[str], scan_id: int = 0) -> Path:
+    """The HDF5 file among the MacroServer's ScanFile (one name or a list) in ScanDir, for scan
+    ``scan_id`` (Sardana formats ``{ScanID}`` in the names)."""
     names = [scan_file] if isinstance(scan_file, str) else list(scan_file)
     name = next((n for n in names if n.endswith((".h5", ".hdf5", ".nxs"))), names[0])
-    return Path(scan_dir) / name
+    return Path(str(scan_dir).format(ScanID=scan_id)) / name.format(ScanID=scan_id)
 
 
 def lab_devices(*extra_roles: str) -> list[str]:
@@ -317,7 +318,9 @@ class LabMacro:
         if resume and len(remaining):
             self.wait_for_interrupted_light()
         if len(remaining):
-            entries.append(self.next_scan_id())
+            scan_id = self.next_scan_id()
+            if scan_id not in entries:  # else: an attempt whose scan never started (it took no ScanID)
+                entries.append(scan_id)
             self.setEnv(SCAN_PROGRESS_ENV, {"macro": name, "scan": [motor, start, end, intervals, count_time],
                                             "entries": entries})
             if len(done_x):
@@ -360,21 +363,30 @@ class LabMacro:
 
     def recorded_points(self, entries: list[int], motor: str, channel: str = "power") -> tuple[np.ndarray, np.ndarray]:
         """(motor positions, channel values) recorded in the scan file's entries ``entries``, in
-        order (a scan that never started has no entry: nothing from it)."""
+        order. A scan that never started has no entry (nothing from it); an entry that is not a
+        scan of ``motor`` by this macro (another Door's scan took that number) is left out."""
         import h5py  # only when resuming
 
         xs: list[float] = []
         ys: list[float] = []
-        if not entries:
-            return np.array(xs), np.array(ys)
-        path = scan_file_path(self.getEnv("ScanDir"), self.getEnv("ScanFile"))
-        with h5py.File(path, "r", locking=False) as f:  # nobody writes it now: this macro is the one scanning
-            for entry in entries:
-                group = f.get(f"entry{entry}/measurement")
+        for entry in entries:
+            path = scan_file_path(self.getEnv("ScanDir"), self.getEnv("ScanFile"), entry)
+            if not path.exists():
+                continue  # interrupted before the recorder made the file: nothing recorded
+            with h5py.File(path, "r", locking=False) as f:  # nobody writes it now: this macro scans
+                scan = f.get(f"entry{entry}")
+                group = scan.get("measurement") if scan is not None else None
                 if group is None or motor not in group or channel not in group:
                     continue
-                xs.extend(float(v) for v in group[motor][()])
-                ys.extend(float(v) for v in group[channel][()])
+                title = scan["title"][()] if "title" in scan else b""
+                title = title.decode() if isinstance(title, bytes) else str(title)
+                if not title.startswith(("ascan ", "fscan ")) or motor not in title.split():
+                    self.warning("scan %d (%s) is not this macro's: left out", entry, title)
+                    continue
+                x, y = group[motor][()], group[channel][()]
+                n = min(len(x), len(y))  # a point is recorded whole, or not at all
+                xs.extend(float(v) for v in x[:n])
+                ys.extend(float(v) for v in y[:n])
         return np.array(xs), np.array(ys)
 
     def _scan_macro(self, kind: str, *args):
@@ -489,7 +501,8 @@ class polarization_scan(LabMacro, Macro):
         name = mount.getName()
         if resume:
             state = self._scan_progress() or {}
-            name = state.get("scan", [name])[0]
+            if state.get("macro") == self.getName():
+                name = state["scan"][0]  # the interrupted run's mount, whichever was given now
         else:
             if intervals < 3 or count_time <= 0:
                 raise ValueError("intervals must be >= 3 and count_time > 0")

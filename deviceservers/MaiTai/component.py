@@ -350,7 +350,11 @@ class MaiTaiComponent(Component):
     def _tuning_poll_due(self) -> bool:
         """While tuning, polls read only the actual wavelength, except one full round (status
         byte, shutter, power: what the safety checks work on) every poll period, as when idle."""
-        return bool(self.tuning.value) and time.monotonic() - self._full_read_at < self.poll_period_s
+        with self._lock:
+            safety_pending = self._shutter_request is not None or bool(self._must_close)
+        # a shutter being confirmed or closed for safety is followed at every poll, tuning or not
+        return (bool(self.tuning.value) and not safety_pending
+                and time.monotonic() - self._full_read_at < self.poll_period_s)
 
     @staticmethod
     def _read_tuning(port: Port) -> dict[str, Any]:

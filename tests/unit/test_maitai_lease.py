@@ -104,6 +104,20 @@ class FakeLabMacro(lab_macros.LabMacro):
     def check_motor_range(self, name: str, *targets: float) -> None:
         pass
 
+    env: dict[str, Any] = {}
+
+    def getName(self) -> str:  # noqa: N802 - Sardana's Macro API
+        return self._name
+
+    def getEnv(self, name: str) -> Any:  # noqa: N802
+        return self.env[name]  # KeyError, as Sardana's UnknownEnv, when not set
+
+    def setEnv(self, name: str, value: Any) -> None:  # noqa: N802
+        self.env = {**self.env, name: value}
+
+    def unsetEnv(self, name: str) -> None:  # noqa: N802
+        self.env = {k: v for k, v in self.env.items() if k != name}
+
 
 def test_a_renewing_thread_that_fails_outside_tango_is_a_lost_lease(laser, monkeypatch) -> None:
     """Any exception in the thread (here: no proxy can be made) is kept, and ensure_open raises."""
@@ -172,6 +186,8 @@ def test_a_failed_opening_is_made_safe(laser) -> None:
     laser.fail["OpenShutterWithLease"] = dev_failed("the shutter did not open within 2 s")
     macro = FakeLabMacro()
     with pytest.raises(tango.DevFailed):
-        lab_macros.wavelength_scan.run(macro, 700.0, 800.0, 2, 0.1)
+        lab_macros.wavelength_scan.run(macro, 700.0, 800.0, 2, 0.1, False)
     assert laser.commands() == ["OpenShutterWithLease", "CloseShutter"]
     assert macro.stopped == ["wavelength_tracked"]
+    # the scan never started: the run is resumable, from its first point
+    assert macro.env["LabScanProgress"]["scan"] == ["wavelength_tracked", 700.0, 800.0, 2, 0.1]
