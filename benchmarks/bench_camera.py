@@ -15,18 +15,23 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
-import numpy as np
-import tango
-from tango.test_context import DeviceTestContext
+# the script runs as `python benchmarks/bench_camera.py`: the repository root holds tests/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datawriter.hdf5_sink import Hdf5Sink, StreamSpec
-from datawriter.recorder import Recorder
-from datawriter.ring import RingReader, create_frame_stream, remove_stream
-from deviceservers.Pvcam.device import Pvcam
+import numpy as np  # noqa: E402
+import tango  # noqa: E402
+
+from datawriter.hdf5_sink import Hdf5Sink, StreamSpec  # noqa: E402
+from datawriter.recorder import Recorder  # noqa: E402
+from datawriter.ring import RingReader, create_frame_stream, remove_stream  # noqa: E402
+from deviceservers.Pvcam.device import Pvcam  # noqa: E402
+from tests.harness import served  # noqa: E402
 
 
 def record(name: str, folder: str, run) -> dict:  # noqa: ANN001 - run() produces for a while
@@ -47,7 +52,8 @@ def record(name: str, folder: str, run) -> dict:  # noqa: ANN001 - run() produce
 def camera_phase(folder: str, roi: list[int], seconds: float) -> dict:
     device = f"bench/camera/{uuid.uuid4().hex[:8]}"
     props = {"Backend": "sim", "SimFreeRun": True, "PreviewMaxFps": 2.0, "RingSizeMB": 1024.0}
-    with DeviceTestContext(Pvcam, device_name=device, properties=props, process=True, timeout=30) as cam:
+    with served({Pvcam: {device: props}}, timeout_s=30) as server:
+        cam = server.only
         cam.ExposureTime = 1e-6
         cam.Roi = roi
         cam.Snap()  # creates the ring for this shape

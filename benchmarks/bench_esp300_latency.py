@@ -3,7 +3,7 @@
 The simulator runs in this process behind a SimulatorServer (socket://, as in the lab), with its
 realistic reply latency, so its receive timestamps (Simulator.add_rx_listener) and the client's
 clock are the same monotonic clock. The device server runs in its own process
-(MultiDeviceTestContext, process=True) next to a bare device with one memory attribute, whose
+(tests/harness.py) next to a bare device with one memory attribute, whose
 write round trip on the same run is the reference. Printed, not asserted.
 
 Targets: write -> wire median under 0.3 ms above the bare write; Stop -> wire p99 under 5 ms.
@@ -16,16 +16,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 
-import tango
-from tango.server import Device, attribute
-from tango.test_context import MultiDeviceTestContext
+# the script runs as `python benchmarks/bench_esp300_latency.py`: the repository root holds tests/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deviceservers.common.tcp_server import SimulatorServer
-from deviceservers.Esp300.device import Esp300
-from deviceservers.Esp300.simulator import Esp300Simulator
+import tango  # noqa: E402
+from tango.server import Device, attribute  # noqa: E402
+
+from deviceservers.Esp300.device import Esp300  # noqa: E402
+from deviceservers.Esp300.simulator import Esp300Simulator  # noqa: E402
+from tests.harness import SIMULATOR_URL, served  # noqa: E402
+from tests.waiting import wait_until  # noqa: E402
 
 
 class BareDevice(Device):
@@ -85,49 +90,40 @@ def main() -> None:
 
     sim = Esp300Simulator(reply_delay_s=float(os.environ.get("ESP_DELAY", "0.004")))  # realistic: 4 ms + 19200 baud line time
     watch = WireWatch(sim)
-    with SimulatorServer(sim, name="esp300") as server:
-        devices = [
-            {"class": Esp300, "devices": [{"name": "bench/esp300/x",
-                                           "properties": {"SerialURL": server.url, "Axis": 1}}]},
-            {"class": BareDevice, "devices": [{"name": "bench/bare/1"}]},
-        ]
-        with MultiDeviceTestContext(devices, process=True, timeout=30) as ctx:
-            axis = ctx.get_device("bench/esp300/x")
-            bare = ctx.get_device("bench/bare/1")
-            deadline = time.monotonic() + 15
-            while axis.State() != tango.DevState.ON:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"axis never became ON: {axis.Status()}")
-                time.sleep(0.05)
+    classes = {Esp300: {"bench/esp300/x": {"SerialURL": SIMULATOR_URL, "Axis": 1}}, BareDevice: {"bench/bare/1": {}}}
+    with served(classes, simulator=sim, timeout_s=30, ready=None) as server:
+        axis = server["bench/esp300/x"]
+        bare = server["bench/bare/1"]
+        wait_until(lambda: axis.State() == tango.DevState.ON, 15, what="the axis ON")
 
-            bare_rtt, write_wire, write_rtt = [], [], []
-            for i in range(n):
-                t0 = time.monotonic()
-                bare.write_attribute("Value", float(i))
-                bare_rtt.append(time.monotonic() - t0)
+        bare_rtt, write_wire, write_rtt = [], [], []
+        for i in range(n):
+            t0 = time.monotonic()
+            bare.write_attribute("Value", float(i))
+            bare_rtt.append(time.monotonic() - t0)
 
-                watch.arm(b"1PA")
-                t0 = time.monotonic()
-                axis.write_attribute("Position", 1.0 if i % 2 else 1.002)
-                t1 = time.monotonic()
-                write_wire.append(watch.wait() - t0)
-                write_rtt.append(t1 - t0)
+            watch.arm(b"1PA")
+            t0 = time.monotonic()
+            axis.write_attribute("Position", 1.0 if i % 2 else 1.002)
+            t1 = time.monotonic()
+            write_wire.append(watch.wait() - t0)
+            write_rtt.append(t1 - t0)
 
-            stop_wire = []
-            for i in range(n):
-                watch.arm(b"1PA")
-                axis.write_attribute("Position", 10.0 if i % 2 else -10.0)
-                watch.wait()
-                started = time.monotonic()
-                while not sim.is_moving(1):
-                    if time.monotonic() - started > 2:
-                        raise SystemExit(f"try {i}: the axis did not start moving: {axis.State()} {axis.Status()}")
-                    time.sleep(0.0005)
-                time.sleep(0.002 + (i % 7) * 0.003)  # land at different phases of the polling
-                watch.arm(b"1ST")
-                t0 = time.monotonic()
-                axis.Stop()
-                stop_wire.append(watch.wait() - t0)
+        stop_wire = []
+        for i in range(n):
+            watch.arm(b"1PA")
+            axis.write_attribute("Position", 10.0 if i % 2 else -10.0)
+            watch.wait()
+            started = time.monotonic()
+            while not sim.is_moving(1):
+                if time.monotonic() - started > 2:
+                    raise SystemExit(f"try {i}: the axis did not start moving: {axis.State()} {axis.Status()}")
+                time.sleep(0.0005)
+            time.sleep(0.002 + (i % 7) * 0.003)  # land at different phases of the polling
+            watch.arm(b"1ST")
+            t0 = time.monotonic()
+            axis.Stop()
+            stop_wire.append(watch.wait() - t0)
 
     rows = [
         ("bare DeviceProxy write (round trip)", bare_rtt),
