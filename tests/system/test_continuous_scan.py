@@ -8,7 +8,6 @@ reported in each window (the ``*_pos`` channels of ``mg_continuous``)."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import h5py
@@ -18,7 +17,7 @@ import pytest
 from deviceservers.MaiTai.lease import ShutterLease
 from tango_db.door_client import MacroFailed, run_macro
 from tangodaq_macros._polarization_analysis import fit_malus
-from tests.system.scan_files import last_entry, scan_file
+from tests.system.scan_files import frames_of, last_entry, scan_file, set_camera_value_ref
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -91,14 +90,6 @@ def test_ascanct_gives_the_step_scans_malus_curve_from_one_sweep(lab):
     print(f"ascan {step_s:.1f} s, ascanct {continuous_s:.1f} s: {step_s / continuous_s:.2f}x")
 
 
-def frame_of(reference: str) -> tuple[str, str, int]:
-    """(file, dataset, row) of the camera channel's reference h5file://<file>::<dataset>#index=<row>."""
-    assert reference.startswith("h5file://") and "#index=" in reference, reference
-    path, rest = reference.removeprefix("h5file://").split("::")
-    dataset, row = rest.split("#index=")
-    return path, dataset, int(row)
-
-
 def test_ascanct_with_the_camera_references_one_frame_exposed_in_each_window(lab):
     """Issue 13: the camera in a continuous scan. Each window is one frame exposed for the window's
     integration time, recorded by the DataWriter and referenced by the scan; the windows follow
@@ -122,28 +113,18 @@ def test_ascanct_with_the_camera_references_one_frame_exposed_in_each_window(lab
         scan = last_entry(scan_file(lab))
         output = list(lines)
         # the same group with the camera's references off: refused before anything moves
-        conf = json.loads(group.read_attribute("Configuration").value)
-        channel = next(ch for ctrl in conf["controllers"].values() for ch in ctrl["channels"].values()
-                       if ch["name"] == "camera")
-        channel["value_ref_enabled"] = False
-        group.write_attribute("Configuration", json.dumps(conf))
+        set_camera_value_ref(lab, False)
         with pytest.raises(MacroFailed):
             run("ascanct", "hwp", 0, 60, intervals, integ_s)
         refused = "\n".join(lines)
     finally:
-        conf = json.loads(group.read_attribute("Configuration").value)
-        for ctrl in conf["controllers"].values():
-            for ch in ctrl["channels"].values():
-                if ch["name"] == "camera":
-                    ch["value_ref_enabled"] = True
-        group.write_attribute("Configuration", json.dumps(conf))
+        set_camera_value_ref(lab, True)
         run("senv", "ActiveMntGrp", "mg_power")
     assert "records the camera only by reference" in refused and "'Ref'" in refused, refused
-    references = [r.decode() if isinstance(r, bytes) else str(r) for r in scan["camera"]]
-    assert len(references) == intervals + 1, output
-    frames = [frame_of(r) for r in references]
+    frames = frames_of(scan["camera"])
+    assert len(frames) == intervals + 1, output
     assert len({path for path, _, _ in frames}) == 1 and len({ds for _, ds, _ in frames}) == 1
-    assert [row for _, _, row in frames] == list(range(intervals + 1)), references
+    assert [row for _, _, row in frames] == list(range(intervals + 1)), frames
     path, dataset = frames[0][0], frames[0][1]
     with h5py.File(path, "r") as f:  # plain h5py: the recording the channel started is closed
         stream = f[dataset.rsplit("/", 1)[0]]

@@ -23,7 +23,7 @@ from deviceservers.bench.optics import OpticsModel, Polariser, WavePlate
 from tango_db.config import load_config, server_instances
 from tango_db.door_client import BUSY, MacroFailed, run_macro, stop_macro
 from tangodaq_macros._polarization_analysis import fit_malus  # noqa: E402
-from tests.system.scan_files import last_entry, scan_file
+from tests.system.scan_files import frames_of, last_entry, scan_file, set_camera_value_ref
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.system
@@ -354,18 +354,6 @@ def test_waveplate_calibration_stops_and_resumes_where_it_stopped(lab, door, las
 # ----------------------------------------------------------------------- camera and DataWriter
 
 
-def frames_of(references) -> list[tuple[str, str, int]]:
-    """(file, dataset, index) of Sardana's value references h5file://<file>::<dataset>#index=<i>."""
-    out = []
-    for ref in references:
-        ref = ref.decode() if isinstance(ref, bytes) else str(ref)
-        assert ref.startswith("h5file://"), ref
-        file, rest = ref.removeprefix("h5file://").split("::")
-        dataset, index = rest.split("#index=")
-        out.append((file, dataset, int(index)))
-    return out
-
-
 def spot_centre(frame: np.ndarray) -> tuple[float, float]:
     """(column, row) centroid of the pixels above half the frame's maximum."""
     background = np.median(frame)
@@ -412,20 +400,10 @@ def test_camera_channel_in_ct_and_ascan_gives_frame_references(lab, door):
     assert len(data["power"]) == 3
 
 
-def _camera_value_ref(lab, enabled: bool) -> None:
-    mg = lab.proxy("mg_camera")
-    conf = json.loads(mg.read_attribute("Configuration").value)
-    for ctrl in conf["controllers"].values():
-        for ch in ctrl["channels"].values():
-            if ch["name"] == "camera":
-                ch["value_ref_enabled"] = enabled
-    mg.write_attribute("Configuration", json.dumps(conf))
-
-
 def test_camera_channel_without_referencing_gives_the_frame_and_refuses_a_binned_preview(lab, door):
     lab_has("lab/camera/1", "lab/datawriter/1")
     camera = lab.proxy("lab/camera/1")
-    _camera_value_ref(lab, False)
+    set_camera_value_ref(lab, False)
     try:
         door.run("ct", 0.05, "mg_camera")
         (camera_line,) = [line for line in door.lines if "camera" in line]
@@ -436,7 +414,7 @@ def test_camera_channel_without_referencing_gives_the_frame_and_refuses_a_binned
         assert any("PreviewBinning is 2" in line for line in failed.value.lines), failed.value.lines
     finally:
         camera.write_attribute("PreviewBinning", 1)
-        _camera_value_ref(lab, True)
+        set_camera_value_ref(lab, True)
 
 
 def test_record_start_and_stop_record_the_streams(lab, door):
