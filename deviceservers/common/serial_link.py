@@ -11,7 +11,9 @@ Every instrument is reached through a :class:`SerialLink`. The link:
 * has two ways to jump the line: ``priority=True`` puts a request at the head of the queue, and
   :meth:`SerialLink.send_urgent` writes at once from the caller's thread, even while the worker
   waits for a slow reply (Stop/Abort must reach the wire within milliseconds);
-* declares the link down when the port disappears or stops answering, fails requests at once
+* declares the link down when the port disappears (noticed while idle too) or stops answering;
+  a connection found closed before a request was written is re-made and the request sent once
+  more (the instrument never saw it); fails requests at once
   while it is down (nothing piles up), and reconnects with exponential back-off; a connect hook
   (echo off, identify) must succeed before the link is declared up again;
 * keeps health counters and tells listeners about every up/down transition.
@@ -216,6 +218,21 @@ class Port:
             raise LinkDown(f"port lost: {exc}") from exc
         return stale
 
+    def check_open(self) -> None:
+        """Raise :class:`LinkDown` if the port is gone, without waiting.
+
+        Bytes that arrived unasked are kept for the next request to drop. An idle link calls
+        this so that a connection the far end closed (a terminal server's idle time-out or
+        "alive check", a server restarted) is noticed and re-made before the next request
+        needs it, and the link is not shown as connected on a dead socket."""
+        try:
+            waiting = self._ser.in_waiting
+            if waiting:
+                self._buf += self._ser.read(waiting)
+                del self._buf[:-4096]  # an instrument that chatters unasked does not fill memory
+        except (serial.SerialException, OSError) as exc:
+            raise LinkDown(f"port lost while idle: {exc}") from exc
+
     def query(self, command: str, timeout: float | None = None) -> str:
         """Write a command, read one reply line."""
         self.discard_input()
@@ -416,21 +433,50 @@ class SerialLink:
             try:
                 req = self._queue.get(timeout=0.2)
             except queue.Empty:
+                self._check_idle_port()
                 continue
             if req.future.cancelled() or not req.future.set_running_or_notify_cancel():
                 continue
             self._execute(req)
+
+    def _check_idle_port(self) -> None:
+        if self._port is None or self._late_replies_owed:
+            return  # late replies are read (and dropped) by the next request
+        try:
+            self._port.check_open()
+        except LinkDown as exc:
+            self._record_error(str(exc))
+            self._mark_down(str(exc))
+
+    def _call(self, req: _Request) -> Any:
+        """Run one attempt of ``req`` on the open port.
+
+        A connection found closed before any byte of the request was written (the far end
+        closed it since the last request) is re-made once and the request sent on the new one:
+        the instrument never saw it, so this is safe for requests that move things too."""
+        sent_before = self.health.bytes_out
+        try:
+            if self._port is None:
+                raise LinkDown(f"{self.name} is not connected: {self.health.down_reason}")
+            if self._late_replies_owed:
+                self._drop_late_replies(self._port)
+            return req.fn(self._port)
+        except LinkDown as exc:
+            if self._port is None or self.health.bytes_out != sent_before:
+                raise
+            self.log.warning("%s: connection found closed before %s was sent (%s): reconnecting", self.name,
+                             req.description or "a request", exc)
+            self._close_port(str(exc))
+            if not self._try_connect():
+                raise LinkDown(f"{self.name} is not connected: {self.health.down_reason}") from exc
+            return req.fn(self._port)
 
     def _execute(self, req: _Request) -> None:
         attempts = 1 + (self.settings.retries if req.idempotent else 0)
         self.health.requests += 1
         for attempt in range(attempts):
             try:
-                if self._port is None:
-                    raise LinkDown(f"{self.name} is not connected: {self.health.down_reason}")
-                if self._late_replies_owed:
-                    self._drop_late_replies(self._port)
-                result = req.fn(self._port)
+                result = self._call(req)
             except LinkDown as exc:
                 self._record_error(str(exc))
                 self._mark_down(str(exc))

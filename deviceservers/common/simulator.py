@@ -117,6 +117,12 @@ class Simulator(abc.ABC):
         with self._cond:
             self.faults.unplugged = False
 
+    @property
+    def connection_count(self) -> int:
+        """Connections this simulator holds (over TCP: accepted while plugged in)."""
+        with self._cond:
+            return len(self._connections)
+
     def add_rx_listener(self, fn) -> None:
         """``fn(timestamp, command_bytes)`` is called for every received command (benchmarks)."""
         self._rx_listeners.append(fn)
