@@ -43,6 +43,7 @@ from typing import Any
 import pyarrow as pa
 
 from .hdf5_sink import DiskNearlyFull, Hdf5Sink, StreamSpec, _now_iso
+from .losses import StreamLosses
 from .ring import Record, RingReader, list_streams
 
 Manifest = Mapping[str, Mapping[str, Any]]
@@ -86,15 +87,13 @@ class _Followed:
     reader: RingReader
     key: str  # the sink's dataset group being appended to
     schema: Any
+    losses: StreamLosses
     records: int = 0
-    lost_retired: int = 0  # losses of readers already replaced, and records gone before we found a ring
-    reader_lost0: int = 0  # the current reader's loss counter when it was taken over
-    segment_lost0: int = 0  # self.lost when the current dataset group was started
     segments: int = 1
 
     @property
     def lost(self) -> int:
-        return self.lost_retired + self.reader.lost - self.reader_lost0
+        return self.losses.total
 
 
 class Recorder:
@@ -138,7 +137,7 @@ class Recorder:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._followed: dict[str, _Followed] = {
-            n: _Followed(n, r, n, r.schema, reader_lost0=r.lost) for n, r in readers.items()
+            n: _Followed(n, r, n, r.schema, StreamLosses(r)) for n, r in readers.items()
         }
         #: streams seen but not recordable (schema HDF5 cannot take): name -> reason
         self.skipped: dict[str, str] = {}
@@ -203,7 +202,7 @@ class Recorder:
                 self._drain_loop()
                 self._publish(time.monotonic(), force=True)
                 for f in self._followed.values():
-                    self.sink.set_lost(f.key, f.lost - f.segment_lost0)
+                    self.sink.set_lost(f.key, f.losses.in_segment)
                 end = self._read_manifest() if self._manifest is not None else None
                 self.sink.close(manifest_end=end)
             except DiskNearlyFull as exc:  # stopped with room to spare: close the file properly
@@ -227,7 +226,7 @@ class Recorder:
         end manifest: reading devices is not worth risking the file); abort if that fails."""
         try:
             for f in self._followed.values():
-                self.sink.set_lost(f.key, f.lost - f.segment_lost0)
+                self.sink.set_lost(f.key, f.losses.in_segment)
             self.sink.close(manifest_end=None)
         except BaseException:  # noqa: BLE001 - keep what was flushed
             self.sink.abort()
@@ -289,7 +288,7 @@ class Recorder:
         while self._inflight:
             f, _, _, compressing = self._inflight.popleft()
             compressing.cancel()
-            f.lost_retired += 1
+            f.losses.dropped()
 
     def _drain_loop(self) -> None:
         sink = self.sink
@@ -340,7 +339,7 @@ class Recorder:
         streams = {}
         for name, f in list(self._followed.items()):
             r = f.reader
-            sink.set_lost(f.key, f.lost - f.segment_lost0)
+            sink.set_lost(f.key, f.losses.in_segment)
             streams[name] = {"group": sink.group_path(f.key), "next_seq": r.next_seq,
                              "ring_created_ns": r.created_ns, "ring_pid": r.producer_pid}
         return {"streams": streams, "groups": sink.progress()}
@@ -389,8 +388,8 @@ class Recorder:
             reader.close()
             return
         # records the producer wrote before we found the ring and that are already overwritten
-        self._followed[name] = _Followed(name, reader, key, reader.schema, lost_retired=reader.next_seq,
-                                         reader_lost0=reader.lost)
+        self._followed[name] = _Followed(name, reader, key, reader.schema,
+                                         StreamLosses(reader, gone_before=reader.next_seq))
 
     def _follow_replacement(self, f: _Followed) -> None:
         new = self._open_new(f.name)
@@ -399,8 +398,8 @@ class Recorder:
         self._drain(f, f.reader.write_seq, 1 << 30)  # everything the old ring committed
         self._complete("all")  # before the old ring's memory goes
         old = f.reader
-        f.lost_retired += old.lost - f.reader_lost0 + new.next_seq
-        f.reader, f.reader_lost0 = new, new.lost
+        f.losses.follow(new, gone_before=new.next_seq)
+        f.reader = new
         old.close()
         if new.schema.equals(f.schema, check_metadata=False):
             return  # same layout: the same datasets go on
@@ -409,9 +408,9 @@ class Recorder:
             StreamSpec(f.name, new.schema, new.description),
             attrs={"appeared": _now_iso(), "reason": reason, "continues": self.sink.group_path(f.key)},
         )
-        self.sink.set_lost(f.key, f.lost - new.next_seq - f.segment_lost0)
+        # the records the new ring lost before it was found belong to the new group
+        self.sink.set_lost(f.key, f.losses.start_segment(carried=new.next_seq))
         f.key, f.schema = key, new.schema
-        f.segment_lost0 = f.lost - new.next_seq
         f.segments += 1
 
     def _publish(self, now: float, force: bool = False) -> None:

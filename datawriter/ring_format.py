@@ -90,6 +90,14 @@ S_WORDS = 8
 SLOT_HEADER_BYTES = S_WORDS * 8
 
 
+class RingError(RuntimeError):
+    """A ring cannot be created, opened or written; the message says which and why."""
+
+
+class RingInUseError(RingError):
+    """Another live process already produces into a ring of this name."""
+
+
 class RingFormatError(RuntimeError):
     """The file is not a tangodaq ring, or a ring of an incompatible version."""
 

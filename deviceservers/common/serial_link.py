@@ -467,6 +467,7 @@ class SerialLink:
             self.log.warning("%s: connection found closed before %s was sent (%s): reconnecting", self.name,
                              req.description or "a request", exc)
             self._close_port(str(exc))
+            self._set_down(str(exc))  # listeners see the loss (values invalid) until it is re-made
             if not self._try_connect():
                 raise LinkDown(f"{self.name} is not connected: {self.health.down_reason}") from exc
             return req.fn(self._port)

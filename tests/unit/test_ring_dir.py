@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from datawriter import ring
+from datawriter import ring_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,17 +32,17 @@ def test_folder_follows_environment_then_home_then_system_tangorc(tmp_path, monk
     home.mkdir()
     system = tmp_path / "tangorc"
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(ring, "SYSTEM_TANGORC", str(system))
-    assert ring.shm_dir() == "/dev/shm/tangodaq-10000"  # no database configured anywhere
+    monkeypatch.setattr(ring_names, "SYSTEM_TANGORC", str(system))
+    assert ring_names.shm_dir() == "/dev/shm/tangodaq-10000"  # no database configured anywhere
     _rc(system, "control.example.org:24567")  # Debian's /etc/tangorc
-    assert ring.tango_host() == "control.example.org:24567"
-    assert ring.shm_dir() == "/dev/shm/tangodaq-24567"
+    assert ring_names.tango_host() == "control.example.org:24567"
+    assert ring_names.shm_dir() == "/dev/shm/tangodaq-24567"
     _rc(home / ".tangorc", "127.0.0.1:23456")  # the user's own file wins over the system's
-    assert ring.shm_dir() == "/dev/shm/tangodaq-23456"
+    assert ring_names.shm_dir() == "/dev/shm/tangodaq-23456"
     monkeypatch.setenv("TANGO_HOST", "db1:21000,db2:21000")  # the environment wins over both
-    assert ring.shm_dir() == "/dev/shm/tangodaq-21000"
+    assert ring_names.shm_dir() == "/dev/shm/tangodaq-21000"
     monkeypatch.setenv("TANGODAQ_SHM_DIR", str(tmp_path / "explicit"))
-    assert ring.shm_dir() == str(tmp_path / "explicit")
+    assert ring_names.shm_dir() == str(tmp_path / "explicit")
 
 
 # The interpreter may live where other users cannot run it (a root-owned pyenv), so each script
