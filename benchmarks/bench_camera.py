@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -112,10 +113,20 @@ def main() -> None:
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder of the HDF5 files")
     a = ap.parse_args()
     secs = 3.0 if a.quick else a.duration
-    print(f"camera (sim, free running) vs raw producer -> ring -> Recorder -> HDF5 in {a.dir}, {secs:.0f} s per phase")
+    # its own ring folder (the camera server inherits it): nothing left in /dev/shm afterwards
+    rings = tempfile.mkdtemp(prefix="tangodaq-bench-camera-", dir="/dev/shm")
+    os.environ["TANGODAQ_SHM_DIR"] = rings
+    try:
+        run_phases(a.dir, secs)
+    finally:
+        shutil.rmtree(rings, ignore_errors=True)
+
+
+def run_phases(folder: str, secs: float) -> None:
+    print(f"camera (sim, free running) vs raw producer -> ring -> Recorder -> HDF5 in {folder}, {secs:.0f} s per phase")
     for label, roi in (("full 2048x2048", [0, 0, 2048, 2048]), ("ROI 512x512", [0, 0, 512, 512])):
-        cam = camera_phase(a.dir, roi, secs)
-        raw = raw_phase(a.dir, (roi[3], roi[2]), secs)
+        cam = camera_phase(folder, roi, secs)
+        raw = raw_phase(folder, (roi[3], roi[2]), secs)
         for who, r in (("camera", cam), ("raw", raw)):
             print(f"{label:>15} {who:>6}: produced {r['produced']:6d}  written {r['written']:6d}  "
                   f"lost at camera {r['camera_lost']:4d}  lost in ring {r['ring_lost']:5d}  {r['fps']:7.1f} fps  "
