@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -189,15 +191,28 @@ def _query_fails(link: SerialLink) -> bool:
     return False
 
 
-def test_a_connection_the_far_end_closes_while_idle_is_remade_by_itself():
-    """A terminal server that drops an idle TCP connection (an idle time-out, its "alive check"):
-    the link notices without a request and connects again, so it is never shown connected on a
-    dead socket and the next request goes through."""
+@contextlib.contextmanager
+def terminal_server(first: Callable[[socket.socket], None]) -> Iterator[tuple[SerialLink, list[socket.socket]]]:
+    """A TCP terminal server whose first connection ``first`` handles (and closes); later ones
+    answer each line with ``OK <line>``. Yields a started link to it and the accepted sockets."""
     listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
     stop = threading.Event()
     accepted: list[socket.socket] = []
-    drop = threading.Event()
+
+    def echo(conn: socket.socket) -> None:
+        buf = b""
+        conn.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                data = conn.recv(100)
+            except TimeoutError:
+                continue
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                conn.sendall(b"OK " + line + b"\n")
 
     def serve() -> None:
         listener.settimeout(0.1)
@@ -207,40 +222,33 @@ def test_a_connection_the_far_end_closes_while_idle_is_remade_by_itself():
             except TimeoutError:
                 continue
             accepted.append(conn)
-            if len(accepted) == 1:
-                drop.wait(5)
-                conn.close()  # dropped, idle, with nothing said
-                continue
-            conn.settimeout(0.1)
-            buf = b""
-            while not stop.is_set():
-                try:
-                    data = conn.recv(100)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    conn.sendall(b"OK " + line + b"\n")
+            (first if len(accepted) == 1 else echo)(conn)
             conn.close()
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    link = SerialLink(settings(f"socket://127.0.0.1:{port}", retries=0))
+    link = SerialLink(settings(f"socket://127.0.0.1:{listener.getsockname()[1]}", retries=0))
     link.start()
     try:
-        assert wait_connected(link, 5)
-        drop.set()
-        wait_until(lambda: len(accepted) >= 2 and link.connected, 5, what="the link to connect again")
-        assert "closed" in link.health.last_error or "lost" in link.health.last_error
-        assert link.query("after") == "OK after"
+        yield link, accepted
     finally:
         link.close()
         stop.set()
         t.join(2)
         listener.close()
+
+
+def test_a_connection_the_far_end_closes_while_idle_is_remade_by_itself():
+    """A terminal server that drops an idle TCP connection (an idle time-out, its "alive check"):
+    the link notices without a request and connects again, so it is never shown connected on a
+    dead socket and the next request goes through."""
+    drop = threading.Event()
+    with terminal_server(lambda conn: drop.wait(5)) as (link, accepted):  # then dropped, nothing said
+        assert wait_connected(link, 5)
+        drop.set()
+        wait_until(lambda: len(accepted) >= 2 and link.connected, 5, what="the link to connect again")
+        assert "closed" in link.health.last_error or "lost" in link.health.last_error
+        assert link.query("after") == "OK after"
 
 
 def test_a_request_that_finds_the_connection_closed_is_sent_on_a_new_one(served, link_factory):
@@ -271,56 +279,17 @@ def test_a_request_that_finds_the_connection_closed_is_sent_on_a_new_one(served,
 
 def test_far_end_closing_mid_reply():
     """A terminal server that sends half a line and hangs up: LinkDown, then reconnection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    accepted = threading.Event()
-    stop = threading.Event()
 
-    def serve() -> None:
-        first = True
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            if first:
-                first = False
-                conn.recv(100)
-                conn.sendall(b"HAL")
-                conn.close()
-                accepted.set()
-                continue
-            buf = b""
-            conn.settimeout(0.1)
-            while not stop.is_set():
-                try:
-                    data = conn.recv(100)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    conn.sendall(b"OK " + line + b"\n")
-            conn.close()
+    def half_a_line(conn: socket.socket) -> None:
+        conn.recv(100)
+        conn.sendall(b"HAL")
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    link = SerialLink(settings(f"socket://127.0.0.1:{port}", retries=0))
-    link.start()
-    try:
+    with terminal_server(half_a_line) as (link, _):
         assert wait_connected(link, 5)
         with pytest.raises(LinkDown):
             link.query("first")
         assert wait_connected(link, 5)
         assert link.query("second") == "OK second"
-    finally:
-        link.close()
-        stop.set()
-        t.join(2)
-        listener.close()
 
 
 def test_missing_device_path_reports_how_to_fix():
