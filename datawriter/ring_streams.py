@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -60,18 +60,34 @@ def frame_schema(height: int, width: int, dtype: Any = np.uint16, units: str = "
     )
 
 
-class FrameStreamWriter:
-    """Producer of a frame stream; see :func:`create_frame_stream`."""
+class _StreamWriter:
+    """What every typed producer shares: its ring, its name, and closing it (also as a context)."""
 
-    def __init__(self, ring: RingWriter, height: int, width: int, dtype: np.dtype) -> None:
+    def __init__(self, ring: RingWriter) -> None:
         self.ring = ring
-        self.height, self.width, self.dtype = height, width, np.dtype(dtype)
-        self._tensor_type = ring.schema.field("frame").type
-        self._value_type = pa.from_numpy_dtype(self.dtype)
 
     @property
     def name(self) -> str:
         return self.ring.name
+
+    def close(self, unlink: bool = False) -> None:
+        self.ring.close(unlink=unlink)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FrameStreamWriter(_StreamWriter):
+    """Producer of a frame stream; see :func:`create_frame_stream`."""
+
+    def __init__(self, ring: RingWriter, height: int, width: int, dtype: np.dtype) -> None:
+        super().__init__(ring)
+        self.height, self.width, self.dtype = height, width, np.dtype(dtype)
+        self._tensor_type = ring.schema.field("frame").type
+        self._value_type = pa.from_numpy_dtype(self.dtype)
 
     def write(
         self,
@@ -129,14 +145,6 @@ class FrameStreamWriter:
         )
         return self.ring.write_batch(batch, int(bof.min()), int(bof.max()))
 
-    def close(self, unlink: bool = False) -> None:
-        self.ring.close(unlink=unlink)
-
-    def __enter__(self) -> FrameStreamWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def create_frame_stream(
@@ -193,17 +201,13 @@ def create_frame_stream(
     return FrameStreamWriter(ring, height, width, dt)
 
 
-class ScalarStreamWriter:
+class ScalarStreamWriter(_StreamWriter):
     """Producer of a scalar stream; see :func:`create_scalar_stream`."""
 
     def __init__(self, ring: RingWriter, rows_per_record: int, columns: list[tuple[str, np.dtype]]) -> None:
-        self.ring = ring
+        super().__init__(ring)
         self.rows_per_record = rows_per_record
         self._columns = columns  # value columns after "timestamp"
-
-    @property
-    def name(self) -> str:
-        return self.ring.name
 
     def write(self, timestamps: Any, values: Any, **extra: Any) -> int:
         """Publish rows (timestamps: float s or int ns; values and extra columns: same length).
@@ -237,14 +241,6 @@ class ScalarStreamWriter:
             written += 1
         return written
 
-    def close(self, unlink: bool = False) -> None:
-        self.ring.close(unlink=unlink)
-
-    def __enter__(self) -> ScalarStreamWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def create_scalar_stream(

@@ -11,6 +11,7 @@ drive them the way a user does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,15 @@ class ModelPanel(Qt.QWidget):
     """Base of the panels: empty until ``setModel``, which builds the content for the model
     (a new model rebuilds it); ``closeEvent`` detaches every Taurus widget."""
 
+    #: ``build(body, model)``: fill ``body`` for ``model``; every panel class defines it (checked
+    #: when the class is made: Qt's metaclass does not mix with abc's)
+    build: Callable[[Qt.QWidget, Any], None]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not callable(getattr(cls, "build", None)):
+            raise TypeError(f"{cls.__name__} must define build(body, model): what the panel shows for a model")
+
     def __init__(self, parent: Qt.QWidget | None = None) -> None:
         super().__init__(parent)
         self._outer = Qt.QVBoxLayout(self)
@@ -106,9 +116,6 @@ class ModelPanel(Qt.QWidget):
         self._body = Qt.QWidget()
         self._outer.addWidget(self._body)
         self.build(self._body, model)
-
-    def build(self, body: Qt.QWidget, model: Any) -> None:
-        raise NotImplementedError  # pragma: no cover
 
     def release(self) -> None:
         """Detach the content from its models and drop it."""

@@ -12,6 +12,7 @@ import pytest
 import tango
 
 from deviceservers.common import protocol_sim
+from tests.requirements import unavailable
 
 # Rings made by unit and device tests go to a folder of this session's own, removed at the end,
 # so tests never collide with a running lab's rings nor leave shared memory behind. Labs started
@@ -80,7 +81,7 @@ def tiny_fs(tmp_path) -> Iterator[str]:
     import subprocess
 
     if os.geteuid() != 0:
-        pytest.skip("a really full disk needs a tmpfs mount, which needs root: run the suite as root (CI does)")
+        unavailable("a really full disk needs a tmpfs mount, which needs root: run the suite as root (CI does)")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True)

@@ -12,6 +12,7 @@ the state cannot drift from what the instrument reports.
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
 import threading
@@ -112,7 +113,7 @@ class StateReporter:
                 self.log.exception("state listener failed")
 
 
-class ComponentBase(StateReporter):
+class ComponentBase(StateReporter, abc.ABC):
     """What every component has, whatever reaches its hardware (a serial link, a camera SDK):
     Parameters, health counters, one monitor thread, and a state derived from what it knows.
 
@@ -163,9 +164,9 @@ class ComponentBase(StateReporter):
         if self._poll_thread is not None and self._poll_thread is not threading.current_thread():
             self._poll_thread.join(5)
 
+    @abc.abstractmethod
     def poll_once(self) -> float | None:
         """One pass of the monitor thread; the seconds until the next (None: ``poll_period_s``)."""
-        raise NotImplementedError
 
     def request_poll(self) -> None:
         """The next pass now instead of at its time (after a move starts, a frame arrived)."""
@@ -184,8 +185,9 @@ class ComponentBase(StateReporter):
 
     # ------------------------------------------------------------------ health
     @property
+    @abc.abstractmethod
     def communication_ok(self) -> bool:
-        raise NotImplementedError
+        """Whether the component reaches its hardware (or its library) now."""
 
     @property
     def error_count(self) -> int:

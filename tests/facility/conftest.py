@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from tests.facility.stack import FacilityStack, missing_requirements
+from tests.requirements import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -236,7 +237,7 @@ def release():
     """The release's virtual environment, built once for the facility and several-hosts tiers."""
     why = facility_requirements()
     if why:
-        pytest.skip(why)
+        unavailable(why)
     base = Path(tempfile.mkdtemp(prefix="tangodaq-release-", dir="/tmp"))
     os.chmod(base, 0o755)
     try:
@@ -378,7 +379,7 @@ def hosts_lab(release):
 
     why = network_missing()
     if why:
-        pytest.skip(why)
+        unavailable(why)
     base = Path(tempfile.mkdtemp(prefix="tangodaq-hosts-", dir="/tmp"))
     os.chmod(base, 0o755)
     (base / "logs").mkdir()

@@ -14,9 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-
 from datawriter import ring_names
+from tests.requirements import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,8 +84,9 @@ def _free_id(taken) -> int:  # noqa: ANN001
             return n
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="running processes as two other users needs root (CI runs as root)")
 def test_service_user_and_reader_of_the_same_group_share_the_folder() -> None:
+    if os.geteuid() != 0:
+        unavailable("running processes as two other users needs root (CI runs as root)")
     gid = _free_id(grp.getgrgid)
     service, reader = _free_id(pwd.getpwuid), _free_id(pwd.getpwuid)
     port = next(p for p in iter(lambda: random.randint(20000, 32000), None)
