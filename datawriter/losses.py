@@ -18,7 +18,7 @@ ways, and each must be counted exactly once:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 
 class CountsLosses(Protocol):
@@ -28,10 +28,14 @@ class CountsLosses(Protocol):
     def lost(self) -> int: ...
 
 
-class StreamLosses:
-    """Records of one followed stream that did not reach the file."""
+R = TypeVar("R", bound=CountsLosses)
 
-    def __init__(self, reader: CountsLosses, gone_before: int = 0) -> None:
+
+class StreamLosses(Generic[R]):
+    """Records of one followed stream that did not reach the file, and the reader that counts
+    them now (the one the recording reads the stream with)."""
+
+    def __init__(self, reader: R, gone_before: int = 0) -> None:
         """``reader``: the reader taken over (its losses so far are not the recording's);
         ``gone_before``: records the producer wrote before the recording found the ring and that
         it can no longer read."""
@@ -41,7 +45,7 @@ class StreamLosses:
         self._segment_base = 0
 
     @property
-    def reader(self) -> CountsLosses:
+    def reader(self) -> R:
         return self._reader
 
     @property
@@ -60,7 +64,7 @@ class StreamLosses:
             raise ValueError(f"cannot drop {n} records")
         self._settled += n
 
-    def follow(self, reader: CountsLosses, gone_before: int) -> None:
+    def follow(self, reader: R, gone_before: int) -> None:
         """The ring was re-created: go on counting with ``reader``, whose ring already lost
         ``gone_before`` records (written before it was found)."""
         self._settled += self._reader.lost - self._reader_base + gone_before

@@ -84,12 +84,15 @@ class _Followed:
     """One stream followed through the recording, across re-creations of its ring."""
 
     name: str
-    reader: RingReader
     key: str  # the sink's dataset group being appended to
     schema: Any
-    losses: StreamLosses
+    losses: StreamLosses[RingReader]  # and the reader the stream is read with now
     records: int = 0
     segments: int = 1
+
+    @property
+    def reader(self) -> RingReader:
+        return self.losses.reader
 
     @property
     def lost(self) -> int:
@@ -137,7 +140,7 @@ class Recorder:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._followed: dict[str, _Followed] = {
-            n: _Followed(n, r, n, r.schema, StreamLosses(r)) for n, r in readers.items()
+            n: _Followed(n, n, r.schema, StreamLosses(r)) for n, r in readers.items()
         }
         #: streams seen but not recordable (schema HDF5 cannot take): name -> reason
         self.skipped: dict[str, str] = {}
@@ -388,7 +391,7 @@ class Recorder:
             reader.close()
             return
         # records the producer wrote before we found the ring and that are already overwritten
-        self._followed[name] = _Followed(name, reader, key, reader.schema,
+        self._followed[name] = _Followed(name, key, reader.schema,
                                          StreamLosses(reader, gone_before=reader.next_seq))
 
     def _follow_replacement(self, f: _Followed) -> None:
@@ -399,7 +402,6 @@ class Recorder:
         self._complete("all")  # before the old ring's memory goes
         old = f.reader
         f.losses.follow(new, gone_before=new.next_seq)
-        f.reader = new
         old.close()
         if new.schema.equals(f.schema, check_metadata=False):
             return  # same layout: the same datasets go on
