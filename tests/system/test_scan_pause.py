@@ -168,6 +168,12 @@ def test_a_macroserver_killed_mid_scan_leaves_a_readable_file_and_the_lab_macro_
     assert np.all(np.isfinite(np.asarray(data["power"], dtype=float)))
     wait_until(lambda: door.state() == tango.DevState.ON, 60, interval=0.2,
                what="the Door back ON (the launcher restarts the MacroServer)")
+    # ON comes before the restarted MacroServer has the Pool's elements: a macro run then fails
+    # with "Moveable with name hwp does not exist in any Pool []" (seen in a rehearsal). Wait for
+    # what an operator's `wa` would show: the MacroServer knows the waveplate again.
+    macroserver = lab.proxy("macroserver/lab/1")
+    wait_until(lambda: b'"hwp"' in macroserver.read_attribute("Elements").value[1], 60, interval=0.2,
+               what="the restarted MacroServer to know the Pool's motors (hwp)")
 
     # Resumed as an operator would at once: through the Door, which this process reached before
     # the restart; its event channel to the restarted MacroServer is re-made by cppTango's keep-alive
