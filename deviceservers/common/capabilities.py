@@ -40,6 +40,9 @@ class ParameterComponent(Protocol):
     def add_state_listener(self, listener: StateListener) -> None:
         """``listener(state, status)`` on every real change (the device pushes State/Status)."""
 
+    def remove_state_listener(self, listener: StateListener) -> None:
+        """Stop calling ``listener`` (the device is deleted or re-initialised)."""
+
     def update_state(self) -> None:
         """Derive the state again now (after a write that changes it)."""
 

@@ -94,6 +94,11 @@ class StateReporter:
     def add_state_listener(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
 
+    def remove_state_listener(self, listener: StateListener) -> None:
+        """Stop telling ``listener`` (a device re-initialised that keeps its component)."""
+        if listener in self._state_listeners:
+            self._state_listeners.remove(listener)
+
     def _set_state(self, state: DeviceState, status: str) -> None:
         with self._state_lock:
             self._derived = (state, status)

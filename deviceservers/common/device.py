@@ -151,6 +151,8 @@ def _tango_type(p: Parameter[Any]) -> Any:
         return tango.CmdArgType.DevEnum
     if p.shape is not None:
         return p.dtype  # a numpy dtype such as np.uint16
+    if p.int64:
+        return np.int64
     return {float: float, int: np.int32, bool: bool, str: str}[p.dtype]
 
 
@@ -237,6 +239,7 @@ class ParameterDevice(Device):
             unsub()
         self._unsubscribers = []
         if getattr(self, "component", None) is not None:
+            self.component.remove_state_listener(self._on_state_change)
             self.component.stop()
         super().delete_device()
 

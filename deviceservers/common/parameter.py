@@ -81,11 +81,16 @@ class Parameter(Generic[T]):
         archive_abs_change: float | None = None,
         archive_rel_change: float | None = None,
         archive_period_ms: int | None = None,
+        int64: bool = False,
     ) -> None:
         if choices is not None and dtype is not int:
             raise TypeError(f"{name}: an enum parameter holds an int index into its choices")
+        if int64 and (dtype is not int or choices is not None):
+            raise TypeError(f"{name}: int64 is for integer counters")
         self.name = name
         self.dtype = dtype
+        # A counter that passes 2**31 in a day's work (bytes written): a 64-bit attribute.
+        self.int64 = int64
         # When an archiver (HDB++) stores this reading: on a change of at least abs/rel (percent),
         # and at least every period while it changes; None = the Tango layer's default for the
         # type (deviceservers.common.device.archive_criteria). A noisy reading sets its own.

@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
+import datawriter
 import deviceservers
+from datawriter.component import DataWriterComponent, WriterSettings
 from deviceservers.common.capabilities import ParameterComponent
 from deviceservers.common.component import Component, DeviceState, StateReporter
 from deviceservers.common.device import ParameterDevice
@@ -37,7 +39,10 @@ BUILDERS: dict[type, Callable[[], object]] = {
     MaiTaiComponent: lambda: MaiTaiComponent(_settings("maitai")),
     Newport1830CComponent: lambda: Newport1830CComponent(_settings("newport1830c")),
     PvcamComponent: lambda: PvcamComponent(lambda: SimulatedPrimeBsi("pvcamUSB_0"), None, poll_period_s=0.1),
+    DataWriterComponent: lambda: DataWriterComponent("test/capabilities/dw", WriterSettings("/nonexistent/out")),
 }
+#: the packages whose components and devices are checked
+PACKAGES = (deviceservers, datawriter)
 
 
 def _all_subclasses(cls: type) -> set[type]:
@@ -47,16 +52,21 @@ def _all_subclasses(cls: type) -> set[type]:
     return found
 
 
+def _ours(cls: type) -> bool:
+    return cls.__module__.split(".")[0] in {p.__name__ for p in PACKAGES}
+
+
 def _import_every_module() -> None:
-    for info in pkgutil.walk_packages(deviceservers.__path__, "deviceservers."):
-        if info.name.endswith("pyvcam_backend"):
-            continue  # needs the optional PyVCAM; its component is PvcamComponent, checked here
-        importlib.import_module(info.name)
+    for package in PACKAGES:
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if info.name.endswith("pyvcam_backend"):
+                continue  # needs the optional PyVCAM; its component is PvcamComponent, checked here
+            importlib.import_module(info.name)
 
 
 def test_every_component_class_is_checked():
     _import_every_module()
-    concrete = {c for c in _all_subclasses(StateReporter) if c.__module__.startswith("deviceservers.")}
+    concrete = {c for c in _all_subclasses(StateReporter) if _ours(c)}
     abstract = {c for c in concrete if any(c in b.__mro__[1:] for b in concrete)}  # bases of others
     assert concrete - abstract <= set(BUILDERS), f"components without a case here: {concrete - abstract - set(BUILDERS)}"
 
@@ -81,8 +91,9 @@ def test_a_component_meets_the_contract_with_the_types_it_promises(cls):
 def test_every_device_server_is_typed_against_the_contract():
     """Each device's ``component`` annotation names the contract or a class that meets it."""
     _import_every_module()
-    devices = [c for c in _all_subclasses(ParameterDevice) if c.__module__.startswith("deviceservers.")]
+    devices = [c for c in _all_subclasses(ParameterDevice) if _ours(c)]
     assert devices, "no ParameterDevice found"
+    assert any(d.__module__ == "datawriter.device" for d in devices), "the DataWriter is a ParameterDevice"
     for device in [ParameterDevice, *devices]:
         owner = next(k for k in device.__mro__ if "component" in k.__dict__.get("__annotations__", {}))
         annotation = owner.__annotations__["component"]

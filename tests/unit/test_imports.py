@@ -145,7 +145,7 @@ def test_every_package_is_walked() -> None:
     graph = import_graph()
     # an absolute import, a relative one and one inside a function are all edges
     assert "deviceservers.common.device" in graph["deviceservers.Esp300.device"]
-    assert "datawriter.recorder" in graph["datawriter.device"]
+    assert "datawriter.component" in graph["datawriter.device"]
     assert "tango_db.roles" in graph["datawriter.device"]  # imported in manifest_devices_from_roles
 
 
