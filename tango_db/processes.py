@@ -133,6 +133,57 @@ def tango_ready(tango_host: str, devices: list[str]) -> Callable[[], tuple[bool,
     return check
 
 
+#: what a MacroServer must know of its Pools before a macro can use them (not the controllers)
+POOL_ELEMENT_TYPES = {"Motor", "PseudoMotor", "CTExpChannel", "ZeroDExpChannel", "OneDExpChannel", "TwoDExpChannel",
+                      "PseudoCounter", "MeasurementGroup", "IORegister", "TriggerGate"}
+
+
+def element_names(elements: tuple[str, bytes | str] | list, types: set[str] | None = None) -> set[str]:
+    """The names in a Sardana ``Elements`` attribute value (``("json", '{"new": [...]}')``),
+    of the given types only if ``types``."""
+    import json
+
+    data = elements[1]
+    info = json.loads(data.decode() if isinstance(data, bytes) else data)
+    return {e["name"] for e in info.get("new", []) if types is None or e.get("type") in types}
+
+
+def macroserver_ready(tango_host: str, devices: list[str], macroserver: str) -> Callable[[], tuple[bool, str]]:
+    """Ready when the MacroServer and its Door answer (:func:`tango_ready`) *and* the MacroServer
+    knows every motor, channel and measurement group of its Pools. Its Door is ON a few seconds
+    before that after a (re)start, and a macro run then fails with "Moveable ... does not exist
+    in any Pool []": the launcher says "ready" (and "answers again" after a restart) only when a
+    macro can run."""
+    answers = tango_ready(tango_host, devices)
+
+    def check() -> tuple[bool, str]:
+        ok, detail = answers()
+        if not ok:
+            return ok, detail
+        import tango
+
+        from .proxies import PROBE_TIMEOUT_MS, device_proxy
+
+        try:
+            ms = device_proxy(macroserver, PROBE_TIMEOUT_MS, tango_host)
+            pools = list(ms.get_property("PoolNames")["PoolNames"])
+            known = element_names(ms.read_attribute("Elements").value)
+            wanted: set[str] = set()
+            for pool in pools:
+                wanted |= element_names(device_proxy(pool, PROBE_TIMEOUT_MS, tango_host).read_attribute("Elements").value,
+                                        POOL_ELEMENT_TYPES)
+        except (tango.DevFailed, ValueError, KeyError, TypeError) as exc:
+            text = exc.args[0].desc.strip().partition("\n")[0] if isinstance(exc, tango.DevFailed) else str(exc)
+            return False, f"{detail}, its Pool's elements not known yet ({text})"
+        missing = sorted(wanted - known)
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            return False, f"{detail}, loading the Pool's elements ({shown} not known yet)"
+        return True, f"{detail}, {len(wanted)} Pool elements known"
+
+    return check
+
+
 # Servers started through a wrapper of ours instead of their own script (same Tango server name).
 WRAPPED = {
     # Sardana's MacroServer with its abort races closed: see tango_db.sardana_servers
@@ -146,11 +197,14 @@ def server_argv(server: str, instance: str) -> list[str]:
 
 
 def tango_server_spec(si: ServerInstance, tango_host: str) -> ProcessSpec:
+    macroservers = [d for d, cls in si.devices.items() if cls == "MacroServer"]
+    ready = (macroserver_ready(tango_host, list(si.devices), macroservers[0]) if macroservers
+             else tango_ready(tango_host, list(si.devices)))
     return ProcessSpec(
         name=si.name,
         level=LEVELS.get(si.server, DEFAULT_LEVEL),
         argv=server_argv(si.server, si.instance),
-        ready=tango_ready(tango_host, list(si.devices)),
+        ready=ready,
         devices=dict(si.devices),
     )
 

@@ -73,7 +73,8 @@ def process_table(state: dict) -> str:
         (
             p["name"],
             p.get("pid") or "restarting",
-            _uptime(p.get("started")),
+            # "starting": running, not answering yet (a MacroServer still loading its Pool's elements)
+            "starting" if p.get("pid") and p.get("ready") is False else _uptime(p.get("started")),
             p.get("restarts", 0),
             p.get("log", ""),
         )

@@ -191,6 +191,7 @@ class Supervisor:
                         "started": c.started_at
                         and datetime.fromtimestamp(c.started_at).isoformat(timespec="seconds"),
                         "restarts": c.restarts,
+                        "ready": c.ready,
                         "log": str(c.log),
                         "devices": c.spec.devices,
                     }
@@ -385,6 +386,7 @@ class Supervisor:
                 ok, detail = self.check(c)
                 if ok:
                     c.ready = True
+                    changed = True
                     self.say(f"{c.spec.name} answers again ({detail})", stamp=True)
         if changed:
             self.write_state()

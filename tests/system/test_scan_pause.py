@@ -169,11 +169,15 @@ def test_a_macroserver_killed_mid_scan_leaves_a_readable_file_and_the_lab_macro_
     wait_until(lambda: door.state() == tango.DevState.ON, 60, interval=0.2,
                what="the Door back ON (the launcher restarts the MacroServer)")
     # ON comes before the restarted MacroServer has the Pool's elements: a macro run then fails
-    # with "Moveable with name hwp does not exist in any Pool []" (seen in a rehearsal). Wait for
-    # what an operator's `wa` would show: the MacroServer knows the waveplate again.
-    macroserver = lab.proxy("macroserver/lab/1")
-    wait_until(lambda: b'"hwp"' in macroserver.read_attribute("Elements").value[1], 60, interval=0.2,
-               what="the restarted MacroServer to know the Pool's motors (hwp)")
+    # with "Moveable with name hwp does not exist in any Pool []" (seen in a rehearsal). The
+    # launcher says the MacroServer is ready (`tangodaq status`, "answers again") only once it
+    # knows them: what an operator waits for; then the waveplate is there at once.
+    def macroserver_ready_again() -> bool:
+        p = next(p for p in lab.state()["processes"] if p["name"] == "MacroServer/lab")
+        return p["restarts"] >= 1 and p["pid"] is not None and p["ready"]
+
+    wait_until(macroserver_ready_again, 60, interval=0.2, what="the launcher to call the restarted MacroServer ready")
+    assert b'"hwp"' in lab.proxy("macroserver/lab/1").read_attribute("Elements").value[1]
 
     # Resumed as an operator would at once: through the Door, which this process reached before
     # the restart; its event channel to the restarted MacroServer is re-made by cppTango's keep-alive
