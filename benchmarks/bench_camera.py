@@ -4,7 +4,12 @@ Measures frames per second recorded and frames lost at full frame (2048x2048) an
 ROI, next to a raw producer (numpy frames written straight into a ring by their own process, as
 in ``bench_frames.py``) feeding the same Recorder (the DataWriter's engine) and HDF5 sink, so
 the printed ratio is the cost of the camera layer (frame generation, acquisition thread,
-preview) over the data plane alone. Nothing is asserted.
+preview) over the data plane alone.
+
+Then the live view people align with (``--view``, on by default): the GUI's camera view
+(taurus_gui.camera_view, offscreen) on a camera acquiring full frames at ~36 fps while they are
+recorded; printed: distinct frames drawn per second by the widget, against the target of 10
+(the ratio), with the camera's and the recording's rates and losses. Nothing is asserted.
 
     python benchmarks/bench_camera.py            # 10 s per phase
     python benchmarks/bench_camera.py --quick    # 3 s per phase
@@ -73,6 +78,52 @@ def camera_phase(folder: str, roi: list[int], seconds: float) -> dict:
     return result
 
 
+VIEW_TARGET_PER_S = 10.0
+
+
+def view_phase(folder: str, seconds: float) -> dict:
+    """The camera view drawing full frames while the camera acquires ~36 fps and they are recorded."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from taurus_gui.camera_view import CameraView
+    from tests.system.qt_app import app_instance
+
+    device = f"bench/view/{uuid.uuid4().hex[:8]}"
+    props = {"Backend": "sim", "RingSizeMB": 256.0, "PollPeriodMs": 1000}  # PreviewMaxFps: the default
+    with served({Pvcam: {device: props}}, timeout_s=30) as server:
+        cam = server.only
+        cam.ExposureTime = 0.005  # + 23 ms readout: ~36 full frames per second
+        cam.NbFrames = 0
+        cam.Snap()  # creates the ring
+        while cam.State() == tango.DevState.RUNNING:
+            time.sleep(0.05)
+        app = app_instance()
+        view = CameraView(device)
+        view.resize(1000, 800)
+        view.show()
+        seen: dict[str, float] = {}
+
+        def run() -> tuple[int, int]:
+            cam.StartAcquisition()
+            start = time.monotonic()
+            while time.monotonic() - start < 1.0 or len(view.shown) < 2:  # the first previews arrive
+                app.processEvents()
+                time.sleep(0.005)
+            n0, t0 = len(view.shown), time.monotonic()
+            while time.monotonic() - t0 < seconds:  # the benchmark's duration, the event loop turning
+                app.processEvents()
+                time.sleep(0.005)
+            seen["rate"] = (len(view.shown) - n0) / (time.monotonic() - t0)
+            seen["camera_fps"] = cam.FrameRate
+            cam.StopAcquisition()
+            return cam.FramesAcquired, cam.FramesLost
+
+        result = record(device.replace("/", ".") + ".frames", folder, run)
+        view.close()
+        app.processEvents()
+    remove_stream(device.replace("/", ".") + ".frames")
+    return result | seen
+
+
 def raw_producer(device: str, shape: tuple[int, int], seconds: float, ready, go, total) -> None:  # noqa: ANN001
     w = create_frame_stream(device, height=shape[0], width=shape[1], ring_size_mb=1024)
     frames = [np.random.default_rng(i).integers(0, 4096, shape, dtype=np.uint16) for i in range(4)]
@@ -111,6 +162,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     ap.add_argument("--quick", action="store_true", help="3 s per phase")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder of the HDF5 files")
+    ap.add_argument("--no-view", dest="view", action="store_false", help="leave out the live view phase")
     a = ap.parse_args()
     secs = 3.0 if a.quick else a.duration
     # its own ring folder (the camera server inherits it): nothing left in /dev/shm afterwards
@@ -118,6 +170,12 @@ def main() -> None:
     os.environ["TANGODAQ_SHM_DIR"] = rings
     try:
         run_phases(a.dir, secs)
+        if a.view:
+            v = view_phase(a.dir, secs)
+            print(f"{'live view':>15}: {v['rate']:.1f} distinct full frames drawn per second while the camera "
+                  f"acquires {v['camera_fps']:.1f} fps and {v['fps']:.1f} fps are recorded (lost at camera "
+                  f"{v['camera_lost']}, in ring {v['ring_lost']}); target {VIEW_TARGET_PER_S:.0f}/s: "
+                  f"ratio {v['rate'] / VIEW_TARGET_PER_S:.2f} ({'met' if v['rate'] >= VIEW_TARGET_PER_S else 'NOT met'})")
     finally:
         shutil.rmtree(rings, ignore_errors=True)
 
