@@ -7,6 +7,9 @@ clock are the same monotonic clock. The device server runs in its own process
 write round trip on the same run is the reference. Printed, not asserted.
 
 Targets: write -> wire median under 0.3 ms above the bare write; Stop -> wire p99 under 5 ms.
+Also printed: Stop sent while another client's Position write of the same axis is still being
+confirmed by the controller: the Stop waits for that write (Tango's one request at a time per
+device; see deviceservers/Esp300/device.py for why), so its time is the write's confirmation.
 
     python benchmarks/bench_esp300_latency.py [--quick]
 """
@@ -29,6 +32,7 @@ from tango.server import Device, attribute  # noqa: E402
 
 from deviceservers.Esp300.device import Esp300  # noqa: E402
 from deviceservers.Esp300.simulator import Esp300Simulator  # noqa: E402
+from tango_db.proxies import device_proxy  # noqa: E402
 from tests.harness import SIMULATOR_URL, served  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
@@ -125,11 +129,28 @@ def main() -> None:
             axis.Stop()
             stop_wire.append(watch.wait() - t0)
 
+        # Stop while another client's write of the same axis is being confirmed (PA is on the
+        # wire, its confirmation not yet back)
+        other = device_proxy(server.access("bench/esp300/x"), 3000)
+        stop_behind_write = []
+        for i in range(n // 2):
+            watch.arm(b"1PA")
+            writer = threading.Thread(target=other.write_attribute, args=("Position", 10.0 if i % 2 else -10.0))
+            writer.start()
+            watch.wait()
+            watch.arm(b"1ST")
+            t0 = time.monotonic()
+            axis.Stop()
+            stop_behind_write.append(watch.wait() - t0)
+            writer.join()
+            wait_until(lambda: axis.State() != tango.DevState.MOVING, 10, interval=0.002, what="the axis stopped")
+
     rows = [
         ("bare DeviceProxy write (round trip)", bare_rtt),
         ("Position write (round trip)", write_rtt),
         ("Position write -> PA on the wire", write_wire),
         ("Stop during a move -> ST on the wire", stop_wire),
+        ("Stop during another's write -> ST", stop_behind_write),
     ]
     print(f"ESP300 latency over {n} tries (simulator reply delay {sim.reply_delay_s * 1e3:.1f} ms + line time)")
     for label, samples in rows:

@@ -1,10 +1,16 @@
 """Tango device server ``Esp300``: one device per axis of a Newport ESP300.
 
 Axes with the same SerialURL in one server process share one link (the port opens once) and one
-request queue. Stop and Abort must reach the wire within milliseconds even while another client
-waits on a slow request of the same device, so this server runs with Tango's NO_SYNC serial
-model and serialises everything else itself (``_op_lock``): attribute writes and the other
-commands take that lock, Stop and Abort do not, and reads come from the Parameter cache.
+request queue. Stop and Abort go to the wire through the link's urgent lane, ahead of every
+queued request. The server keeps Tango's default serial model (one request at a time per
+device): a Stop waits at most for a request of the same axis already in progress (a Position
+write takes the controller's confirmation, tens of ms), never for the link queue.
+
+It ran with NO_SYNC before, so that a Stop would not wait even for that; but with NO_SYNC a
+client's read of an attribute races the event thread's push of the same attribute inside
+cppTango (the push clears the value the read has just set: "Read value for attribute Position
+has not been updated", about 1 read in 30 000 while the axis moves; cppTango#1202). A read that
+fails during a move is worse than a Stop that waits tens of ms.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ class Esp300(InstrumentDevice):
 
     # ------------------------------------------------------------------ lifecycle
     def init_device(self) -> None:
-        # Process-wide: Tango's per-device lock would make Stop wait behind a slow write.
-        tango.Util.instance().set_serial_model(tango.SerialModel.NO_SYNC)
+        # Writes, Home, MoveRelative, DefinePosition and Init one at a time (Tango's device
+        # monitor does so too; the lock keeps it true for callers that are not Tango requests).
         if not hasattr(self, "_op_lock"):
             self._op_lock = threading.RLock()
         with self._op_lock:
