@@ -19,7 +19,8 @@ thread:
    new group ``<stream>_2`` of the same device saying why; with ``record_new_streams`` (or for
    ``awaited_streams``) rings that appear during the recording are added from their first record;
 4. flushes every ``flush_interval`` seconds (the small metadata columns are written then, in one
-   call per column) and publishes :class:`RecorderStats` a few times per second;
+   call per column) and updates its :class:`RecorderStats` (:meth:`Recorder.stats`) a few times
+   per second, which the DataWriter's monitor thread publishes;
 5. on stop, looks for new/replaced rings once more, drains every record committed before the
    stop request, reads the end manifest and closes the file.
 
@@ -119,7 +120,6 @@ class Recorder:
         max_records_per_pass: int = 16,
         record_new_streams: bool = False,
         awaited_streams: Sequence[str] = (),
-        on_stats: Callable[[RecorderStats], None] | None = None,
         on_finished: Callable[[str, BaseException | None], None] | None = None,
         on_flush: Callable[[dict[str, Any]], None] | None = None,
         thread_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
@@ -132,7 +132,6 @@ class Recorder:
         self.max_records_per_pass = max_records_per_pass
         self.record_new_streams = record_new_streams
         self._awaited = [n for n in awaited_streams if n not in readers]
-        self._on_stats = on_stats
         self._on_finished = on_finished
         self._on_flush = on_flush
         self._thread_context = thread_context or contextlib.nullcontext
@@ -439,11 +438,6 @@ class Recorder:
         )
         with self._lock:
             self._stats = stats
-        if self._on_stats is not None:
-            try:
-                self._on_stats(stats)
-            except Exception:  # a failing observer must not end the recording
-                pass
 
 
 def _schema_change(name: str, old: Any, new: Any) -> str:
