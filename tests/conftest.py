@@ -76,6 +76,16 @@ def ring_device() -> Iterator[str]:
 
 
 @pytest.fixture
+def power(ring_device: str) -> Iterator:
+    """A power-meter stream of ``ring_device`` (10 samples per record), removed afterwards."""
+    from datawriter.ring import create_scalar_stream
+
+    stream = create_scalar_stream(ring_device, "power", units="W", rows_per_record=10)
+    yield stream
+    stream.close(unlink=True)
+
+
+@pytest.fixture
 def tiny_fs(tmp_path) -> Iterator[str]:
     """A 3 MB tmpfs: a really full disk, no simulation. Mounting needs root (CI runs as root)."""
     import subprocess

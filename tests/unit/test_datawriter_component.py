@@ -12,17 +12,10 @@ import numpy as np
 import pytest
 
 from datawriter.component import DataWriterComponent, RecordingRefused, WriterSettings
-from datawriter.ring import ScalarStreamWriter, create_scalar_stream
+from datawriter.ring import ScalarStreamWriter
 from deviceservers.common.component import DeviceState
 from deviceservers.common.parameter import Reading
 from tests.waiting import wait_until
-
-
-@pytest.fixture
-def power(ring_device: str) -> Iterator[ScalarStreamWriter]:
-    stream = create_scalar_stream(ring_device, "power", units="W", rows_per_record=10)
-    yield stream
-    stream.close(unlink=True)
 
 
 def _write(stream: ScalarStreamWriter, records: int) -> None:

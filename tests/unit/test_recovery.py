@@ -12,15 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 
 from datawriter import recovery
-from datawriter.ring import ScalarStreamWriter, create_scalar_stream
+from datawriter.ring import ScalarStreamWriter
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,13 +62,6 @@ else:
 print("done", flush=True)
 time.sleep(60)
 """
-
-
-@pytest.fixture
-def power(ring_device: str) -> Iterator[ScalarStreamWriter]:
-    pm = create_scalar_stream(ring_device, "power", units="W", rows_per_record=10)
-    yield pm
-    pm.close(unlink=True)
 
 
 def _write(pm: ScalarStreamWriter, values: range) -> None:
