@@ -200,7 +200,7 @@ class DataWriter(ParameterDevice):
     Compression = device_property(
         dtype=str, default_value="none",
         doc=f"frame compression, one of {', '.join(COMPRESSIONS)}: blosc2-lz4 (fast, Blosc2 LZ4 + bit shuffle) and "
-        "blosc2-zstd (dense, Blosc2 zstd level 1 + byte shuffle) compress in worker threads at full frame rate; "
+        "blosc2-zstd (dense, Blosc2 zstd level 1 + bit shuffle) compress in worker threads at full frame rate; "
         "the other filters run in the writer thread (about 30 fps of full frames). All open with h5py + hdf5plugin",
     )
 
