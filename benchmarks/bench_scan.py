@@ -10,7 +10,10 @@ measurement group. Per point it prints:
 - count: the integration time asked for (for the camera group, plus the camera's readout time:
   the instrument's own time after the exposure, its ``ReadoutTime``);
 - motion: the instrument's own move, from its device's State events (MOVING -> ON, stamped by
-  the device server); for the dummy motor, its motion profile (it has no instrument);
+  the device server); for the laser, from its ``Tuning`` events (stamped when ``WAVelength n``
+  went out and when ``READ:WAVelength?`` reached it: the laser tunes while the write reads its
+  confirmation back, and Tango stamps a State event when it is pushed, which waits for the
+  write to return); for the dummy motor, its motion profile (it has no instrument);
 - wait: the acquisition phase (motion end -> point end, Sardana's ``timestamp`` and ``epoch``)
   minus the counting time: waiting for the channel;
 - software: what is left (the Pool, the MacroServer, Tango round trips);
@@ -51,12 +54,12 @@ from tests.system.conftest import Lab  # noqa: E402
 DUMMY_MOTOR, DUMMY_CT, DUMMY_MG = "bench_dmot", "bench_dct", "bench_mg_dummy"
 DUMMY_VELOCITY, DUMMY_ACCEL_S = 1000.0, 0.001  # the dummy motor's profile: ~1 ms per step
 
-#: motor -> (start, end, the lab device whose State tells the instrument's own move)
+#: motor -> (start, end, the lab device and attribute whose change events tell the instrument's own move)
 MOTORS = {
-    DUMMY_MOTOR: (0.0, 10.0, None),
-    "hwp": (0.0, 90.0, "lab/ell14/hwp"),
-    "stage_x": (0.0, 2.0, "lab/esp300/x"),
-    "wavelength": (790.0, 810.0, "lab/maitai/1"),
+    DUMMY_MOTOR: (0.0, 10.0, None, ""),
+    "hwp": (0.0, 90.0, "lab/ell14/hwp", "State"),
+    "stage_x": (0.0, 2.0, "lab/esp300/x", "State"),
+    "wavelength": (790.0, 810.0, "lab/maitai/1", "Tuning"),
 }
 
 
@@ -76,35 +79,36 @@ class Row:
         return statistics.median(w + s for w, s in zip(self.wait, self.software, strict=True))
 
 
-class StateLog:
-    """State change events of one device, with the server's time stamps."""
+class MotionLog:
+    """Change events of one device's State (moving = MOVING) or of a boolean attribute such as the
+    laser's Tuning (moving = True), with the server's time stamps."""
 
-    def __init__(self, proxy: tango.DeviceProxy) -> None:
+    def __init__(self, proxy: tango.DeviceProxy, attribute: str = "State") -> None:
         self.proxy = proxy
-        self.events: list[tuple[float, tango.DevState]] = []
+        self.events: list[tuple[float, bool]] = []
         self._lock = threading.Lock()
-        self._id = proxy.subscribe_event("State", tango.EventType.CHANGE_EVENT, self._on)
+        self._id = proxy.subscribe_event(attribute, tango.EventType.CHANGE_EVENT, self._on)
 
     def _on(self, ev: tango.EventData) -> None:
         if ev.err or ev.attr_value is None:
             return
+        value = ev.attr_value.value
         with self._lock:
-            self.events.append((ev.attr_value.time.totime(), ev.attr_value.value))
+            self.events.append((ev.attr_value.time.totime(), value is True or value == tango.DevState.MOVING))
 
     def moving_between(self, t0: float, t1: float) -> float:
-        """Seconds the device was MOVING within [t0, t1]."""
+        """Seconds the device was moving within [t0, t1]."""
         with self._lock:
             events = sorted(self.events)
         total, since = 0.0, None
-        state_at_t0 = next((s for t, s in reversed(events) if t <= t0), None)
-        if state_at_t0 == tango.DevState.MOVING:
+        if next((moving for t, moving in reversed(events) if t <= t0), False):
             since = t0
-        for t, s in events:
+        for t, moving in events:
             if t <= t0 or t > t1:
                 continue
-            if s == tango.DevState.MOVING and since is None:
+            if moving and since is None:
                 since = t
-            elif s != tango.DevState.MOVING and since is not None:
+            elif not moving and since is not None:
                 total += t - since
                 since = None
         if since is not None:
@@ -159,10 +163,10 @@ def camera_readout_s(lab: Lab) -> float:
 
 
 def run_scan(lab: Lab, door: str, motor: str, mg: str, points: int, integ: float) -> Row:
-    start, end, device = MOTORS[motor]
+    start, end, device, attribute = MOTORS[motor]
     run_macro(door, "senv", "ActiveMntGrp", mg, say=lambda _l: None, timeout=30)
     run_macro(door, "mv", motor, start, say=lambda _l: None, timeout=60)
-    log = StateLog(lab.proxy(device)) if device else None
+    log = MotionLog(lab.proxy(device), attribute) if device else None
     try:
         run_macro(door, "ascan", motor, start, end, points, integ, say=lambda _l: None, timeout=600)
     finally:

@@ -6,7 +6,8 @@ in LOCAL mode or with the key switch off, refuses some with an error only visibl
 trusted its writes would show a closed shutter that is open. So:
 
 * ``Wavelength`` reads the *actual* wavelength (``READ:WAV?``); a write sets the target, is
-  confirmed by ``WAV?`` at once, and ``Tuning`` stays true until the actual wavelength is within
+  confirmed by ``WAV?`` at once, and ``Tuning`` is true from the moment the command is sent (the
+  laser tunes while its confirmation is read) until the actual wavelength is within
   ``tolerance_nm`` of ``WAV?`` (derived from readback, so front-panel tuning shows as well);
 * shutter and emission changes are waited for on polled readback with a deadline
   (``SHUTTER_CONFIRM_S``, ``EMISSION_CONFIRM_S``): the request thread blocks at most that long,
@@ -127,6 +128,8 @@ class MaiTaiComponent(Component):
         self._emission_lost = ""
         self._warmup_origin: tuple[float, float] | None = None  # (monotonic, percent) first seen warming
         self._tuning_since: tuple[float, float] | None = None  # (monotonic, distance nm)
+        self._target_sent: float | None = None  # WAVelength n sent, WAVelength? not read back yet
+        self._wavelength_writes = 0  # WAVelength n commands so far (a poll round's setpoint predating one is stale)
         self._tuning_stalled = ""
         self.limits_version = 0  # bumped when WAV:MIN?/MAX? change: the device updates Tango's config
         self._confirm_wait = threading.Event()  # never set: an interruptible pause between readbacks
@@ -222,10 +225,10 @@ class MaiTaiComponent(Component):
                 # wavelength point ends one query (not a five-query round) after the laser arrives
                 values = self.run(self._read_tuning, idempotent=True, description="wavelength while tuning")
             else:
-                values = self.run(self._read_fast, idempotent=True, description="status, wavelength, shutter, power")
+                values = self._run_fast_round()
                 self._full_read_at = time.monotonic()
                 if self._polls % SLOW_EVERY == 0:
-                    values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
+                    values.update(self._run_steps(self._slow_steps()))
             self._publish(values)
         finally:
             try:
@@ -319,21 +322,52 @@ class MaiTaiComponent(Component):
 
     def refresh_all(self) -> None:
         """Read and publish everything now (after On, so power and pump power are current)."""
-        values = self.run(self._read_fast, idempotent=True, description="status, wavelength, shutter, power")
-        values.update(self.run(self._read_slow, idempotent=True, description="warm-up, humidity, pump power"))
+        values = self._run_fast_round()
+        values.update(self._run_steps(self._slow_steps()))
         self._publish(values)
 
-    def _read_fast(self, port: Port) -> dict[str, Any]:
-        """Link thread: read, never publish (see on_connect)."""
-        asked = time.monotonic()
-        stb = driver.read_status_byte(port, self.emission_bit)
-        values: dict[str, Any] = {"stb": (stb, asked), "errors": driver.drain_errors(port) if stb.any_error else []}
-        values["WavelengthSetpoint"] = driver.read_wavelength_setpoint(port)
-        values["Wavelength"] = driver.read_wavelength(port)
-        values["Shutter"] = driver.read_shutter(port)
-        values["Power"] = driver.read_power(port)
+    def _fast_steps(self) -> list[tuple[str, Callable[[Port], dict[str, Any]]]]:
+        """The fast round (status byte, setpoint, actual wavelength, shutter, power, warm-up while
+        warming), one query each: (what, link-thread function that reads and never publishes)."""
+        steps: list[tuple[str, Callable[[Port], dict[str, Any]]]] = [
+            ("*STB?", self._read_status),
+            ("WAVelength?", lambda port: {"WavelengthSetpoint": driver.read_wavelength_setpoint(port)}),
+            ("READ:WAVelength?", lambda port: {"Wavelength": driver.read_wavelength(port)}),
+            ("SHUTter?", lambda port: {"Shutter": driver.read_shutter(port)}),
+            ("READ:POWer?", lambda port: {"Power": driver.read_power(port)}),
+        ]
         if (self.warmup.value or 0.0) < 100.0:
-            values["WarmupPercent"] = driver.read_warmup_percent(port)
+            steps.append(("READ:PCTWarmedup?", lambda port: {"WarmupPercent": driver.read_warmup_percent(port)}))
+        return steps
+
+    def _read_status(self, port: Port) -> dict[str, Any]:
+        asked = time.monotonic()  # in the link thread, as the query goes out (see _publish_status)
+        stb = driver.read_status_byte(port, self.emission_bit)
+        return {"stb": (stb, asked), "errors": driver.drain_errors(port) if stb.any_error else []}
+
+    def _read_fast(self, port: Port) -> dict[str, Any]:
+        """Link thread, in one go (on_connect: nothing else can be waiting yet): read, never publish."""
+        values: dict[str, Any] = {}
+        for _what, step in self._fast_steps():
+            values.update(step(port))
+        return values
+
+    def _run_fast_round(self) -> dict[str, Any]:
+        """The fast round from the poll thread, one link request per query.
+
+        Why not one request for the round: a command (a wavelength write, a shutter close) would
+        wait behind the whole round, five or six replies of up to ~0.1 s each; this way it waits
+        for one. The round's values are published together afterwards, so a setpoint read before
+        a wavelength write that slipped in between is dropped (see ``_publish``)."""
+        values: dict[str, Any] = {"_writes": self._wavelength_writes}
+        values.update(self._run_steps(self._fast_steps()))
+        return values
+
+    def _run_steps(self, steps: list[tuple[str, Callable[[Port], dict[str, Any]]]]) -> dict[str, Any]:
+        """Each step its own link request (a command waiting meanwhile goes between two)."""
+        values: dict[str, Any] = {}
+        for what, step in steps:
+            values.update(self.run(step, idempotent=True, description=what))
         return values
 
     @property
@@ -360,11 +394,29 @@ class MaiTaiComponent(Component):
     def _read_tuning(port: Port) -> dict[str, Any]:
         return {"Wavelength": driver.read_wavelength(port)}
 
+    @staticmethod
+    def _slow_steps() -> list[tuple[str, Callable[[Port], dict[str, Any]]]]:
+        """Warm-up, humidity and pump power, one query each (see _fast_steps)."""
+        return [
+            ("READ:PCTWarmedup?", lambda port: {"WarmupPercent": driver.read_warmup_percent(port)}),
+            ("READ:HUMidity?", lambda port: {"Humidity": driver.read_humidity(port)}),
+            ("READ:PLASer:POWer?", lambda port: {"PumpPower": driver.read_pump_power(port)}),
+        ]
+
     def _read_slow(self, port: Port) -> dict[str, Any]:
-        return {"WarmupPercent": driver.read_warmup_percent(port), "Humidity": driver.read_humidity(port),
-                "PumpPower": driver.read_pump_power(port)}
+        """Link thread, in one go (on_connect)."""
+        values: dict[str, Any] = {}
+        for _what, step in self._slow_steps():
+            values.update(step(port))
+        return values
 
     def _publish(self, values: dict[str, Any]) -> None:
+        writes = values.pop("_writes", None)
+        with self._lock:
+            if writes is not None and writes != self._wavelength_writes:
+                # a wavelength write went out after this round began: its own WAVelength? read
+                # back (published by the write) is newer than the round's
+                values.pop("WavelengthSetpoint", None)
         stb = values.pop("stb", None)
         if stb is not None:
             self._publish_status(*stb)
@@ -390,7 +442,9 @@ class MaiTaiComponent(Component):
     def _derive(self) -> None:
         """Tuning, shutter ownership, pending confirmations: from the values just read."""
         now = time.monotonic()
-        actual, target = self.wavelength.value, self.wavelength_setpoint.value
+        with self._lock:  # a target sent but not confirmed yet counts (see _write_wavelength)
+            target = self._target_sent if self._target_sent is not None else self.wavelength_setpoint.value
+        actual = self.wavelength.value
         tuning = actual is not None and target is not None and abs(actual - target) > self.tolerance_nm
         with self._lock:
             if tuning and self._tuning_since is None:
@@ -703,10 +757,31 @@ class MaiTaiComponent(Component):
             raise RuntimeError("The tuning range is not known yet (no connection to the laser): retry when "
                                "State is no longer FAULT.")
         previous = self.wavelength_setpoint.value
+        with self._lock:
+            self._wavelength_writes += 1  # before the command goes out: a poll round read before it is stale
         sent = self.run(lambda port: driver.set_wavelength(port, nm), description=f"WAVelength {nm:.0f}")
-        setpoint = self._read(driver.read_wavelength_setpoint, "WAVelength?")
-        self.wavelength_setpoint.publish(setpoint)
+        # The laser tunes from the moment it has the command, not from its confirmation (one more
+        # reply): MOVING now, so that a client sees the move start when it starts, and the polls
+        # meanwhile derive Tuning from the target just sent, not from the setpoint read before it.
+        actual = self.wavelength.value
+        moving = actual is not None and abs(actual - sent) > self.tolerance_nm
+        with self._lock:
+            self._target_sent = float(sent)
+            if moving:
+                self._tuning_since = (time.monotonic(), abs(actual - sent))
+        if moving:
+            self.tuning.publish(True)
+            self.update_state()
+        try:
+            setpoint = self._read(driver.read_wavelength_setpoint, "WAVelength?")
+            self.wavelength_setpoint.publish(setpoint)
+        finally:
+            with self._lock:
+                self._target_sent = None
         if abs(setpoint - sent) > 0.5:
+            # not taken: Tuning as the laser's own setpoint says (it may be tuning to that one)
+            actual = self.wavelength.value
+            self.tuning.publish(actual is not None and abs(actual - setpoint) > self.tolerance_nm)
             reason = self._refusal(f"WAVelength {sent}")
             if reason:
                 raise InstrumentError(f"WAVelength {sent} not accepted: {reason}.")
@@ -718,11 +793,6 @@ class MaiTaiComponent(Component):
         if previous is None or abs(previous - sent) > 0.5:
             with self._lock:
                 self._not_following.clear()
-        actual = self.wavelength.value
-        if actual is not None and abs(actual - setpoint) > self.tolerance_nm:
-            with self._lock:
-                self._tuning_since = (time.monotonic(), abs(actual - setpoint))
-            self.tuning.publish(True)
         self.request_poll()
 
     def set_wavelength(self, nm: float) -> None:

@@ -249,3 +249,61 @@ def test_a_status_read_before_on_was_confirmed_is_not_taken_for_emission_lost(re
                what="ALARM for the emission nobody stopped")
     sim.set_key_switch(True)  # the laser ignored SHUTter 0 while the key was off; the server kept sending it
     wait_until(lambda: not sim.shutter_open, 5, what="the shutter closed once the laser follows commands")
+
+
+def test_tuning_starts_when_the_command_is_sent_not_when_it_is_confirmed(request) -> None:
+    """The laser tunes from WAVelength n on: Tuning (MOVING) is published before the write's
+    confirmation (WAVelength?, one more reply) is even asked, and the polls in between never take
+    the old setpoint for the target (no MOVING -> ON -> MOVING blip while the write waits)."""
+    url = "sim://maitai?reply_delay_s=0.05&start_warm=true&tuning_rate_nm_s=100&shutter_lag_s=0.1&seed=131"
+    comp, sim = started(url, poll_period_s=0.02)
+    request.addfinalizer(comp.stop)
+    wait_until(lambda: comp.state == DeviceState.OFF and not comp.is_moving(), 5, what="OFF, not tuning")
+    seen: list[tuple[float, object]] = []
+    request.addfinalizer(comp.tuning.subscribe(lambda r: seen.append((time.monotonic(), r.value))))
+    confirm_asked: list[float] = []  # when the write asks its WAVelength? (polls ask it too: not the log)
+    read = comp._read
+
+    def recording_read(fn, description):  # noqa: ANN001, ANN202
+        if description == "WAVelength?":
+            confirm_asked.append(time.monotonic())
+        return read(fn, description)
+
+    comp._read = recording_read
+    sim.log.clear()
+    comp.set_wavelength(880)  # 80 nm at 100 nm/s: tuning outlasts the confirmation by far
+    sent = next(t for t, raw in sim.log if raw.strip().upper() == b"WAVELENGTH 880")
+    first_true = next(t for t, v in seen if v is True)
+    assert len(confirm_asked) == 1 and sent <= first_true < confirm_asked[0], (sent, first_true, confirm_asked)
+    assert comp.is_moving() and comp.state == DeviceState.MOVING
+    wait_until(lambda: not comp.is_moving(), 5, what="tuning to finish")
+    values = [v for _, v in seen]
+    assert values[values.index(True):].count(False) == 1 and values[-1] is False, values  # one MOVING, one end
+
+
+def test_a_wavelength_write_waits_for_one_query_of_a_poll_round_not_the_whole_round(request) -> None:
+    """The poll's round (status byte, setpoint, wavelength, shutter, power) is one link request
+    per query: a write that comes while the round's first query is answered goes out right after
+    it, not after the five of them; and the round's setpoint, read before the write, does not
+    overwrite the write's own read-back."""
+    url = "sim://maitai?reply_delay_s=0.2&start_warm=true&tuning_rate_nm_s=100&shutter_lag_s=0.1&seed=132"
+    comp, sim = started(url, poll_period_s=0.05)
+    request.addfinalizer(comp.stop)
+    wait_until(lambda: comp.state == DeviceState.OFF and not comp.is_moving(), 10, what="OFF, not tuning")
+    writer: list[threading.Thread] = []
+
+    def on_rx(_t: float, raw: bytes) -> None:  # the simulator's thread: start the write, do not wait for it
+        if raw.strip().upper() == b"*STB?" and not writer:
+            writer.append(threading.Thread(target=comp.set_wavelength, args=(810,), daemon=True))
+            writer[0].start()
+
+    sim.log.clear()
+    sim.add_rx_listener(on_rx)
+    wait_until(lambda: bool(writer), 10, what="a poll round to begin")
+    writer[0].join(10)
+    log = [raw.strip().upper() for _, raw in sim.log]
+    start, sent = log.index(b"*STB?"), log.index(b"WAVELENGTH 810")
+    assert sent - start <= 2, log[start : sent + 1]  # at most the round's next query slipped in first
+    assert comp.wavelength_setpoint.value == 810.0
+    wait_until(lambda: not comp.is_moving(), 5, what="tuning to finish")
+    assert comp.wavelength_setpoint.value == 810.0 and abs(comp.wavelength.value - 810) <= 0.5
