@@ -49,6 +49,7 @@ driver has no function for them.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -129,7 +130,9 @@ class MaiTaiComponent(Component):
         self._warmup_origin: tuple[float, float] | None = None  # (monotonic, percent) first seen warming
         self._tuning_since: tuple[float, float] | None = None  # (monotonic, distance nm)
         self._target_sent: float | None = None  # WAVelength n sent, WAVelength? not read back yet
-        self._wavelength_writes = 0  # WAVelength n commands so far (a poll round's setpoint predating one is stale)
+        # per value ("stb" for the status byte): when the query behind the last published one was
+        # sent (monotonic, link thread), so that an older reading never overwrites a newer one
+        self._asked_at: dict[str, float] = {}
         self._tuning_stalled = ""
         self.limits_version = 0  # bumped when WAV:MIN?/MAX? change: the device updates Tango's config
         self._confirm_wait = threading.Event()  # never set: an interruptible pause between readbacks
@@ -223,7 +226,7 @@ class MaiTaiComponent(Component):
             if self._tuning_poll_due():
                 # end of tuning = READ:WAV? at the setpoint: asked alone, back to back, so a scan's
                 # wavelength point ends one query (not a five-query round) after the laser arrives
-                values = self.run(self._read_tuning, idempotent=True, description="wavelength while tuning")
+                values = self._run_steps([("READ:WAVelength? (tuning)", self._read_tuning)])
             else:
                 values = self._run_fast_round()
                 self._full_read_at = time.monotonic()
@@ -357,17 +360,21 @@ class MaiTaiComponent(Component):
 
         Why not one request for the round: a command (a wavelength write, a shutter close) would
         wait behind the whole round, five or six replies of up to ~0.1 s each; this way it waits
-        for one. The round's values are published together afterwards, so a setpoint read before
-        a wavelength write that slipped in between is dropped (see ``_publish``)."""
-        values: dict[str, Any] = {"_writes": self._wavelength_writes}
-        values.update(self._run_steps(self._fast_steps()))
-        return values
+        for one. The round's values are published together afterwards, except those a command
+        read back more recently meanwhile (see ``_publish``)."""
+        return self._run_steps(self._fast_steps())
 
     def _run_steps(self, steps: list[tuple[str, Callable[[Port], dict[str, Any]]]]) -> dict[str, Any]:
-        """Each step its own link request (a command waiting meanwhile goes between two)."""
+        """Each step its own link request (a command waiting meanwhile goes between two); the
+        values carry when each was asked (``"_asked"``), for :meth:`_publish`."""
         values: dict[str, Any] = {}
+        asked_at: dict[str, float] = {}
         for what, step in steps:
-            values.update(self.run(step, idempotent=True, description=what))
+            asked, read = self.run(lambda port, step=step: (time.monotonic(), step(port)), idempotent=True,
+                                   description=what)
+            values.update(read)
+            asked_at.update(dict.fromkeys((k for k in read if k != "errors"), asked))
+        values["_asked"] = asked_at
         return values
 
     @property
@@ -411,12 +418,16 @@ class MaiTaiComponent(Component):
         return values
 
     def _publish(self, values: dict[str, Any]) -> None:
-        writes = values.pop("_writes", None)
+        """Publish a round's values, except those a command read back more recently meanwhile
+        (a round's queries interleave with commands: its shutter state read just before an
+        OpenShutter was confirmed must not undo the confirmation)."""
+        asked_at = values.pop("_asked", {})
         with self._lock:
-            if writes is not None and writes != self._wavelength_writes:
-                # a wavelength write went out after this round began: its own WAVelength? read
-                # back (published by the write) is newer than the round's
-                values.pop("WavelengthSetpoint", None)
+            for name, asked in asked_at.items():
+                if asked < self._asked_at.get(name, -math.inf):
+                    values.pop(name, None)
+                else:
+                    self._asked_at[name] = asked
         stb = values.pop("stb", None)
         if stb is not None:
             self._publish_status(*stb)
@@ -514,14 +525,24 @@ class MaiTaiComponent(Component):
                 return False, value
             self._confirm_wait.wait(READBACK_INTERVAL_S)
 
+    def _read_now(self, name: str, fn: Callable[[Port], T], description: str) -> T:
+        """A command's read-back of the value ``name``: read now and remember when it was asked,
+        so that a poll round's older reading of it is not published after it (see _publish)."""
+        asked, value = self._read(lambda port: (time.monotonic(), fn(port)), description)
+        with self._lock:
+            self._asked_at[name] = max(asked, self._asked_at.get(name, -math.inf))
+        return value
+
     def _read_shutter_now(self) -> bool:
-        value = self._read(driver.read_shutter, "SHUTter?")
+        value = self._read_now("Shutter", driver.read_shutter, "SHUTter?")
         self.shutter.publish(value)
         return value
 
     def _read_status_now(self) -> driver.StatusByte:
         asked, stb = self._read(lambda port: (time.monotonic(), driver.read_status_byte(port, self.emission_bit)),
                                 "*STB?")
+        with self._lock:
+            self._asked_at["stb"] = max(asked, self._asked_at.get("stb", -math.inf))
         self._publish_status(stb, asked)
         return stb
 
@@ -687,7 +708,7 @@ class MaiTaiComponent(Component):
         if self._read_shutter_now():
             raise RuntimeError("On refused: the shutter is open, and emission never starts into an open shutter. "
                                "Close it (CloseShutter), run On, then open it when the light is wanted.")
-        pct = self._read(driver.read_warmup_percent, "READ:PCTW?")
+        pct = self._read_now("WarmupPercent", driver.read_warmup_percent, "READ:PCTW?")
         self.warmup.publish(pct)
         self._derive()
         if 0 < pct < 100:
@@ -757,8 +778,6 @@ class MaiTaiComponent(Component):
             raise RuntimeError("The tuning range is not known yet (no connection to the laser): retry when "
                                "State is no longer FAULT.")
         previous = self.wavelength_setpoint.value
-        with self._lock:
-            self._wavelength_writes += 1  # before the command goes out: a poll round read before it is stale
         sent = self.run(lambda port: driver.set_wavelength(port, nm), description=f"WAVelength {nm:.0f}")
         # The laser tunes from the moment it has the command, not from its confirmation (one more
         # reply): MOVING now, so that a client sees the move start when it starts, and the polls
@@ -773,7 +792,7 @@ class MaiTaiComponent(Component):
             self.tuning.publish(True)
             self.update_state()
         try:
-            setpoint = self._read(driver.read_wavelength_setpoint, "WAVelength?")
+            setpoint = self._read_now("WavelengthSetpoint", driver.read_wavelength_setpoint, "WAVelength?")
             self.wavelength_setpoint.publish(setpoint)
         finally:
             with self._lock:
@@ -808,7 +827,7 @@ class MaiTaiComponent(Component):
 
         Not named ``stop``: that is the component's lifecycle stop (release the link).
         """
-        actual = self._read(driver.read_wavelength, "READ:WAVelength?")
+        actual = self._read_now("Wavelength", driver.read_wavelength, "READ:WAVelength?")
         self.wavelength.publish(actual)
         self.set_wavelength(round(actual))
 

@@ -307,3 +307,20 @@ def test_a_wavelength_write_waits_for_one_query_of_a_poll_round_not_the_whole_ro
     assert comp.wavelength_setpoint.value == 810.0
     wait_until(lambda: not comp.is_moving(), 5, what="tuning to finish")
     assert comp.wavelength_setpoint.value == 810.0 and abs(comp.wavelength.value - 810) <= 0.5
+
+
+def test_a_poll_reading_older_than_a_commands_read_back_is_never_published(laser) -> None:
+    """A poll round's queries interleave with commands, and the round publishes its values after
+    its last query: its SHUTter? answered just before an OpenShutter was confirmed arrives after
+    the confirmation. It must not undo it: the shutter shown closed, and the opening no longer
+    this server's (so not closed at its stop, and the next poll taking the open shutter for one
+    opened outside tangodaq)."""
+    comp, sim = laser
+    before = time.monotonic()
+    comp.open_shutter()
+    assert comp.shutter.value is True and sim.shutter_open
+    comp._publish({"Shutter": False, "_asked": {"Shutter": before}})  # the round's older answer, late
+    assert comp.shutter.value is True
+    comp._publish({"Shutter": True, "_asked": {"Shutter": time.monotonic()}})  # a newer one is published
+    comp.stop()  # the server's stop closes the shutter it opened: still ours
+    assert not sim.shutter_open
