@@ -206,8 +206,7 @@ class MaiTaiComponent(Component):
                 self._must_close = reason
                 self._close_sent_at = now
                 self.log.warning("%s: closed the shutter: %s", self.label, reason)
-        values = self._read_fast(port)
-        values.update(self._read_slow(port))
+        values = self._read_steps(port, self._round_steps(slow=True))
         # Published here, in the link thread, only because no request can be waiting on the link
         # yet (it is not up until this hook returns). Everywhere else, link-thread functions only
         # read: publishing pushes Tango events, which wait for the device lock, which a command
@@ -228,10 +227,8 @@ class MaiTaiComponent(Component):
                 # wavelength point ends one query (not a five-query round) after the laser arrives
                 values = self._run_steps([("READ:WAVelength? (tuning)", self._read_tuning)])
             else:
-                values = self._run_fast_round()
+                values = self._run_steps(self._round_steps(slow=self._polls % SLOW_EVERY == 0))
                 self._full_read_at = time.monotonic()
-                if self._polls % SLOW_EVERY == 0:
-                    values.update(self._run_steps(self._slow_steps()))
             self._publish(values)
         finally:
             try:
@@ -325,22 +322,25 @@ class MaiTaiComponent(Component):
 
     def refresh_all(self) -> None:
         """Read and publish everything now (after On, so power and pump power are current)."""
-        values = self._run_fast_round()
-        values.update(self._run_steps(self._slow_steps()))
-        self._publish(values)
+        self._publish(self._run_steps(self._round_steps(slow=True)))
 
-    def _fast_steps(self) -> list[tuple[str, Callable[[Port], dict[str, Any]]]]:
-        """The fast round (status byte, setpoint, actual wavelength, shutter, power, warm-up while
-        warming), one query each: (what, link-thread function that reads and never publishes)."""
-        steps: list[tuple[str, Callable[[Port], dict[str, Any]]]] = [
+    Step = tuple[str, Callable[[Port], dict[str, Any]]]  # (what, link-thread function: reads, never publishes)
+
+    def _round_steps(self, slow: bool) -> list[Step]:
+        """A poll round, one query per step: status byte, setpoint, actual wavelength, shutter,
+        power (and warm-up while warming); with ``slow``, warm-up, humidity and pump power too."""
+        steps: list[MaiTaiComponent.Step] = [
             ("*STB?", self._read_status),
             ("WAVelength?", lambda port: {"WavelengthSetpoint": driver.read_wavelength_setpoint(port)}),
             ("READ:WAVelength?", lambda port: {"Wavelength": driver.read_wavelength(port)}),
             ("SHUTter?", lambda port: {"Shutter": driver.read_shutter(port)}),
             ("READ:POWer?", lambda port: {"Power": driver.read_power(port)}),
         ]
-        if (self.warmup.value or 0.0) < 100.0:
+        if slow or (self.warmup.value or 0.0) < 100.0:
             steps.append(("READ:PCTWarmedup?", lambda port: {"WarmupPercent": driver.read_warmup_percent(port)}))
+        if slow:
+            steps += [("READ:HUMidity?", lambda port: {"Humidity": driver.read_humidity(port)}),
+                      ("READ:PLASer:POWer?", lambda port: {"PumpPower": driver.read_pump_power(port)})]
         return steps
 
     def _read_status(self, port: Port) -> dict[str, Any]:
@@ -348,25 +348,28 @@ class MaiTaiComponent(Component):
         stb = driver.read_status_byte(port, self.emission_bit)
         return {"stb": (stb, asked), "errors": driver.drain_errors(port) if stb.any_error else []}
 
-    def _read_fast(self, port: Port) -> dict[str, Any]:
-        """Link thread, in one go (on_connect: nothing else can be waiting yet): read, never publish."""
+    @staticmethod
+    def _read_steps(port: Port, steps: list[Step]) -> dict[str, Any]:
+        """Link thread, in one go (on_connect: nothing else can be waiting yet): read, never
+        publish. The values carry when each was asked, as from :meth:`_run_steps`."""
         values: dict[str, Any] = {}
-        for _what, step in self._fast_steps():
-            values.update(step(port))
+        asked_at: dict[str, float] = {}
+        for _what, step in steps:
+            asked = time.monotonic()
+            read = step(port)
+            values.update(read)
+            asked_at.update(dict.fromkeys((k for k in read if k != "errors"), asked))
+        values["_asked"] = asked_at
         return values
 
-    def _run_fast_round(self) -> dict[str, Any]:
-        """The fast round from the poll thread, one link request per query.
+    def _run_steps(self, steps: list[Step]) -> dict[str, Any]:
+        """A round from the poll thread, one link request per query.
 
         Why not one request for the round: a command (a wavelength write, a shutter close) would
-        wait behind the whole round, five or six replies of up to ~0.1 s each; this way it waits
-        for one. The round's values are published together afterwards, except those a command
-        read back more recently meanwhile (see ``_publish``)."""
-        return self._run_steps(self._fast_steps())
-
-    def _run_steps(self, steps: list[tuple[str, Callable[[Port], dict[str, Any]]]]) -> dict[str, Any]:
-        """Each step its own link request (a command waiting meanwhile goes between two); the
-        values carry when each was asked (``"_asked"``), for :meth:`_publish`."""
+        wait behind the whole round, five to eight replies of up to ~0.1 s each; this way it
+        waits for one. The values carry when each query was sent (``"_asked"``, taken in the link
+        thread) and are published together afterwards, except those a command read back more
+        recently meanwhile (see :meth:`_publish`)."""
         values: dict[str, Any] = {}
         asked_at: dict[str, float] = {}
         for what, step in steps:
@@ -401,39 +404,24 @@ class MaiTaiComponent(Component):
     def _read_tuning(port: Port) -> dict[str, Any]:
         return {"Wavelength": driver.read_wavelength(port)}
 
-    @staticmethod
-    def _slow_steps() -> list[tuple[str, Callable[[Port], dict[str, Any]]]]:
-        """Warm-up, humidity and pump power, one query each (see _fast_steps)."""
-        return [
-            ("READ:PCTWarmedup?", lambda port: {"WarmupPercent": driver.read_warmup_percent(port)}),
-            ("READ:HUMidity?", lambda port: {"Humidity": driver.read_humidity(port)}),
-            ("READ:PLASer:POWer?", lambda port: {"PumpPower": driver.read_pump_power(port)}),
-        ]
-
-    def _read_slow(self, port: Port) -> dict[str, Any]:
-        """Link thread, in one go (on_connect)."""
-        values: dict[str, Any] = {}
-        for _what, step in self._slow_steps():
-            values.update(step(port))
-        return values
-
     def _publish(self, values: dict[str, Any]) -> None:
         """Publish a round's values, except those a command read back more recently meanwhile
         (a round's queries interleave with commands: its shutter state read just before an
         OpenShutter was confirmed must not undo the confirmation)."""
         asked_at = values.pop("_asked", {})
-        with self._lock:
+        errors = values.pop("errors", [])
+        with self._lock:  # compared and published together: a read-back cannot land in between
             for name, asked in asked_at.items():
                 if asked < self._asked_at.get(name, -math.inf):
                     values.pop(name, None)
                 else:
                     self._asked_at[name] = asked
-        stb = values.pop("stb", None)
-        if stb is not None:
-            self._publish_status(*stb)
-        self._note_errors(values.pop("errors", []))
-        for name, value in values.items():
-            self.parameters[name].publish(value)
+            stb = values.pop("stb", None)
+            if stb is not None:
+                self._publish_status(*stb)
+            for name, value in values.items():
+                self.parameters[name].publish(value)
+        self._note_errors(errors)
         self._derive()
 
     def _publish_status(self, stb: driver.StatusByte, asked: float) -> None:
@@ -453,11 +441,12 @@ class MaiTaiComponent(Component):
     def _derive(self) -> None:
         """Tuning, shutter ownership, pending confirmations: from the values just read."""
         now = time.monotonic()
-        with self._lock:  # a target sent but not confirmed yet counts (see _write_wavelength)
+        with self._lock:  # Tuning derived and published under the lock a wavelength write takes too
+            # a target sent but not confirmed yet counts (see _write_wavelength)
             target = self._target_sent if self._target_sent is not None else self.wavelength_setpoint.value
-        actual = self.wavelength.value
-        tuning = actual is not None and target is not None and abs(actual - target) > self.tolerance_nm
-        with self._lock:
+            actual = self.wavelength.value
+            tuning = actual is not None and target is not None and abs(actual - target) > self.tolerance_nm
+            self.tuning.publish(tuning)
             if tuning and self._tuning_since is None:
                 self._tuning_since = (now, abs(actual - target))
             if not tuning:
@@ -486,7 +475,6 @@ class MaiTaiComponent(Component):
             else:
                 self._warmup_origin = None
             lease_left = 0.0 if self._lease_until is None else max(0.0, self._lease_until - now)
-        self.tuning.publish(tuning)
         self.shutter_lease.publish(round(lease_left, 1))
 
     def _check_shutter_request(self, now: float) -> None:
@@ -526,24 +514,25 @@ class MaiTaiComponent(Component):
             self._confirm_wait.wait(READBACK_INTERVAL_S)
 
     def _read_now(self, name: str, fn: Callable[[Port], T], description: str) -> T:
-        """A command's read-back of the value ``name``: read now and remember when it was asked,
-        so that a poll round's older reading of it is not published after it (see _publish)."""
+        """A command's read-back of the value ``name``: read now and publish it, unless a poll
+        round has meanwhile published a reading asked later (see _publish). Returns what was read."""
         asked, value = self._read(lambda port: (time.monotonic(), fn(port)), description)
         with self._lock:
-            self._asked_at[name] = max(asked, self._asked_at.get(name, -math.inf))
+            if asked >= self._asked_at.get(name, -math.inf):
+                self._asked_at[name] = asked
+                self.parameters[name].publish(value)
         return value
 
     def _read_shutter_now(self) -> bool:
-        value = self._read_now("Shutter", driver.read_shutter, "SHUTter?")
-        self.shutter.publish(value)
-        return value
+        return self._read_now("Shutter", driver.read_shutter, "SHUTter?")
 
     def _read_status_now(self) -> driver.StatusByte:
         asked, stb = self._read(lambda port: (time.monotonic(), driver.read_status_byte(port, self.emission_bit)),
                                 "*STB?")
         with self._lock:
-            self._asked_at["stb"] = max(asked, self._asked_at.get("stb", -math.inf))
-        self._publish_status(stb, asked)
+            if asked >= self._asked_at.get("stb", -math.inf):
+                self._asked_at["stb"] = asked
+                self._publish_status(stb, asked)
         return stb
 
     def _refusal(self, command: str) -> str:
@@ -709,7 +698,6 @@ class MaiTaiComponent(Component):
             raise RuntimeError("On refused: the shutter is open, and emission never starts into an open shutter. "
                                "Close it (CloseShutter), run On, then open it when the light is wanted.")
         pct = self._read_now("WarmupPercent", driver.read_warmup_percent, "READ:PCTW?")
-        self.warmup.publish(pct)
         self._derive()
         if 0 < pct < 100:
             raise RuntimeError(f"On refused: warm-up is at {pct:.0f} %: On is possible at 100 %, in about "
@@ -782,25 +770,20 @@ class MaiTaiComponent(Component):
         # The laser tunes from the moment it has the command, not from its confirmation (one more
         # reply): MOVING now, so that a client sees the move start when it starts, and the polls
         # meanwhile derive Tuning from the target just sent, not from the setpoint read before it.
-        actual = self.wavelength.value
-        moving = actual is not None and abs(actual - sent) > self.tolerance_nm
         with self._lock:
             self._target_sent = float(sent)
-            if moving:
+            actual = self.wavelength.value
+            if actual is not None and abs(actual - sent) > self.tolerance_nm:
                 self._tuning_since = (time.monotonic(), abs(actual - sent))
-        if moving:
-            self.tuning.publish(True)
-            self.update_state()
+                self.tuning.publish(True)
+        self.update_state()
         try:
             setpoint = self._read_now("WavelengthSetpoint", driver.read_wavelength_setpoint, "WAVelength?")
-            self.wavelength_setpoint.publish(setpoint)
-        finally:
-            with self._lock:
-                self._target_sent = None
+        except Exception:
+            self._end_write()  # not confirmed: Tuning as the last setpoint read says, until the next poll
+            raise
+        self._end_write()
         if abs(setpoint - sent) > 0.5:
-            # not taken: Tuning as the laser's own setpoint says (it may be tuning to that one)
-            actual = self.wavelength.value
-            self.tuning.publish(actual is not None and abs(actual - setpoint) > self.tolerance_nm)
             reason = self._refusal(f"WAVelength {sent}")
             if reason:
                 raise InstrumentError(f"WAVelength {sent} not accepted: {reason}.")
@@ -813,6 +796,16 @@ class MaiTaiComponent(Component):
             with self._lock:
                 self._not_following.clear()
         self.request_poll()
+
+    def _end_write(self) -> None:
+        """The write's confirmation is in (or failed): Tuning from the laser's setpoint again,
+        with the stall timer restarted from what the laser reports (a refused write leaves the
+        laser tuning, if at all, to its own setpoint)."""
+        with self._lock:
+            self._target_sent = None
+            self._tuning_since = None
+        self._derive()
+        self.update_state()
 
     def set_wavelength(self, nm: float) -> None:
         """Start tuning and return at once (MOVING until READ:WAV? reaches it)."""
@@ -828,7 +821,6 @@ class MaiTaiComponent(Component):
         Not named ``stop``: that is the component's lifecycle stop (release the link).
         """
         actual = self._read_now("Wavelength", driver.read_wavelength, "READ:WAVelength?")
-        self.wavelength.publish(actual)
         self.set_wavelength(round(actual))
 
     def is_busy(self) -> bool:

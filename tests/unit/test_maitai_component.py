@@ -316,11 +316,30 @@ def test_a_poll_reading_older_than_a_commands_read_back_is_never_published(laser
     this server's (so not closed at its stop, and the next poll taking the open shutter for one
     opened outside tangodaq)."""
     comp, sim = laser
-    before = time.monotonic()
+    stale = comp._run_steps(comp._round_steps(slow=True))  # a whole round, slow queries too, read while closed
+    assert stale["Shutter"] is False and {"Shutter", "stb", "WavelengthSetpoint", "Humidity"} <= set(stale["_asked"])
+    stale_asked = stale["_asked"]["Shutter"]
     comp.open_shutter()
     assert comp.shutter.value is True and sim.shutter_open
-    comp._publish({"Shutter": False, "_asked": {"Shutter": before}})  # the round's older answer, late
+    comp._publish(stale)  # the round's answers, published after the confirmation
     assert comp.shutter.value is True
-    comp._publish({"Shutter": True, "_asked": {"Shutter": time.monotonic()}})  # a newer one is published
+    fresh = comp._run_steps(comp._round_steps(slow=False))
+    assert fresh["_asked"]["Shutter"] > stale_asked
+    comp._publish(fresh)  # a round asked after the confirmation is published
+    assert comp.shutter.value is True
     comp.stop()  # the server's stop closes the shutter it opened: still ours
     assert not sim.shutter_open
+
+
+def test_a_wavelength_write_the_laser_ignores_leaves_no_move_behind(laser) -> None:
+    """Tuning goes true as WAVelength n is sent; when the read-back shows the laser ignored it
+    (front panel in LOCAL), the write fails and Tuning and State are back at once, not at the
+    next poll: nothing waits for a move that never started."""
+    comp, sim = laser
+    sim.set_local_mode(True)
+    sim.log.clear()
+    with pytest.raises(RuntimeError, match="ignored WAVelength 900"):
+        comp.set_wavelength(900)
+    assert any(raw.strip().upper() == b"WAVELENGTH 900" for _, raw in sim.log)  # it was sent, then ignored
+    assert not comp.is_moving() and comp.state != DeviceState.MOVING
+    assert comp.wavelength_setpoint.value == 800.0
