@@ -370,14 +370,12 @@ class MaiTaiComponent(Component):
         waits for one. The values carry when each query was sent (``"_asked"``, taken in the link
         thread) and are published together afterwards, except those a command read back more
         recently meanwhile (see :meth:`_publish`)."""
-        values: dict[str, Any] = {}
-        asked_at: dict[str, float] = {}
-        for what, step in steps:
-            asked, read = self.run(lambda port, step=step: (time.monotonic(), step(port)), idempotent=True,
-                                   description=what)
+        values: dict[str, Any] = {"_asked": {}}
+        for step in steps:
+            read = self.run(lambda port, step=step: self._read_steps(port, [step]), idempotent=True,
+                            description=step[0])
+            values["_asked"].update(read.pop("_asked"))
             values.update(read)
-            asked_at.update(dict.fromkeys((k for k in read if k != "errors"), asked))
-        values["_asked"] = asked_at
         return values
 
     @property
