@@ -371,11 +371,17 @@ class MaiTaiComponent(Component):
         thread) and are published together afterwards, except those a command read back more
         recently meanwhile (see :meth:`_publish`)."""
         values: dict[str, Any] = {"_asked": {}}
-        for step in steps:
-            read = self.run(lambda port, step=step: self._read_steps(port, [step]), idempotent=True,
-                            description=step[0])
-            values["_asked"].update(read.pop("_asked"))
-            values.update(read)
+        try:
+            for step in steps:
+                read = self.run(lambda port, step=step: self._read_steps(port, [step]), idempotent=True,
+                                description=step[0])
+                values["_asked"].update(read.pop("_asked"))
+                values.update(read)
+        except Exception:
+            # The round is lost, but the errors its *STB? drained from the laser's queue are gone
+            # from the laser: an interlock's own words must not go with the round.
+            self._note_errors(values.get("errors", []))
+            raise
         return values
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -343,3 +344,32 @@ def test_a_wavelength_write_the_laser_ignores_leaves_no_move_behind(laser) -> No
     assert any(raw.strip().upper() == b"WAVELENGTH 900" for _, raw in sim.log)  # it was sent, then ignored
     assert not comp.is_moving() and comp.state != DeviceState.MOVING
     assert comp.wavelength_setpoint.value == 800.0
+
+
+def test_errors_a_round_drained_are_reported_even_when_a_later_query_of_it_fails(request, caplog) -> None:
+    """*STB? shows an error, the round drains SYSTem:ERR? (the laser forgets them then), and a
+    later query of the same round gets no answer: the round is lost, the laser's error text is not."""
+    url = "sim://maitai?reply_delay_s=0&start_warm=true&tuning_rate_nm_s=300&shutter_lag_s=0.1&seed=133"
+    comp, sim = started(url, poll_period_s=0.05)
+    request.addfinalizer(comp.stop)
+    wait_until(lambda: comp.state == DeviceState.OFF, 5, what="OFF")
+    answer = sim.handle
+    silent = {"drained": False, "left": 1 + comp.link.settings.retries}  # every try of the step
+
+    def handle(command: str, now: float):  # noqa: ANN202 - the simulator's own signature
+        text = command.strip().upper()
+        if text.startswith("SYST"):
+            silent["drained"] = True
+        elif silent["drained"] and silent["left"] > 0 and text == "WAVELENGTH?":
+            silent["left"] -= 1
+            return None  # no answer, to every retry: this round fails after its errors were drained
+        return answer(command, now)
+
+    sim.handle = handle
+    with caplog.at_level(logging.WARNING):
+        sim.open_interlock()
+        wait_until(lambda: silent["left"] == 0, 10, what="the round after the drain to lose a query")
+        wait_until(lambda: any("the laser reports" in r.getMessage() and "nterlock" in r.getMessage()
+                               for r in caplog.records), 5, what="the interlock error reported")
+    assert not sim.errors  # drained: only the report above still has it
+    wait_until(lambda: comp.communication_ok and comp.state != DeviceState.FAULT, 5, what="recovered")
