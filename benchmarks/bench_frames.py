@@ -33,14 +33,13 @@ import math
 import mmap
 import multiprocessing as mp
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 
 import h5py
 import numpy as np
+from baseline import package_dir, run_at_revision
 
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec
 from datawriter.recorder import Recorder
@@ -186,22 +185,10 @@ def codec_table(beam_sigma: float, beam_peak: float) -> list[str]:
 
 def run_baseline(rev: str, a: argparse.Namespace, secs: float) -> tuple[dict, dict]:
     """The phases with the datawriter package of git revision ``rev``, in a subprocess."""
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
-        archive = subprocess.run(["git", "archive", rev, "datawriter"], cwd=root, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        env = dict(os.environ, PYTHONPATH=tmp + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [sys.executable, os.path.abspath(__file__), "--phases-json", "--duration", str(secs), "--dir", a.dir,
-               "--fps", str(a.fps), "--ring-mb", str(a.ring_mb), "--compressions", "none",
-               "--beam-sigma", str(a.beam_sigma), "--beam-peak", str(a.beam_peak)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"the baseline run of {rev} failed:\n{done.stderr}")
-        out = done.stdout
-        result = json.loads(out.strip().splitlines()[-1])
-        assert result["datawriter"].startswith(tmp), f"baseline ran {result['datawriter']}, not revision {rev}"
-        return result["none"]["paced"], result["none"]["full"]
+    result = run_at_revision(rev, "datawriter", __file__, [
+        "--phases-json", "--duration", str(secs), "--dir", a.dir, "--fps", str(a.fps), "--ring-mb", str(a.ring_mb),
+        "--compressions", "none", "--beam-sigma", str(a.beam_sigma), "--beam-peak", str(a.beam_peak)])
+    return result["none"]["paced"], result["none"]["full"]
 
 
 def raw_disk(folder: str, nbytes: int, direct: bool) -> float:
@@ -264,7 +251,7 @@ def main() -> None:
         import datawriter
 
         out = {c: dict(zip(("paced", "full"), run_phases(a, secs, c), strict=True)) for c in comps}
-        print(json.dumps({**out, "datawriter": os.path.dirname(datawriter.__file__)}))
+        print(json.dumps({**out, "datawriter": package_dir(datawriter)}))
         return
     print(f"frames {H}x{W} uint16 ({FRAME_BYTES / 2**20:.0f} MiB) of the simulated Prime BSI: offset ~100 ADU, "
           f"read and shot noise, a beam of sigma {a.beam_sigma:g} px and peak {a.beam_peak:g} ADU; "

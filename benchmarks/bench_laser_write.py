@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from baseline import package_dir, run_at_revision
 
 
 def measure(writes: int, reply_ms: float, seed: int) -> dict[str, float]:
@@ -66,20 +65,9 @@ def measure(writes: int, reply_ms: float, seed: int) -> dict[str, float]:
 
 
 def baseline(rev: str, a: argparse.Namespace) -> dict[str, float]:
-    root = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory(prefix="bench-laser-baseline-") as tmp:
-        archive = subprocess.run(["git", "archive", rev, "deviceservers"], cwd=root, capture_output=True,
-                                 check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        env = dict(os.environ, PYTHONPATH=tmp)
-        cmd = [sys.executable, __file__, "--json", "--writes", str(a.writes), "--reply-ms", str(a.reply_ms),
-               "--seed", str(a.seed)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
-        if done.returncode != 0:
-            raise SystemExit(f"the baseline run of {rev} failed:\n{done.stderr}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        assert result.pop("package").startswith(tmp), f"baseline did not run revision {rev}"
-        return result
+    """The same measurement with the deviceservers package of git revision ``rev``."""
+    return run_at_revision(rev, "deviceservers", __file__, ["--json", "--writes", str(a.writes), "--reply-ms",
+                                                             str(a.reply_ms), "--seed", str(a.seed)])
 
 
 def line(label: str, r: dict[str, float]) -> str:
@@ -98,8 +86,7 @@ def main() -> None:
     if a.json:
         import deviceservers
 
-        print(json.dumps({**measure(a.writes, a.reply_ms, a.seed),
-                          "package": os.path.dirname(deviceservers.__file__)}))
+        print(json.dumps({**measure(a.writes, a.reply_ms, a.seed), "deviceservers": package_dir(deviceservers)}))
         return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     print(f"Mai Tai component on its simulator: replies {a.reply_ms:g} ms, poll period 0.5 s, {a.writes} "
