@@ -423,7 +423,15 @@ class PvcamComponent(ComponentBase):
                 raise AcquisitionRunning("an acquisition is already running: StopAcquisition first")
             n = int(self.nb_frames.value or 0) if nb_frames is None else nb_frames
             h, w = b.frame_shape()
-            sink = self._sink_factory(h, w)
+            try:
+                sink = self._sink_factory(h, w)
+            except Exception as exc:  # noqa: BLE001 - the sink's own errors (the ring) say what to change
+                # Nothing is acquired that could not be kept; ALARM until an acquisition can store
+                # its frames again (the next start that finds room clears it)
+                self._alarm = f"Frames cannot be stored, acquisition refused: {exc}"
+                self.record_error(self._alarm)
+                self.update_state()
+                raise CameraError(self._alarm) from exc
             self._alarm = ""
             self._ended_by = ""
             self._frames = self._lost = 0

@@ -309,3 +309,28 @@ def test_preview_carries_its_frame_number_and_binning(cam):
     assert cam.PreviewBinning == 2
     assert cam.get_attribute_config("PreviewBinning").unit == "px"
     cam.PreviewBinning = 1
+
+
+def test_a_frame_ring_that_does_not_fit_is_an_alarm_not_a_crash(tiny_fs, monkeypatch):
+    """The camera's ring on a shared-memory file system without room for it (a container's small
+    /dev/shm, stale rings): the server was killed by SIGBUS a few frames into the acquisition.
+    Now the acquisition is refused with what to change, the device says so in ALARM, and the next
+    acquisition after room was made works and clears the alarm."""
+    filler = os.path.join(tiny_fs, "stale-ring")
+    with open(filler, "wb") as f:  # 2.5 of the 3 MB taken
+        f.write(b"\0" * (5 << 19))
+    monkeypatch.setenv("TANGODAQ_SHM_DIR", os.path.join(tiny_fs, "rings"))  # inherited by the server
+    name = f"test/pvcamfull/{os.getpid()}"
+    with served({Pvcam: {name: {"Backend": "sim", "RingSizeMB": 1.0, "PollPeriodMs": 100}}}) as server:
+        cam = server.only
+        cam.Roi = [0, 0, 256, 256]  # 128 KiB frames: 7 slots in the 1 MiB ring
+        cam.ExposureTime = 0.001
+        with pytest.raises(tango.DevFailed) as refused:
+            cam.Snap()
+        why = refused.value.args[0].desc
+        assert "Frames cannot be stored" in why and "do not fit in" in why and "RingSizeMB" in why, why
+        assert cam.State() == tango.DevState.ALARM and "do not fit in" in cam.Status()
+        os.unlink(filler)  # the cause goes away
+        snap(cam)
+        assert cam.State() == tango.DevState.ON, cam.Status()
+        assert cam.LastImage.shape == (256, 256)

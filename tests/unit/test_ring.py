@@ -265,3 +265,39 @@ def test_scalars_batches_and_time_travel(device: str) -> None:
     assert datawriter.open_reader(w.name).latest().batch.column("value")[-1].as_py() == 9999.0
     with pytest.raises(TypeError):
         w.write(ts[:10], np.zeros(10), bogus=np.zeros(10))
+
+
+def _produce_in(folder: str, ring_mb: float, frames: int, out) -> None:  # noqa: ANN001
+    """Child process: a camera-sized producer in ``folder``; tells what happened, or dies trying."""
+    os.environ["TANGODAQ_SHM_DIR"] = folder
+    try:
+        w = create_frame_stream("test/ring/tiny", height=256, width=512, ring_size_mb=ring_mb)
+    except RingError as exc:
+        out.put(("refused", str(exc)))
+        return
+    for i in range(frames):
+        w.write(frame(i, 256, 512), i, time.time())
+    blocks = os.stat(w.ring.path).st_blocks * 512
+    out.put(("wrote", (blocks, w.ring.geometry.file_size)))
+    w.close(unlink=True)
+
+
+def test_a_ring_that_does_not_fit_its_file_system_is_refused_at_creation(tiny_fs: str) -> None:
+    """A 3 MB shared-memory file system (a container's /dev/shm is 64 MB): a ring's file used to be
+    sparse, and the producer was killed by SIGBUS at its first frame past the free space, in the
+    middle of an acquisition. Now the whole ring is allocated when it is created: one that does not
+    fit is refused there with what to change, and one that fits owns all its pages."""
+    out = CTX.Queue()
+    for ring_mb, expect in ((8.0, "refused"), (1.0, "wrote")):
+        p = CTX.Process(target=_produce_in, args=(tiny_fs, ring_mb, 32, out))  # 32 frames of 256 KiB
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0, f"the producer of a {ring_mb} MiB ring died (exit code {p.exitcode}: -7 is SIGBUS)"
+        what, detail = out.get(timeout=5)
+        assert what == expect, (ring_mb, what, detail)
+        if what == "refused":
+            assert "do not fit in" in detail and "MiB free" in detail and "RingSizeMB" in detail, detail
+            assert not [f for f in os.listdir(tiny_fs) if f.startswith(".")], "the half-made ring was left behind"
+        else:
+            blocks, size = detail
+            assert blocks >= size, f"the ring is sparse: {blocks} of {size} bytes allocated"
