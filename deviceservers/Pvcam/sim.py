@@ -444,44 +444,62 @@ class SimulatedPrimeBsi(CameraBackend):
 
     def poll_frame(self, timeout_s: float) -> Frame:
         deadline = time.monotonic() + max(0.0, timeout_s)
-        with self._cond:
-            while True:
-                if self._mode is None:
-                    raise AcquisitionNotActive("acquisition not active")
-                now = time.monotonic()
-                if not self._stuck:
-                    if self._mode == "sequence" and self._delivered >= self._nb_frames:
-                        pass  # complete: PyVCAM waits for a frame that never comes, then times out
-                    elif self.free_run and self._acq_trigger == EXT_TRIG_INTERNAL:
-                        k = self._delivered + 1
-                        bof, eof = now - self._acq_exposure, now
-                        break
-                    else:
-                        if self._mode == "live" and self._acq_trigger not in EXTERNAL_TRIGGER_MODES:
-                            newest = self._newest_ready(now)
-                            if newest - self._delivered > self._buffer_frames:
-                                self._delivered = newest - self._buffer_frames  # overwritten: lost
-                        k = self._delivered + 1
-                        times = self._frame_times(k)
-                        if times is not None and times[1] <= now:
-                            bof, eof = times
+        # A real camera's frame is in the host's buffer at the end of its readout. The pixels of
+        # a frame whose exposure has begun are therefore made while it exposes (outside the
+        # lock), not after its end: rendering a full frame takes milliseconds that the camera
+        # does not have. (acquisition, frame number, pixels) of that frame:
+        ahead: tuple[float, int, np.ndarray] | None = None
+        while True:
+            render = None  # (frame number, begin of exposure) to render now, outside the lock
+            with self._cond:
+                while True:
+                    if self._mode is None:
+                        raise AcquisitionNotActive("acquisition not active")
+                    now = time.monotonic()
+                    if not self._stuck:
+                        if self._mode == "sequence" and self._delivered >= self._nb_frames:
+                            pass  # complete: PyVCAM waits for a frame that never comes, then times out
+                        elif self.free_run and self._acq_trigger == EXT_TRIG_INTERNAL:
+                            k = self._delivered + 1
+                            bof, eof = now - self._acq_exposure, now
                             break
-                        if times is not None:
-                            deadline_wait = min(deadline, times[1])
-                            if deadline_wait > now:
-                                self._cond.wait(deadline_wait - now)
-                                continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise FrameTimeout(
-                        "Frame timeout. Verify the timeout exceeds the exposure time. "
-                        "If applicable, check external trigger source."
-                    )
-                self._cond.wait(remaining)
-            self._delivered = k
-            shape, roi, binning = self._acq_shape, self._acq_roi, self._acq_binning
-            exposure, t0, bit_depth = self._acq_exposure, self._t0, self._acq_bit_depth
-        pixels = self._render(k, shape, roi, binning, bit_depth, time.time() - (time.monotonic() - bof))
+                        else:
+                            if self._mode == "live" and self._acq_trigger not in EXTERNAL_TRIGGER_MODES:
+                                newest = self._newest_ready(now)
+                                if newest - self._delivered > self._buffer_frames:
+                                    self._delivered = newest - self._buffer_frames  # overwritten: lost
+                            k = self._delivered + 1
+                            times = self._frame_times(k)
+                            if times is not None and times[1] <= now:
+                                bof, eof = times
+                                break
+                            if times is not None:
+                                if times[0] <= now and (ahead is None or ahead[:2] != (self._t0, k)):
+                                    render = (k, times[0])
+                                    break
+                                deadline_wait = min(deadline, times[1])
+                                if deadline_wait > now:
+                                    self._cond.wait(deadline_wait - now)
+                                    continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise FrameTimeout(
+                            "Frame timeout. Verify the timeout exceeds the exposure time. "
+                            "If applicable, check external trigger source."
+                        )
+                    self._cond.wait(remaining)
+                shape, roi, binning = self._acq_shape, self._acq_roi, self._acq_binning
+                exposure, t0, bit_depth = self._acq_exposure, self._t0, self._acq_bit_depth
+                if render is None:
+                    self._delivered = k
+            if render is None:
+                break
+            k, bof = render
+            ahead = (t0, k, self._render(k, shape, roi, binning, bit_depth, time.time() - (time.monotonic() - bof)))
+        if ahead is not None and ahead[:2] == (t0, k):
+            pixels = ahead[2]
+        else:
+            pixels = self._render(k, shape, roi, binning, bit_depth, time.time() - (time.monotonic() - bof))
         return Frame(pixels, k, bof - t0, eof - t0, exposure)
 
     # ------------------------------------------------------------------ pixels
