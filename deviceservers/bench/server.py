@@ -67,7 +67,9 @@ class Bench:
             seed=seed,
         )
         self.ell14 = Ell14BusSimulator(addresses="238", reply_delay_s=0.002 if fast else 0.015, seed=seed)
-        self.esp300 = Esp300Simulator(reply_delay_s=0.001 if fast else 0.004, seed=seed)
+        # the fast bench leaves only software: no line time either (the realistic one keeps 19200 baud)
+        self.esp300 = Esp300Simulator(reply_delay_s=0.001 if fast else 0.004,
+                                      char_time_s=0.0 if fast else 10 / 19200, seed=seed)
         self.meter = Newport1830CSimulator(
             reply_delay_s=0.002 if fast else 0.02, reading_delay_s=0.01 if fast else 0.25, seed=seed
         )
