@@ -382,14 +382,41 @@ class CameraTwoDController(TwoDController, Referable):
                 dw.command_inout("StopRecording")
                 # StopRecording may return while the DataWriter still writes the rings' backlog;
                 # the references must point at a complete, closed file when the count ends
-                deadline = time.monotonic() + FILE_CLOSE_TIMEOUT_S
-                while dw.read_attribute("Recording").value and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if dw.read_attribute("Recording").value:
+                if not self._wait_recording_ended(dw, FILE_CLOSE_TIMEOUT_S):
                     self._log.warning("%s: still finishing %s after %.0f s", a["writer"], a["file"],
                                       FILE_CLOSE_TIMEOUT_S)
             except tango.DevFailed as exc:
                 self._log.warning("%s: StopRecording failed: %s", a["writer"], exc.args[0].desc.strip())
+
+    @staticmethod
+    def _wait_recording_ended(dw: tango.DeviceProxy, timeout_s: float) -> bool:
+        """Wait for the DataWriter's ``Recording`` to turn false (its change event; the first one,
+        delivered at subscription, is the current value). A once-a-second read covers events
+        that cannot reach the Pool (a firewall between hosts). True when it ended in time."""
+        ended = threading.Event()
+
+        def on_change(event: tango.EventData) -> None:
+            if not event.err and event.attr_value is not None and not event.attr_value.value:
+                ended.set()
+
+        try:
+            event_id = dw.subscribe_event("Recording", tango.EventType.CHANGE_EVENT, on_change)
+        except tango.DevFailed:
+            event_id = None
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not ended.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                if not dw.read_attribute("Recording").value:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+            return True
+        finally:
+            if event_id is not None:
+                try:
+                    dw.unsubscribe_event(event_id)
+                except tango.DevFailed:
+                    pass
 
     def ReadOne(self, axis: int) -> Any:
         return self._cam(axis).read_attribute("LastImage").value
