@@ -50,9 +50,27 @@ def in_state(*states: tango.DevState) -> Ready:
     return lambda proxy: proxy.State() in states
 
 
+def _die_with_parent() -> None:
+    """In a forked server: be killed when the test process ends, however it ends. A test run
+    stopped by kill, a CI time-out or a crash of the interpreter otherwise left its forked
+    servers running for ever (re-parented to init, still holding their ports and rings)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent was already gone before the line above
+        os._exit(1)
+
+
 class _Context(MultiDeviceTestContext):
-    """pytango's context whose connection to the new server survives a first refusal, and whose
-    exit accepts a server that a test killed."""
+    """pytango's context whose connection to the new server survives a first refusal, whose exit
+    accepts a server that a test killed, and whose forked server never outlives the tests."""
+
+    def target(self, runserver, process=False):  # noqa: ANN001, ANN201 - pytango's signature
+        if process:
+            _die_with_parent()
+        return super().target(runserver, process)
 
     def stop(self) -> None:
         if self._process and not self.thread.is_alive():

@@ -19,7 +19,6 @@ import datawriter
 from datawriter.device import DataWriter
 from datawriter.ring import FrameStreamWriter, ScalarStreamWriter, create_frame_stream, create_scalar_stream
 from tests.harness import served
-from tests.ports import free_port_block
 from tests.unit.test_recovery import kill, run_writer
 from tests.waiting import EventCollector
 from tests.waiting import wait_until as _wait_until
@@ -118,12 +117,13 @@ def test_recording_layout_manifest_swmr_and_events(tmp_path, streams) -> None:
     cam, pm = streams
     prod = Producer(cam, pm)
     prod.frames(10)  # pre-trigger material, 10 frames in the past second
-    port = free_port_block(1)
-    motor = f"tango://127.0.0.1:{port}/test/motor/1#dbase=no"
-    classes = {DataWriter: {"test/datawriter/1": {"OutputDir": str(tmp_path), "Streams": [cam.name, pm.name],
-                                                   "ManifestDevices": [motor, "no/such/device"]}},
-               Motor: {"test/motor/1": {}}}
-    with served(classes, host="127.0.0.1", port=port) as server:
+    # The motor in a server of its own, started first, so that the DataWriter's property can name
+    # it. (Not one server on a port chosen in advance: a forked server ignores the port once this
+    # process has a Tango client, and the test failed after any other device test.)
+    with served({Motor: {"test/motor/1": {}}}) as motor_server, \
+            served({DataWriter: {"test/datawriter/1": {
+                "OutputDir": str(tmp_path), "Streams": [cam.name, pm.name],
+                "ManifestDevices": [motor_server.access("test/motor/1"), "no/such/device"]}}}) as server:
         dw = server["test/datawriter/1"]
         assert dw.state() == DevState.ON and set(dw.StreamNames) == {cam.name, pm.name}
         events: list[int] = []
