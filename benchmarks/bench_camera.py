@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import tango  # noqa: E402
+from ring_folder import private_ring_folder  # noqa: E402
 
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec  # noqa: E402
 from datawriter.recorder import Recorder  # noqa: E402
@@ -166,9 +166,7 @@ def main() -> None:
     a = ap.parse_args()
     secs = 3.0 if a.quick else a.duration
     # its own ring folder (the camera server inherits it): nothing left in /dev/shm afterwards
-    rings = tempfile.mkdtemp(prefix="tangodaq-bench-camera-", dir="/dev/shm")
-    os.environ["TANGODAQ_SHM_DIR"] = rings
-    try:
+    with private_ring_folder("bench-camera"):
         run_phases(a.dir, secs)
         if a.view:
             v = view_phase(a.dir, secs)
@@ -176,8 +174,6 @@ def main() -> None:
                   f"acquires {v['camera_fps']:.1f} fps and {v['fps']:.1f} fps are recorded (lost at camera "
                   f"{v['camera_lost']}, in ring {v['ring_lost']}); target {VIEW_TARGET_PER_S:.0f}/s: "
                   f"ratio {v['rate'] / VIEW_TARGET_PER_S:.2f} ({'met' if v['rate'] >= VIEW_TARGET_PER_S else 'NOT met'})")
-    finally:
-        shutil.rmtree(rings, ignore_errors=True)
 
 
 def run_phases(folder: str, secs: float) -> None:

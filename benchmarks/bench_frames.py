@@ -40,6 +40,7 @@ import uuid
 import h5py
 import numpy as np
 from baseline import package_dir, run_at_revision
+from ring_folder import private_ring_folder
 
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec
 from datawriter.recorder import Recorder
@@ -245,6 +246,11 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="GIT_REV", help="also run the datawriter of this git revision, side by side")
     ap.add_argument("--phases-json", action="store_true", help=argparse.SUPPRESS)  # used by --baseline
     a = ap.parse_args()
+    with private_ring_folder("bench-frames"):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     secs = 3.0 if a.quick else a.duration
     comps = [c.strip() for c in a.compressions.split(",") if c.strip()]
     if a.phases_json:

@@ -22,6 +22,7 @@ import uuid
 
 import h5py
 import numpy as np
+from ring_folder import private_ring_folder
 
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec
 from datawriter.recorder import Recorder
@@ -66,6 +67,11 @@ def main() -> None:
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder of the HDF5 file")
     ap.add_argument("--keep", action="store_true", help="keep the HDF5 file")
     a = ap.parse_args()
+    with private_ring_folder("bench-powermeter"):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     secs = 20.0 if a.quick else a.duration
     ctx = mp.get_context("fork")
     device = f"bench/powermeter/{uuid.uuid4().hex[:8]}"

@@ -14,6 +14,7 @@ import time
 import uuid
 
 import numpy as np
+from ring_folder import private_ring_folder
 
 from datawriter.ring import RingReader, create_scalar_stream, remove_stream, ring_path
 
@@ -50,6 +51,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 s")
     ap.add_argument("--rows-per-record", type=int, default=16384)
     a = ap.parse_args()
+    with private_ring_folder("bench-ring"):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     secs = 2.0 if a.quick else a.duration
     ctx = mp.get_context("fork")
     device = f"bench/pm/{uuid.uuid4().hex[:8]}"

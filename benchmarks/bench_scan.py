@@ -24,6 +24,11 @@ remains; target overhead <= 1.5x the dummies') and the realistic bench (the inst
 timing; target per point <= move + one meter reading + 50 ms, the meter's reading time measured
 on the same run through the meter's ``Measure`` command). Printed, not asserted.
 
+The fast phase ends (without ``--quick`` or ``--motors``) with the continuous scan against the
+step scan: ``ascanct hwp 0 180 60 0.05`` and ``ascan`` of the same points, their times, the
+bound any sweep has (a point lasts at least its window), and the target per point <= window +
+the measurement group's LatencyTime + 20 ms.
+
     TANGODAQ_HOME is made here; TANGO_HOST is a free port (never 10000).
     python benchmarks/bench_scan.py [--quick] [--phase fast|realistic|both] [--points N] [--motors hwp,wavelength]
 """
@@ -204,11 +209,49 @@ def meter_reading_s(lab: Lab) -> float:
     return statistics.median(times)
 
 
+def continuous_vs_step(lab: Lab, door: str, intervals: int = 60, integ: float = 0.05) -> None:
+    """Issue 13's comparison: ``ascanct hwp 0 180 N t`` (mg_continuous, the Pool's software
+    synchronizer on time) against ``ascan`` of the same points (mg_power). Printed with the bound
+    any sweep has: a point of a continuous scan lasts at least its window, so it cannot be faster
+    than the step scan's point divided by the window."""
+    quiet = {"say": lambda _l: None}
+    run_macro(door, "mv", "hwp", 0, timeout=60, **quiet)
+    run_macro(door, "senv", "ActiveMntGrp", "mg_power", timeout=30, **quiet)
+    t0 = time.monotonic()
+    run_macro(door, "ascan", "hwp", 0, 180, intervals, integ, timeout=600, **quiet)
+    step_s = time.monotonic() - t0
+    step_points = last_entry(lab.home / "scans" / "scans.h5")[2]
+    group = lab.proxy("mg_continuous")
+    group.write_attribute("SoftwareSynchronizerInitialDomain", "Time")
+    run_macro(door, "senv", "ActiveMntGrp", "mg_continuous", timeout=30, **quiet)
+    try:
+        t0 = time.monotonic()
+        run_macro(door, "ascanct", "hwp", 0, 180, intervals, integ, timeout=600, **quiet)
+        sweep_s = time.monotonic() - t0
+    finally:
+        run_macro(door, "senv", "ActiveMntGrp", "mg_power", timeout=30, **quiet)
+    sweep_points = last_entry(lab.home / "scans" / "scans.h5")[2]
+    latency = float(group.read_attribute("LatencyTime").value)
+    step_point = float(np.median(np.diff(step_points)))
+    sweep_point = float(np.median(np.diff(sweep_points)))
+    other = sweep_point - integ - latency
+    print(f"\n   continuous: ascanct hwp 0 180 {intervals} {integ:g} (mg_continuous) against ascan of the same "
+          f"{intervals + 1} points (mg_power)")
+    print(f"   ascan {step_s:.1f} s ({1000 * step_point:.0f} ms a point); ascanct {sweep_s:.1f} s "
+          f"({1000 * sweep_point:.0f} ms a point = window {1000 * integ:.0f} + the group's LatencyTime "
+          f"{1000 * latency:.0f} + {1000 * other:.0f} other)")
+    print(f"   ascanct {step_s / sweep_s:.2f}x faster than ascan ({step_point / sweep_point:.2f}x a point); "
+          f"no sweep of {1000 * integ:.0f} ms windows can beat {step_point / integ:.1f}x here (ascan's point / the window)")
+    print(f"   target per point <= window + LatencyTime + 20 ms: {1000 * other:.0f} ms beyond "
+          f"({'met' if other <= 0.020 else 'NOT met'})")
+
+
 def ms(values: list[float]) -> str:
     return f"{1000 * statistics.median(values):7.1f}"
 
 
-def phase(name: str, fast: bool, points: int, integ: float, pairs: list[tuple[str, str]]) -> None:
+def phase(name: str, fast: bool, points: int, integ: float, pairs: list[tuple[str, str]],
+          continuous: bool = False) -> None:
     home = Path(tempfile.mkdtemp(prefix=f"bench-scan-{name}-"))
     lab = Lab(home, port=free_port_block())
     if not fast:
@@ -246,6 +289,11 @@ def phase(name: str, fast: bool, points: int, integ: float, pairs: list[tuple[st
                 own = statistics.median(r.motion) + max(r.integ, reading if r.mg != DUMMY_MG else 0.0)
                 line += f" {1000 * own:7.1f} {1000 * (statistics.median(r.total) - own):7.1f}"
             print(line)
+        if continuous:
+            try:
+                continuous_vs_step(lab, door)
+            except Exception as exc:  # noqa: BLE001 - printed like a failed pair
+                print(f"   continuous: FAILED: {' / '.join(str(exc).splitlines()[:4])}")
     finally:
         lab.teardown()
 
@@ -272,7 +320,7 @@ def main() -> None:
             parser.error(f"unknown motor(s) {', '.join(sorted(unknown))}: choose from {', '.join(MOTORS)}")
         pairs = [(DUMMY_MOTOR, DUMMY_MG)] + [p for p in pairs if p[0] in wanted]
     if args.phase in ("fast", "both"):
-        phase("fast", True, points, args.integ, pairs)
+        phase("fast", True, points, args.integ, pairs, continuous=not (args.quick or args.motors))
     if args.phase in ("realistic", "both"):
         phase("realistic", False, points, args.integ,
               [p for p in pairs if p[0] != "wavelength" or not args.quick])
