@@ -390,9 +390,12 @@ class CameraTwoDController(TwoDController, Referable):
 
     @staticmethod
     def _wait_recording_ended(dw: tango.DeviceProxy, timeout_s: float) -> bool:
-        """Wait for the DataWriter's ``Recording`` to turn false (its change event; the first one,
-        delivered at subscription, is the current value). A once-a-second read covers events
-        that cannot reach the Pool (a firewall between hosts). True when it ended in time."""
+        """Wait for the DataWriter's ``Recording`` to turn false: one read (StopRecording has
+        usually closed the file already), else its change event (the first one, delivered at
+        subscription, is the current value), with a read every 0.25 s for events that cannot
+        reach the Pool (a firewall between hosts). True when it ended in time."""
+        if not dw.read_attribute("Recording").value:
+            return True
         ended = threading.Event()
 
         def on_change(event: tango.EventData) -> None:
@@ -405,7 +408,7 @@ class CameraTwoDController(TwoDController, Referable):
             event_id = None
         try:
             deadline = time.monotonic() + timeout_s
-            while not ended.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            while not ended.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
                 if not dw.read_attribute("Recording").value:
                     return True
                 if time.monotonic() >= deadline:

@@ -33,7 +33,8 @@ def reserve(fd: int, size: int, name: str, folder: str) -> None:
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        # ENOMEM: a memory-limited container's tmpfs (its cgroup) cannot give the pages
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM):
             return  # a file system without allocation (emulation refused): sparse, as before
         try:
             st = os.statvfs(folder)
@@ -103,13 +104,24 @@ class RingWriter:
         try:
             os.fchmod(fd, RING_FILE_MODE)  # whatever the umask: the group reads it and may replace it
             os.ftruncate(fd, self.geometry.file_size)
-            reserve(fd, self.geometry.file_size, name, folder)
+            try:
+                reserve(fd, self.geometry.file_size, name, folder)
+            except RingError:
+                # The ring this one replaces (a closed or dead producer's: a live one was refused
+                # above; this camera's own before an ROI change) still holds its pages until the
+                # rename below, so a folder with room for one ring would need room for two. Its
+                # readers keep their mapping and see a replacement, as after any re-creation.
+                if not self._remove_replaced():
+                    raise
+                reserve(fd, self.geometry.file_size, name, folder)
             self._mm = mmap.mmap(fd, self.geometry.file_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except (OSError, RingError) as exc:
+        except RingError:
             os.close(fd)
             os.unlink(tmp)
-            if isinstance(exc, RingError):
-                raise
+            raise
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(tmp)
             raise RingError(f"cannot create ring {name!r} of {self.geometry.file_size} bytes in {shm_dir()}: {exc}") from exc
         os.close(fd)
         prefault(self._mm)
@@ -137,6 +149,14 @@ class RingWriter:
         # Array.buffers() includes the children's buffers (a tensor column's storage and values)
         last = max(b.address for col in batch.columns for b in col.buffers() if b is not None and b.size)
         return (pad - last) % rf.PAGE  # moving the stream by (new - pad) moves `last` onto a page
+
+    def _remove_replaced(self) -> bool:
+        """Remove the ring of this name that the new one will replace; False if there is none."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _check_owner(self) -> None:
         try:

@@ -50,16 +50,20 @@ def in_state(*states: tango.DevState) -> Ready:
     return lambda proxy: proxy.State() in states
 
 
-def _die_with_parent() -> None:
-    """In a forked server: be killed when the test process ends, however it ends. A test run
-    stopped by kill, a CI time-out or a crash of the interpreter otherwise left its forked
-    servers running for ever (re-parented to init, still holding their ports and rings)."""
+def _die_with_parent(parent: int) -> None:
+    """In a forked server: be killed when the test process ``parent`` ends, however it ends. A
+    test run stopped by kill, a CI time-out or a crash of the interpreter otherwise left its
+    forked servers running for ever (re-parented, still holding their ports and rings).
+
+    Linux sends the signal when the *thread* that forked ends: :func:`served` must be called
+    from the tests' own thread, never from a worker thread that ends before the server should."""
     import ctypes
 
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the parent was already gone before the line above
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent was already gone before the line above
         os._exit(1)
 
 
@@ -67,9 +71,13 @@ class _Context(MultiDeviceTestContext):
     """pytango's context whose connection to the new server survives a first refusal, whose exit
     accepts a server that a test killed, and whose forked server never outlives the tests."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._tests_pid = os.getpid()  # before the fork: the server compares its parent with it
+        super().__init__(*args, **kwargs)
+
     def target(self, runserver, process=False):  # noqa: ANN001, ANN201 - pytango's signature
         if process:
-            _die_with_parent()
+            _die_with_parent(self._tests_pid)
         return super().target(runserver, process)
 
     def stop(self) -> None:

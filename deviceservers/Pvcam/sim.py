@@ -167,6 +167,7 @@ class SimulatedPrimeBsi(CameraBackend):
         self._acq_binning = 1
         self._acq_bit_depth = 11
         self._acq_trigger = EXT_TRIG_INTERNAL
+        self._ahead: tuple[float, int, np.ndarray] | None = None  # a frame rendered while it exposes (poll_frame)
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -383,6 +384,7 @@ class SimulatedPrimeBsi(CameraBackend):
             self._acq_trigger = self._trigger_mode
             self._t0 = time.monotonic()
             self._wall0 = time.time()
+            self._ahead = None
 
     def stop(self) -> None:
         with self._cond:
@@ -447,8 +449,8 @@ class SimulatedPrimeBsi(CameraBackend):
         # A real camera's frame is in the host's buffer at the end of its readout. The pixels of
         # a frame whose exposure has begun are therefore made while it exposes (outside the
         # lock), not after its end: rendering a full frame takes milliseconds that the camera
-        # does not have. (acquisition, frame number, pixels) of that frame:
-        ahead: tuple[float, int, np.ndarray] | None = None
+        # does not have. Kept on the camera: a poll that times out during a long exposure must not
+        # render the same frame again at the next one.
         while True:
             render = None  # (frame number, begin of exposure) to render now, outside the lock
             with self._cond:
@@ -474,6 +476,7 @@ class SimulatedPrimeBsi(CameraBackend):
                                 bof, eof = times
                                 break
                             if times is not None:
+                                ahead = self._ahead
                                 if times[0] <= now and (ahead is None or ahead[:2] != (self._t0, k)):
                                     render = (k, times[0])
                                     break
@@ -492,10 +495,13 @@ class SimulatedPrimeBsi(CameraBackend):
                 exposure, t0, bit_depth = self._acq_exposure, self._t0, self._acq_bit_depth
                 if render is None:
                     self._delivered = k
+                    ahead, self._ahead = self._ahead, None
             if render is None:
                 break
             k, bof = render
-            ahead = (t0, k, self._render(k, shape, roi, binning, bit_depth, time.time() - (time.monotonic() - bof)))
+            pixels = self._render(k, shape, roi, binning, bit_depth, time.time() - (time.monotonic() - bof))
+            with self._cond:
+                self._ahead = (t0, k, pixels)
         if ahead is not None and ahead[:2] == (t0, k):
             pixels = ahead[2]
         else:

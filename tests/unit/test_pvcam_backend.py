@@ -242,6 +242,37 @@ def test_sim_spot_from_scene_and_fast_mode():
     assert fps > 100, f"full-frame sim generation at {fps:.0f} fps"
 
 
+def test_sim_frame_is_ready_at_the_end_of_its_readout_and_made_once(monkeypatch):
+    """A real camera's frame is in the host's buffer when its readout ends: the simulator makes the
+    pixels while the frame exposes, once, however many polls time out meanwhile, so that a poll
+    returns the frame at its end, not a render later."""
+    cam = SimulatedPrimeBsi(seed=4)
+    cam.open()
+    cam.set_exposure(0.3)
+    renders: list[tuple[int, float]] = []
+    render = cam._render
+
+    def counted(k, *args):  # noqa: ANN001, ANN202
+        renders.append((k, time.monotonic()))
+        return render(k, *args)
+
+    monkeypatch.setattr(cam, "_render", counted)
+    cam.start_sequence(1)
+    polls = 0
+    while True:
+        polls += 1
+        try:
+            frame = cam.poll_frame(0.05)  # the component's polls time out several times per exposure
+            break
+        except FrameTimeout:
+            continue
+    end_of_readout = cam._t0 + frame.timestamp_eof_s
+    cam.stop()
+    assert [k for k, _ in renders] == [1], renders
+    assert renders[0][1] < end_of_readout, "the pixels were made after the readout ended"
+    assert polls > 3 and frame.frame_number == 1 and frame.pixels.shape == (2048, 2048)
+
+
 # ---------------------------------------------------------------- PyVCAM 2.3.2 as it really behaves
 def open_pyvcam(monkeypatch, **options):
     hw = pyvcam_double.install(monkeypatch, **options)["pvcamUSB_0"]

@@ -301,3 +301,34 @@ def test_a_ring_that_does_not_fit_its_file_system_is_refused_at_creation(tiny_fs
         else:
             blocks, size = detail
             assert blocks >= size, f"the ring is sparse: {blocks} of {size} bytes allocated"
+
+
+def _replace_in(folder: str, out) -> None:  # noqa: ANN001
+    """Child process: a ring filling most of ``folder``, closed (as a camera does before a new
+    ROI, or left by a server that died), then re-created under the same name with a new shape."""
+    os.environ["TANGODAQ_SHM_DIR"] = folder
+    first = create_frame_stream("test/ring/tiny", height=256, width=512, ring_size_mb=2.0)
+    first.write(frame(1, 256, 512), 1, time.time())
+    first.close()  # not unlinked: its readers may still be draining it
+    try:
+        second = create_frame_stream("test/ring/tiny", height=128, width=512, ring_size_mb=2.0)
+    except RingError as exc:
+        out.put(("refused", str(exc)))
+        return
+    second.write(frame(2, 128, 512), 1, time.time())
+    out.put(("replaced", sorted(os.listdir(folder))))
+    second.close(unlink=True)
+
+
+def test_a_ring_replacing_its_predecessor_needs_room_for_one_ring_not_two(tiny_fs: str) -> None:
+    """With whole rings allocated at creation, the old ring of the same name (still in the folder
+    until the new one is renamed over it) must not make a folder with room for one ring refuse
+    the second: a camera's ROI change or a server restart on a container's /dev/shm."""
+    out = CTX.Queue()
+    p = CTX.Process(target=_replace_in, args=(tiny_fs, out))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0, f"the producer died (exit code {p.exitcode})"
+    what, detail = out.get(timeout=5)
+    assert what == "replaced", detail
+    assert detail == ["tangodaq.test.ring.tiny.frames"], detail
