@@ -295,8 +295,9 @@ def test_a_wavelength_write_waits_for_one_query_of_a_poll_round_not_the_whole_ro
 
     def on_rx(_t: float, raw: bytes) -> None:  # the simulator's thread: start the write, do not wait for it
         if raw.strip().upper() == b"*STB?" and not writer:
-            writer.append(threading.Thread(target=comp.set_wavelength, args=(810,), daemon=True))
-            writer[0].start()
+            thread = threading.Thread(target=comp.set_wavelength, args=(810,), daemon=True)
+            thread.start()  # before it is shown to the test's thread, which joins it as soon as it sees it
+            writer.append(thread)
 
     sim.log.clear()
     sim.add_rx_listener(on_rx)
