@@ -206,6 +206,7 @@ class CameraTwoDController(TwoDController, Referable):
                 "enable value referencing for this channel (Experiment Configuration, column 'Ref'; "
                 "the lab's mg_camera has it), so that the DataWriter records the frames and the scan keeps "
                 "references to them")
+        self._prepare_camera(axis)
         if not a["ref_enabled"]:
             binning = int(self._cam(axis).read_attribute("PreviewBinning").value or 1)
             if binning > 1:
@@ -223,6 +224,19 @@ class CameraTwoDController(TwoDController, Referable):
             a["file"] = dw.command_inout(
                 "StartRecording", json.dumps({"name": safe(a["device"]), "metadata": {"source": "sardana"}}))
             a["own_recording"], a["index"] = True, 0
+
+    def _prepare_camera(self, axis: int) -> None:
+        """The camera reserves its frame ring now, before the recording starts and anything
+        moves: created at the first window's Snap instead (after a ROI or binning change), it
+        delayed that frame by the ring's allocation, ~0.15 s for 256 MiB, and in a continuous
+        scan the next trigger came while the camera was still busy and was skipped. A ring that
+        does not fit refuses the scan here, with the camera's advice."""
+        a = self.ax[axis]
+        try:
+            self._cam(axis).command_inout("PrepareAcquisition")
+        except (tango.DevFailed, TypeError) as exc:
+            a["cam"] = None
+            raise ValueError(f"{a['device']}: cannot prepare the acquisition: {self._why(axis, exc)}") from None
 
     def LoadOne(self, axis: int, value: float, repetitions: int, latency: float) -> None:
         if not math.isfinite(value) or value <= 0:

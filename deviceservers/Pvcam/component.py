@@ -416,23 +416,44 @@ class PvcamComponent(ComponentBase):
         """One frame (a 1-frame sequence), whatever NbFrames says. Returns at once."""
         self.start_acquisition(1)
 
+    def prepare_acquisition(self) -> None:
+        """Make the frame sink (the ring) for the current ROI and binning now, as a frame
+        grabber allocates its buffers before it is armed (Lima's ``prepareAcq``): the first
+        frame of the next acquisition then does not wait for it (~0.15 s for 256 MiB, which
+        made a continuous scan's first window overrun its trigger period), and a ring that does
+        not fit is refused before a scan moves anything. Nothing to do while acquiring: the
+        running acquisition's ring is the one for the current shape."""
+        with self._acq_lock:
+            b = self._camera()
+            if self.acquiring:
+                return
+            self._make_sink(b)
+        self.update_state()
+
+    def _make_sink(self, b: CameraBackend) -> FrameSink:
+        """The sink for the camera's current frame shape (kept by the factory while the shape is
+        unchanged); a sink that cannot be made is an ALARM that refuses acquisitions, cleared
+        by the next one that can be made."""
+        h, w = b.frame_shape()
+        try:
+            sink = self._sink_factory(h, w)
+        except Exception as exc:  # noqa: BLE001 - the sink's own errors (the ring) say what to change
+            # Nothing is acquired that could not be kept; ALARM until an acquisition can store
+            # its frames again (the next start that finds room clears it)
+            self._alarm = f"Frames cannot be stored, acquisition refused: {exc}"
+            self.record_error(self._alarm)
+            self.update_state()
+            raise CameraError(self._alarm) from exc
+        self._alarm = ""
+        return sink
+
     def start_acquisition(self, nb_frames: int | None = None) -> None:
         with self._acq_lock:
             b = self._camera()
             if self.acquiring:
                 raise AcquisitionRunning("an acquisition is already running: StopAcquisition first")
             n = int(self.nb_frames.value or 0) if nb_frames is None else nb_frames
-            h, w = b.frame_shape()
-            try:
-                sink = self._sink_factory(h, w)
-            except Exception as exc:  # noqa: BLE001 - the sink's own errors (the ring) say what to change
-                # Nothing is acquired that could not be kept; ALARM until an acquisition can store
-                # its frames again (the next start that finds room clears it)
-                self._alarm = f"Frames cannot be stored, acquisition refused: {exc}"
-                self.record_error(self._alarm)
-                self.update_state()
-                raise CameraError(self._alarm) from exc
-            self._alarm = ""
+            sink = self._make_sink(b)
             self._ended_by = ""
             self._frames = self._lost = 0
             self._fps = 0.0

@@ -99,6 +99,15 @@ class Pvcam(ParameterDevice):
 
     @command
     @tango_errors
+    def PrepareAcquisition(self) -> None:
+        """Reserve the frame ring for the current ROI and binning now (Sardana's camera channel
+        calls it when a scan is prepared), so that the next acquisition's first frame does not
+        wait for it; fails, with what to change, when the ring does not fit. Optional: an
+        acquisition prepares its ring itself when the shape changed since."""
+        self.component.prepare_acquisition()
+
+    @command
+    @tango_errors
     def StartAcquisition(self) -> None:
         """Acquire NbFrames frames (0 = live until StopAcquisition); RUNNING while acquiring."""
         self.component.start_acquisition()

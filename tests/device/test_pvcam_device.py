@@ -334,3 +334,38 @@ def test_a_frame_ring_that_does_not_fit_is_an_alarm_not_a_crash(tiny_fs, monkeyp
         snap(cam)
         assert cam.State() == tango.DevState.ON, cam.Status()
         assert cam.LastImage.shape == (256, 256)
+
+
+def test_prepare_acquisition_reserves_the_ring_before_the_first_frame(tiny_fs, monkeypatch):
+    """PrepareAcquisition (what Sardana's camera channel calls when a scan is prepared) makes the
+    ring of the current frame shape, so that the first Snap does not wait for it and uses it as
+    it is; a new ROI gets a new ring at the next preparation; a ring that does not fit refuses the
+    preparation with the same advice and ALARM as an acquisition, cleared once there is room."""
+    folder = os.path.join(tiny_fs, "rings")
+    monkeypatch.setenv("TANGODAQ_SHM_DIR", folder)  # inherited by the server
+    name = f"test/pvcamprep/{os.getpid()}"
+    stream = ring.stream_name(name, "frames")
+    path = os.path.join(folder, "tangodaq." + stream)
+    filler = os.path.join(tiny_fs, "stale-ring")
+    with open(filler, "wb") as f:  # 2.5 of the 3 MB taken
+        f.write(b"\0" * (5 << 19))
+    with served({Pvcam: {name: {"Backend": "sim", "RingSizeMB": 1.0, "PollPeriodMs": 100}}}) as server:
+        cam = server.only
+        cam.Roi = [0, 0, 256, 256]
+        cam.ExposureTime = 0.001
+        with pytest.raises(tango.DevFailed) as refused:
+            cam.PrepareAcquisition()
+        why = refused.value.args[0].desc
+        assert "Frames cannot be stored" in why and "RingSizeMB" in why, why
+        assert cam.State() == tango.DevState.ALARM and not os.path.exists(path)
+        os.unlink(filler)  # the cause goes away
+        cam.PrepareAcquisition()
+        assert cam.State() == tango.DevState.ON, cam.Status()
+        prepared = os.stat(path)
+        assert ring.stream_info(stream)["description"]["frame_shape"] == [256, 256]
+        snap(cam)
+        assert os.stat(path).st_ino == prepared.st_ino  # the prepared ring, not a new one
+        cam.Roi = [0, 0, 128, 128]
+        cam.PrepareAcquisition()
+        assert os.stat(path).st_ino != prepared.st_ino
+        assert ring.stream_info(stream)["description"]["frame_shape"] == [128, 128]

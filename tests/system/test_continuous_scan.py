@@ -8,13 +8,18 @@ reported in each window (the ``*_pos`` channels of ``mg_continuous``)."""
 
 from __future__ import annotations
 
+import mmap
 import time
+from datetime import datetime
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from datawriter import ring_format
 from deviceservers.MaiTai.lease import ShutterLease
+from tango_db import environment
 from tango_db.door_client import MacroFailed, run_macro
 from tangodaq_macros._polarization_analysis import fit_malus
 from tests.system.scan_files import frames_of, last_entry, scan_file, set_camera_value_ref
@@ -90,6 +95,13 @@ def test_ascanct_gives_the_step_scans_malus_curve_from_one_sweep(lab):
     print(f"ascan {step_s:.1f} s, ascanct {continuous_s:.1f} s: {step_s / continuous_s:.2f}x")
 
 
+def ring_created(folder: str, stream: str) -> float:
+    """When a ring was made (epoch s), from its header."""
+    path = Path(folder) / f"tangodaq.{stream}"
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return ring_format.parse_header(mm, str(path)).created_ns / 1e9
+
+
 def test_ascanct_with_the_camera_references_one_frame_exposed_in_each_window(lab):
     """Issue 13: the camera in a continuous scan. Each window is one frame exposed for the window's
     integration time, recorded by the DataWriter and referenced by the scan; the windows follow
@@ -106,12 +118,19 @@ def test_ascanct_with_the_camera_references_one_frame_exposed_in_each_window(lab
     intervals, integ_s = 12, 0.05
     group = lab.proxy("mg_camera")
     group.write_attribute("SoftwareSynchronizerInitialDomain", "Time")
+    camera = lab.proxy("lab/camera/1")
+    full_roi = camera.read_attribute("Roi").value
     run("mv", "hwp", 0)
     run("senv", "ActiveMntGrp", "mg_camera")
     try:
+        # a new frame shape: the scan's preparation makes its ring, not the first window
+        camera.write_attribute("Roi", [0, 0, 1024, 1024])
         run("ascanct", "hwp", 0, 60, intervals, integ_s)
         scan = last_entry(scan_file(lab))
         output = list(lines)
+        with pytest.MonkeyPatch.context() as env:
+            env.delenv(environment.RING_FOLDER_VARIABLE, raising=False)  # the lab's, not the tests' folder
+            ring_made = ring_created(environment.ring_folder(lab.tango_host), "lab.camera.1.frames")
         # the same group with the camera's references off: refused before anything moves
         set_camera_value_ref(lab, False)
         with pytest.raises(MacroFailed):
@@ -120,6 +139,7 @@ def test_ascanct_with_the_camera_references_one_frame_exposed_in_each_window(lab
     finally:
         set_camera_value_ref(lab, True)
         run("senv", "ActiveMntGrp", "mg_power")
+        camera.write_attribute("Roi", full_roi)
     assert "records the camera only by reference" in refused and "'Ref'" in refused, refused
     frames = frames_of(scan["camera"])
     assert len(frames) == intervals + 1, output
@@ -128,9 +148,11 @@ def test_ascanct_with_the_camera_references_one_frame_exposed_in_each_window(lab
     path, dataset = frames[0][0], frames[0][1]
     with h5py.File(path, "r") as f:  # plain h5py: the recording the channel started is closed
         stream = f[dataset.rsplit("/", 1)[0]]
-        assert stream["data"].shape[0] == intervals + 1
+        assert stream["data"].shape[0] == intervals + 1 and stream["data"].shape[1:] == (1024, 1024)
+        recording_started = datetime.fromisoformat(f["entry/start_time"][()].decode()).timestamp()
         exposure = stream["exposure_time"][:]
         bof = stream["timestamp_bof"][:].astype(np.float64) / 1e9  # ns since 1970
+    assert ring_made < recording_started, (ring_made, recording_started)  # made by the preparation
     np.testing.assert_allclose(exposure, integ_s, rtol=1e-6)
     steps = np.diff(bof)
     # one frame per window, one window after the other: no frame before the previous window ended,
