@@ -3,7 +3,11 @@
 #   ./run.sh demo    start the simulated lab on the embedded database and run the demo experiment
 #   ./run.sh test    run the whole test suite
 # Anything after the command is passed on (./run.sh test -k esp300, ./run.sh demo --help).
+# The lab's other commands go to tangodaq in the virtual environment, which a fresh clone does not
+# have on its PATH: ./run.sh status, ./run.sh down, ./run.sh gui, ./run.sh up, ./run.sh deploy ...
 set -euo pipefail
+# tangodaq's hints name the commands as this script was called (./run.sh down)
+export TANGODAQ_CLI="${TANGODAQ_CLI:-$0}"
 cd "$(dirname "$0")"
 
 VENV=${TANGODAQ_VENV:-.venv}
@@ -110,8 +114,13 @@ case "$cmd" in
         native_stacks_of_a_crash
         exit "$status"
         ;;
+    up|down|status|gui|deploy|bench)
+        setup
+        exec "$VENV/bin/tangodaq" "$cmd" "$@"
+        ;;
     *)
         echo "usage: ./run.sh demo|test [args...]" >&2
+        echo "       ./run.sh status|down|up|gui|deploy [args...]   (the lab's tangodaq commands)" >&2
         exit 2
         ;;
 esac

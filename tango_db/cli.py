@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import embedded_db, paths
 from .config import LAB_JSON, load_config, server_instances, write_config
+from .invocation import command
 from .processes import lab_specs
 from .report import device_table, lab_report
 from .supervisor import AlreadyRunning, Supervisor, alive, read_state, running_state, stop_lab
@@ -41,12 +42,12 @@ def _already_running(state: dict, args) -> int:
     requested = "{}:{}".format(*embedded_db.tango_host())
     if os.environ.get("TANGO_HOST") and requested != state["tango_host"]:
         _say(
-            f"  (it uses TANGO_HOST={state['tango_host']}, not {requested}: `tangodaq down` first to change)"
+            f"  (it uses TANGO_HOST={state['tango_host']}, not {requested}: `{command('down')}` first to change)"
         )
     if (_abs(args.config), _abs(args.lab)) != (state.get("overlay"), state.get("lab")) and (
         args.config or args.lab
     ):
-        _say("  (it runs another configuration: `tangodaq down` first to change)")
+        _say(f"  (it runs another configuration: `{command('down')}` first to change)")
     _say("")
     _say(lab_report(state))
     return 0
@@ -77,9 +78,9 @@ def _supervise(args, config: dict) -> int:
             _say(
                 f"  database … a Tango database already answers at {th}, and `up` would write the simulated "
                 "lab's settings (sim:// and socket:// URLs) into it.\n"
-                "  If it is a facility database, deploy with `tangodaq deploy --config hardware.json` instead.\n"
-                f"  To run the simulated lab on it anyway: tangodaq up --use-existing-db\n"
-                "  To run it on its own embedded database: TANGO_HOST=127.0.0.1:<free port> tangodaq up"
+                f"  If it is a facility database, deploy with `{command('deploy --config hardware.json')}` instead.\n"
+                f"  To run the simulated lab on it anyway: {command('up --use-existing-db')}\n"
+                f"  To run it on its own embedded database: TANGO_HOST=127.0.0.1:<free port> {command('up')}"
             )
             return 2
         embedded = False
@@ -141,7 +142,7 @@ def _supervise(args, config: dict) -> int:
     )
     hint = ""
     if not args.supervisor_child:
-        hint = "supervising: stop with Ctrl-C or `tangodaq down`"
+        hint = f"supervising: stop with Ctrl-C or `{command('down')}`"
         if not user_tango_host:
             hint += f"\nclients (itango, Jive, Taurus) need: export TANGO_HOST={th}"
     try:
@@ -153,7 +154,7 @@ def _supervise(args, config: dict) -> int:
         state = running_state()
         if state:
             return _already_running(state, args)
-        _say(f"another `tangodaq up` is starting a lab from {paths.data_dir()}; see `tangodaq status`")
+        _say(f"another `tangodaq up` is starting a lab from {paths.data_dir()}; see `{command('status')}`")
         return 1
 
 
@@ -222,7 +223,7 @@ def _detach(args) -> int:
                 _say("")
                 _say(lab_report(state))
                 _say(f"\nthe lab runs in the background (supervisor pid {child.pid}, log {log});")
-                _say("`tangodaq status` shows it, `tangodaq down` stops it")
+                _say(f"`{command('status')}` shows it, `{command('down')}` stops it")
                 if not os.environ.get("TANGO_HOST"):
                     _say(f"clients (itango, Jive, Taurus) need: export TANGO_HOST={state['tango_host']}")
                 return 0
@@ -273,7 +274,7 @@ def cmd_status(args) -> int:
         _say(device_table(f"{host}:{port}", devices))
         return 0
     _say(f"no Tango database answers at {host}:{port}, and no lab is supervised from {paths.data_dir()}:")
-    _say("  on a laptop, start the lab with `tangodaq up`;")
+    _say(f"  on a laptop, start the lab with `{command('up')}`;")
     _say(f"  on a facility database, {host} or the network to it is down: servers already running keep serving the "
          "clients connected to them; new clients (this command too) work again once the database answers")
     return 3
@@ -298,11 +299,11 @@ def cmd_demo(args) -> int:
         args.foreground = args.supervisor_child = False
         code = cmd_up(args)
         if code != 0:
-            _say("the lab did not start: see the messages above, then run `tangodaq demo` again")
+            _say(f"the lab did not start: see the messages above, then run `{command('demo')}` again")
             return code
         state = running_state()
     if not state:
-        _say("the lab is not running after `up`: see `tangodaq status` and the logs in " + str(paths.logs_dir()))
+        _say(f"the lab is not running after `up`: see `{command('status')}` and the logs in {paths.logs_dir()}")
         return 1
     os.environ["TANGO_HOST"] = state["tango_host"]
     from .demo import run_demo

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import tango
 
+from .invocation import command
 from .proxies import device_proxy
 from .waiting import WaitTimeout, wait_until
 
@@ -132,7 +133,7 @@ def run_demo(say: Say = print) -> int:
         res = run_experiment(say)
     except (ExperimentError, MacroFailed, tango.DevFailed) as exc:
         msg = exc.args[0].desc if isinstance(exc, tango.DevFailed) else str(exc)
-        say(f"\nthe experiment stopped: {msg}\n(`tangodaq status` shows every device's state)")
+        say(f"\nthe experiment stopped: {msg}\n(`{command('status')}` shows every device's state)")
         return 1
     finally:
         try:
@@ -155,5 +156,5 @@ def run_demo(say: Say = print) -> int:
     ok &= (s["frames"] == len(res.stage_mm) > 0 and s["samples"] > 0 and lost == 0
            and all(np.isfinite(res.spot_px)))
     say(f"\n{'demo finished' if ok else 'demo finished WITH PROBLEMS (see above)'} in {time.monotonic() - t0:.1f} s; "
-        "the lab keeps running: `tangodaq status`, `tangodaq down`")
+        f"the lab keeps running: `{command('status')}` shows it, `{command('down')}` stops it")
     return 0 if ok else 1

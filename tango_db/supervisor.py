@@ -32,6 +32,7 @@ from deviceservers.common.procfs import alive  # noqa: F401 - also imported by t
 from deviceservers.common.procfs import start_time as proc_starttime
 
 from . import environment, paths
+from .invocation import command
 from .processes import ProcessSpec
 
 GRACE_S = 5.0
@@ -317,7 +318,7 @@ class Supervisor:
                     tail = self.log_tail(c)
                     if tail:
                         self.say(f"  last lines of {c.log}:\n{tail}")
-                    self.say(f"  fix the cause (see {c.log}) and run `tangodaq up` again")
+                    self.say(f"  fix the cause (see {c.log}) and run `{command('up')}` again")
                     return False
                 ok, detail = self.check(c)
                 c.detail = detail
@@ -334,7 +335,7 @@ class Supervisor:
                     tail = self.log_tail(c, 8)
                     if tail:
                         self.say(tail)
-                self.say("  raise the limit with `tangodaq up --timeout S` if the machine is just slow")
+                self.say(f"  raise the limit with `{command('up --timeout S')}` if the machine is just slow")
                 return False
             if now > next_progress:
                 names = ", ".join(c.spec.name for c in pending)
