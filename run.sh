@@ -6,8 +6,8 @@
 # The lab's other commands go to tangodaq in the virtual environment, which a fresh clone does not
 # have on its PATH: ./run.sh status, ./run.sh down, ./run.sh gui, ./run.sh up, ./run.sh deploy ...
 set -euo pipefail
-# tangodaq's hints name the commands as this script was called (./run.sh down)
-export TANGODAQ_CLI="${TANGODAQ_CLI:-$0}"
+CALLED_AS=$0   # tangodaq's hints name its commands so (./run.sh down), in TANGODAQ_CLI
+CALLED_FROM=$PWD  # the lab's commands run there: relative paths (--config hardware.json) are the caller's
 cd "$(dirname "$0")"
 
 VENV=${TANGODAQ_VENV:-.venv}
@@ -101,7 +101,7 @@ cmd=${1:-}
 case "$cmd" in
     demo)
         setup
-        exec "$VENV/bin/tangodaq" demo "$@"
+        TANGODAQ_CLI=$CALLED_AS exec "$VENV/bin/tangodaq" demo "$@"
         ;;
     test)
         system_packages
@@ -115,8 +115,12 @@ case "$cmd" in
         exit "$status"
         ;;
     up|down|status|gui|deploy|bench)
-        setup
-        exec "$VENV/bin/tangodaq" "$cmd" "$@"
+        # down and status use the environment the lab runs from as it is: a pip install first
+        # (pyproject.toml changed since) could fail and leave the lab running
+        case "$cmd" in down|status) [ -x "$VENV/bin/tangodaq" ] || setup ;; *) setup ;; esac
+        tangodaq=$(cd "$VENV/bin" && pwd)/tangodaq
+        cd "$CALLED_FROM"
+        TANGODAQ_CLI=$CALLED_AS exec "$tangodaq" "$cmd" "$@"
         ;;
     *)
         echo "usage: ./run.sh demo|test [args...]" >&2

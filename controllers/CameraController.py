@@ -57,6 +57,7 @@ from tango_db.roles import device_or_empty as role_default
 from tangodaq_controllers._acquisition import LatencyTracker
 
 TIMEOUT_MS = 3000
+PREPARE_TIMEOUT_MS = 30000  # PrepareAcquisition maps the whole ring: ~0.6 s per GiB
 FRAME_TIMEOUT_S = 10.0  # beyond the exposure
 FILE_CLOSE_TIMEOUT_S = 30.0  # for the DataWriter to write its backlog and close the file
 LATENCY_MARGIN_S = 0.03  # beyond the slowest recent frame: the Pool's bookkeeping after the read, jitter
@@ -227,16 +228,31 @@ class CameraTwoDController(TwoDController, Referable):
 
     def _prepare_camera(self, axis: int) -> None:
         """The camera reserves its frame ring now, before the recording starts and anything
-        moves: created at the first window's Snap instead (after a ROI or binning change), it
-        delayed that frame by the ring's allocation, ~0.15 s for 256 MiB, and in a continuous
-        scan the next trigger came while the camera was still busy and was skipped. A ring that
-        does not fit refuses the scan here, with the camera's advice."""
+        moves (Sardana prepares once per step scan, per waypoint of a continuous scan, per
+        count of ``ct``): made at the first window's Snap instead (after a ROI or binning
+        change), the ring's allocation (~0.15 s for 256 MiB) delayed that frame, and in a
+        continuous scan the next trigger came while the camera was still busy and was skipped.
+        A ring that does not fit, or a camera busy with its live view, refuses the scan here."""
         a = self.ax[axis]
+        cam = self._cam(axis)
         try:
-            self._cam(axis).command_inout("PrepareAcquisition")
+            cam.set_timeout_millis(PREPARE_TIMEOUT_MS)  # a large ring takes seconds to map
+            try:
+                cam.command_inout("PrepareAcquisition")
+            except tango.DevFailed as exc:
+                if exc.args[0].reason != "API_CommandNotFound":
+                    raise
+                # a camera server older than this controller: its first Snap makes the ring
+            finally:
+                cam.set_timeout_millis(TIMEOUT_MS)
+            live = bool(cam.read_attribute("Live").value)
         except (tango.DevFailed, TypeError) as exc:
             a["cam"] = None
             raise ValueError(f"{a['device']}: cannot prepare the acquisition: {self._why(axis, exc)}") from None
+        if live:
+            raise ValueError(
+                f"{a['device']}: the camera is acquiring live (its live view): stop it first "
+                "(StopAcquisition, or the live view's Stop), then run the scan again")
 
     def LoadOne(self, axis: int, value: float, repetitions: int, latency: float) -> None:
         if not math.isfinite(value) or value <= 0:

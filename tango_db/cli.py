@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import embedded_db, paths
+from . import embedded_db, invocation, paths
 from .config import LAB_JSON, load_config, server_instances, write_config
 from .invocation import command
 from .processes import lab_specs
@@ -186,6 +186,8 @@ def _detach(args) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd="/",
+            # the supervisor's messages (echoed here) name the commands as this one was called
+            env={**os.environ, invocation.VARIABLE: invocation.program()},
         )
     pending = ""
     up_seen = False

@@ -121,7 +121,8 @@ class PvcamComponent(ComponentBase):
         self.reopen_period_s = reopen_period_s
         self.backend: CameraBackend | None = None
         self._open_error = ""
-        self._alarm = ""
+        self._alarm = ""  # an acquisition that failed (cleared by the next start)
+        self._sink_alarm = ""  # frames that cannot be stored (cleared when a ring can be made)
         self._next_temperature = 0.0  # monotonic time of the next temperature read
         self._next_open = 0.0  # ... and of the next attempt to open a camera that is not open
         self._was_acquiring = False
@@ -440,11 +441,11 @@ class PvcamComponent(ComponentBase):
         except Exception as exc:  # noqa: BLE001 - the sink's own errors (the ring) say what to change
             # Nothing is acquired that could not be kept; ALARM until an acquisition can store
             # its frames again (the next start that finds room clears it)
-            self._alarm = f"Frames cannot be stored, acquisition refused: {exc}"
-            self.record_error(self._alarm)
+            self._sink_alarm = f"Frames cannot be stored, acquisition refused: {exc}"
+            self.record_error(self._sink_alarm)
             self.update_state()
-            raise CameraError(self._alarm) from exc
-        self._alarm = ""
+            raise CameraError(self._sink_alarm) from exc
+        self._sink_alarm = ""  # only the ring's: a preparation leaves an acquisition's failure shown
         return sink
 
     def start_acquisition(self, nb_frames: int | None = None) -> None:
@@ -454,6 +455,7 @@ class PvcamComponent(ComponentBase):
                 raise AcquisitionRunning("an acquisition is already running: StopAcquisition first")
             n = int(self.nb_frames.value or 0) if nb_frames is None else nb_frames
             sink = self._make_sink(b)
+            self._alarm = ""  # the last acquisition's failure: this one starts afresh
             self._ended_by = ""
             self._frames = self._lost = 0
             self._fps = 0.0
@@ -671,8 +673,8 @@ class PvcamComponent(ComponentBase):
         if self.acquiring:
             lost = f", {self._lost} lost" if self._lost else ""
             return DeviceState.RUNNING, f"Acquiring {self._acq_desc}{lost}{uncounted}"
-        if self._alarm:
-            return DeviceState.ALARM, self._alarm
+        if self._sink_alarm or self._alarm:
+            return DeviceState.ALARM, self._sink_alarm or self._alarm
         lost = f" ({self._lost} lost)" if self._lost else ""
         ended = f"; ended early: {self._ended_by}; start it again when ready" if self._ended_by else ""
         return DeviceState.ON, f"Idle; last acquisition: {self._frames} frame(s){lost}{ended}{uncounted}"

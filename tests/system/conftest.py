@@ -59,6 +59,7 @@ class Lab:
         self.env = {**os.environ, "TANGODAQ_HOME": str(self.home), "TANGO_HOST": self.tango_host,
                     "TANGODAQ_BENCH_FAST": "1"}
         self.env.pop("TANGODAQ_SHM_DIR", None)  # the lab's rings go to its own per-port folder
+        self.env.pop("TANGODAQ_CLI", None)  # its messages name `tangodaq`, as the tests expect
 
     def tangodaq(
         self, *args: str, timeout: float = 120, env: dict | None = None

@@ -45,13 +45,19 @@ def test_run_sh_passes_the_labs_commands_to_tangodaq_and_names_itself(tmp_path):
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(sys.executable)
     tangodaq = venv / "bin" / "tangodaq"
-    tangodaq.write_text('#!/bin/sh\necho "tangodaq $* (hints: $TANGODAQ_CLI)"\n')
+    tangodaq.write_text('#!/bin/sh\necho "tangodaq $* (hints: $TANGODAQ_CLI) in $PWD"\n')
     tangodaq.chmod(tangodaq.stat().st_mode | stat.S_IXUSR)
     (venv / ".tangodaq-installed").write_text(hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest() + "\n")
     env = {k: v for k, v in os.environ.items() if k != invocation.VARIABLE} | {"TANGODAQ_VENV": str(venv)}
     for command in ("down", "status"):
         done = subprocess.run(["./run.sh", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == f"tangodaq {command} (hints: ./run.sh)"
+        assert done.stdout.strip() == f"tangodaq {command} (hints: ./run.sh) in {ROOT}"
+    # from another folder: its relative paths stay the caller's (deploy --config hardware.json)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([str(ROOT / "run.sh"), "deploy", "--config", "hardware.json"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == f"tangodaq deploy --config hardware.json (hints: {ROOT}/run.sh) in {elsewhere}"
     wrong = subprocess.run(["./run.sh", "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "./run.sh status|down" in wrong.stderr
