@@ -156,6 +156,8 @@ def test_external_trigger_timeout_reported(cam):
     wait_state(cam, tango.DevState.ALARM, 10)
     assert "External trigger time-out" in cam.Status() and "Edge-rising" in cam.Status()
     assert "External trigger time-out" in cam.LastError
+    cam.PrepareAcquisition()  # a scan's preparation (its ring is fine) does not hide the failure
+    assert cam.State() == tango.DevState.ALARM and "External trigger time-out" in cam.Status()
     cam.TriggerMode = "Internal"
     snap(cam)
     assert cam.State() == tango.DevState.ON  # a good acquisition clears the alarm

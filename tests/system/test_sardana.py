@@ -400,6 +400,28 @@ def test_camera_channel_in_ct_and_ascan_gives_frame_references(lab, door):
     assert len(data["power"]) == 3
 
 
+def test_a_count_with_the_camera_live_is_refused_before_anything_moves(lab, door):
+    """The camera's live view (StartAcquisition with NbFrames 0) owns the camera: a scan used to
+    move its first point and then fail at the first Snap; it is refused at its preparation with
+    what to do, and runs once the live view is stopped."""
+    lab_has("lab/camera/1", "lab/datawriter/1")
+    camera = lab.proxy("lab/camera/1")
+    frames_before = camera.read_attribute("NbFrames").value
+    camera.write_attribute("NbFrames", 0)
+    camera.command_inout("StartAcquisition")
+    try:
+        wait_until(lambda: camera.read_attribute("Live").value, 5, what="the live view to run")
+        with pytest.raises(MacroFailed) as failed:
+            door.run("ct", 0.05, "mg_camera")
+        assert any("acquiring live" in line and "StopAcquisition" in line for line in failed.value.lines), \
+            failed.value.lines
+    finally:
+        camera.command_inout("StopAcquisition")
+        camera.write_attribute("NbFrames", frames_before)
+    door.run("ct", 0.05, "mg_camera")
+    assert any("h5file://" in line for line in door.lines if "camera" in line), door.lines
+
+
 def test_camera_channel_without_referencing_gives_the_frame_and_refuses_a_binned_preview(lab, door):
     lab_has("lab/camera/1", "lab/datawriter/1")
     camera = lab.proxy("lab/camera/1")
