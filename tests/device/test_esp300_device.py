@@ -250,7 +250,7 @@ def test_a_position_write_returns_once_the_controller_took_it(proxies, sim):
         sim.char_time_s = 0.0
     took.sort()
     # ~2-5 ms here; TB? queued behind polls took ~55 ms. Loose: a loaded 2-core machine adds its own delay
-    assert took[3] < 0.030, f"Position writes took {[round(1000 * t, 1) for t in took]} ms"
+    assert took[3] < 0.040, f"Position writes took {[round(1000 * t, 1) for t in took]} ms"
 
 
 def test_position_reads_never_fail_while_the_axes_move(proxies):

@@ -133,7 +133,9 @@ def test_link_loss_fault_and_recovery_without_restart(meter, sim):
         assert info.value.args[0].reason == "CommunicationLost"
         sim.plug()
         wait_state(meter, tango.DevState.ON, 10)
-        states.wait_for(lambda v: v == tango.DevState.ON)
+        # the subscription's first event is the ON from before: the events must go through FAULT
+        wait_until(lambda: tango.DevState.FAULT in states.values and states.values[-1] == tango.DevState.ON, 5,
+                   what="State events FAULT, then ON")
     assert meter.CommunicationOk and meter.ErrorCount >= 1 and meter.LastError
 
 

@@ -72,7 +72,7 @@ def test_trapezoid_duration_follows_velocity_and_acceleration(link):
     t0 = time.monotonic()
     link.run(lambda p: driver.move_absolute(p, 1, 2.0))  # 0.1 s ramps + 0.4 s cruise
     wait_until(lambda: done(link, 1), 5, interval=0.005)
-    assert 0.45 < time.monotonic() - t0 < 0.7
+    assert 0.45 < time.monotonic() - t0 < 0.9  # at half the velocity it would take ~1.05 s
 
 
 def test_velocity_acceleration_limits_errors(link):

@@ -12,6 +12,7 @@ import pytest
 from datawriter.hdf5_sink import Hdf5Sink, StreamSpec, open_recording
 from datawriter.recorder import Recorder
 from datawriter.ring import RingReader, create_frame_stream, create_scalar_stream
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -102,6 +103,7 @@ def test_recorder_disk_full_keeps_flushed_data(tiny_fs: str, device: str) -> Non
         if n % 4 == 0:
             rec.wait(0.01)
     assert not rec.running, "the recorder must stop on a full disk"
+    wait_until(lambda: finished, 5, what="on_finished (called just after running turns false)")
     assert isinstance(finished[0], OSError) and rec.error is finished[0]
     assert rec.error.errno == 28 and "free space there" in str(rec.error)
     # stopped before the disk was really full: the file is closed properly, with every frame

@@ -79,6 +79,9 @@ def test_sequence_frames_in_order_with_metadata(cam):
 
 def test_live_slow_consumer_sees_gaps_oldest_first(cam):
     cam.set_roi(Roi(0, 0, 64, 64))
+    # 50 ms frames: the two polls after the gap are not themselves overtaken by the 4-frame
+    # buffer on a busy machine (at 1 ms a frame it wraps between two polls ~2 ms apart)
+    cam.set_exposure(0.05)
     cam.start_live(4)
     first = cam.poll_frame(2.0)
     # let far more than 4 frames pass: the circular buffer keeps the newest 4

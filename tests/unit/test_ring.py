@@ -252,13 +252,16 @@ def test_scalars_batches_and_time_travel(device: str) -> None:
     # 10 s of data at 1 kHz, in the past: records of 100 rows = 0.1 s each
     ts = now - 10 + np.arange(10_000) * 1e-3
     assert w.write(ts, np.arange(10_000, dtype=float), range=np.ones(10_000, np.int8)) == 100
+    before = time.time()  # "3.05 s back" is from the open, however long the writes above took
     r = datawriter.open_reader(w.name, seconds_back=3.05)
+    after = time.time()
     rec = r.read_next()
     assert rec is not None
     t = rec.batch.column("timestamp").cast(pa.int64()).to_numpy() / 1e9
-    assert t[-1] >= now - 3.05 > t[0] - 0.1
+    assert t[-1] >= before - 3.05 and after - 3.05 > t[0] - 0.1
     rows = rec.n_rows + sum(x.n_rows for x in iter(r.read_next, None))
-    assert 3000 <= rows <= 3200 and r.lost == 0
+    late_ms = (after - now) * 1000  # rows between the data's end and "3.05 s back" from the open
+    assert 3050 - late_ms - 100 <= rows <= 3050 + 100 and r.lost == 0
     # older than the ring holds: start at the oldest surviving record, nothing reported lost
     r_old = datawriter.open_reader(w.name, seconds_back=60)
     assert r_old.next_seq == w.ring.write_seq - 64 + 1

@@ -311,7 +311,7 @@ def test_urgent_write_overtakes_a_slow_query(served, link_factory):
     t0 = time.monotonic()
     link.send_urgent("STOP")
     wait_until(lambda: b"STOP" in arrivals, 2)
-    assert arrivals[b"STOP"] - t0 < 0.05
+    assert arrivals[b"STOP"] - t0 < 0.25  # well before SLOW's answer (0.3 s): it did not wait for it
     assert not fut.done()  # the slow query was still waiting when STOP reached the wire
     assert fut.result(2) == "SLOW DONE"
 
@@ -383,7 +383,7 @@ def test_first_connection_is_not_a_failure_until_it_failed():
         comp.start()
         assert comp.state == DeviceState.INIT, comp.status
         assert "Connecting" in comp.status
-        wait_until(lambda: comp.state == DeviceState.FAULT, 5)
+        wait_until(lambda: DeviceState.FAULT in states, 5)  # listeners hear it just after the state is set
         assert DeviceState.FAULT not in states[: states.index(DeviceState.FAULT)]
         assert comp.link is not None and comp.link.health.connect_failures >= 1
     finally:
@@ -405,9 +405,9 @@ def test_a_reply_that_comes_after_its_time_out_is_not_read_as_the_next_ones(serv
 
 def test_a_reply_that_never_comes_delays_the_next_request_by_one_time_out_at_most(served, link_factory):
     sim, server = served
-    link = link_factory(settings(server.url, timeout_s=0.2, retries=0, timeouts_before_down=5))
+    link = link_factory(settings(server.url, timeout_s=0.5, retries=0, timeouts_before_down=5))
     with pytest.raises(LinkTimeout):
         link.query("!silent")
     start = time.monotonic()
     assert link.query("x") == "ECHO x"
-    assert time.monotonic() - start < 0.2 + 0.15  # the wait for the lost reply, then the answer
+    assert time.monotonic() - start < 0.5 + 0.35  # the wait for the lost reply, then the answer (not two)
