@@ -158,3 +158,43 @@ def test_ascanct_with_the_camera_references_one_frame_exposed_in_each_window(lab
     # one frame per window, one window after the other: no frame before the previous window ended,
     # and no gap of a skipped trigger (two periods) between two frames
     assert np.all(steps >= integ_s) and np.all(steps < 1.8 * np.median(steps)), steps
+
+
+def test_meshct_and_timescan_on_the_lab(lab):
+    """Issue 13: Sardana's other continuous scans on the lab's instruments. ``meshct``: the
+    ESP300's x sweeps each row at the speed the windows need while y steps between rows; the
+    positions per point are where the stage reported it was. ``timescan``: the power meter's
+    average over each window, one after the other."""
+    door = f"tango://{lab.tango_host}/door/lab/1"
+    lines: list[str] = []
+
+    def run(*argv, timeout: float = 120):
+        lines.clear()
+        run_macro(door, *[str(a) for a in argv], say=lines.append, timeout=timeout)
+
+    columns, rows = 5, 2  # intervals: 6 points a row, 3 rows
+    run("mv", "stage_x", 0, "stage_y", 0)
+    run("senv", "ActiveMntGrp", "mg_continuous")
+    lab.proxy("mg_continuous").write_attribute("SoftwareSynchronizerInitialDomain", "Time")
+    try:
+        run("meshct", "stage_x", 0, 1, columns, "stage_y", 0, 0.5, rows, INTEG_S, False, LATENCY_S)
+        mesh = last_entry(scan_file(lab))
+        mesh_output = list(lines)
+        run("timescan", 9, INTEG_S, LATENCY_S)
+        series = last_entry(scan_file(lab))
+    finally:
+        run("senv", "ActiveMntGrp", "mg_power")
+    assert mesh["title"].startswith("meshct stage_x"), mesh["title"]
+    x = np.asarray(mesh["stage_x_pos"], dtype=float)
+    y = np.asarray(mesh["stage_y_pos"], dtype=float)
+    assert x.shape == y.shape == ((columns + 1) * (rows + 1),), mesh_output
+    assert np.all(np.isfinite(np.asarray(mesh["power"], dtype=float))), mesh_output
+    for row, (xs, ys) in enumerate(zip(x.reshape(rows + 1, -1), y.reshape(rows + 1, -1), strict=True)):
+        # each row a sweep of x at constant speed, at the y of its row (the stage did not move in y)
+        assert np.all(np.diff(xs) > 0) and np.allclose(np.diff(xs), 1 / columns, rtol=0.5), xs
+        assert xs[0] == pytest.approx(0, abs=0.1) and xs[-1] == pytest.approx(1, abs=0.1), xs
+        assert np.allclose(ys, row * 0.5 / rows, atol=1e-3), ys
+    power = np.asarray(series["power"], dtype=float)
+    assert series["title"].startswith("timescan") and power.shape == (9,) and np.all(np.isfinite(power)), series
+    period = np.diff(np.asarray(series["dt"], dtype=float))  # one window after the other, none skipped
+    assert np.all(period >= INTEG_S) and np.all(period < 1.8 * np.median(period)), period
